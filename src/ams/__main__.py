@@ -1,0 +1,3 @@
+from ams.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""ams-agent: runs on a managed device, rotates its administrator password."""

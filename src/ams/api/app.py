@@ -1,0 +1,67 @@
+"""The FastAPI application of ``ams serve``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ams import __version__
+from ams.api.metrics import Metrics
+from ams.api.routes import apikeys, audit, health, status
+from ams.errors import AMSError, AuthenticationRequired, MasterKeyLocked
+from ams.instance import Instance
+
+__all__ = ["create_app"]
+
+
+def _error_response(exc: AMSError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, AuthenticationRequired):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, MasterKeyLocked):
+        headers["Retry-After"] = "60"
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+
+
+def create_app(instance: Instance) -> FastAPI:
+    app = FastAPI(
+        title="AMS",
+        version=__version__,
+        description="Access Manager Service: device administrator passwords, directories, recovery.",
+    )
+    app.state.instance = instance
+    app.state.metrics = Metrics(instance)
+
+    @app.exception_handler(AMSError)
+    async def ams_error(_request: Request, exc: AMSError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(
+            {
+                "error": "bad_input",
+                "message": f"{where}: {first.get('msg')}" if where else str(first.get("msg")),
+            },
+            status_code=422,
+        )
+
+    @app.middleware("http")
+    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(label, str(response.status_code)).inc()
+        app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        return response
+
+    for router in (health.router, status.router, apikeys.router, audit.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,48 @@
+"""FastAPI dependencies: the open instance, authentication, the unlocked master key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ams import apikeys
+from ams.apikeys import ApiKeyInfo, Role
+from ams.crypto import SecretBox
+from ams.instance import Instance
+
+__all__ = ["AdminKey", "CurrentInstance", "ReaderKey", "UnlockedBox", "get_instance"]
+
+
+def get_instance(request: Request) -> Instance:
+    instance: Instance = request.app.state.instance
+    return instance
+
+
+CurrentInstance = Annotated[Instance, Depends(get_instance)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def require_reader(request: Request, instance: CurrentInstance) -> ApiKeyInfo:
+    return apikeys.authenticate(instance, _bearer(request), Role.READER)
+
+
+def require_admin(request: Request, instance: CurrentInstance) -> ApiKeyInfo:
+    return apikeys.authenticate(instance, _bearer(request), Role.ADMIN)
+
+
+def unlocked_box(instance: CurrentInstance) -> SecretBox:
+    """The secret box; answers 503 "master key locked" while the instance is locked."""
+    return instance.keyring.box
+
+
+ReaderKey = Annotated[ApiKeyInfo, Depends(require_reader)]
+AdminKey = Annotated[ApiKeyInfo, Depends(require_admin)]
+UnlockedBox = Annotated[SecretBox, Depends(unlocked_box)]

@@ -1,0 +1,92 @@
+"""What every command shares: the --home and --json options, output, secret input."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ams.errors import BadInput
+from ams.home import Home, resolve_home
+from ams.instance import Instance, cli_actor, open_instance
+
+__all__ = [
+    "HomeOption",
+    "JsonOption",
+    "PasswordStdinOption",
+    "actor",
+    "console",
+    "emit_json",
+    "opened",
+    "read_secret",
+]
+
+console = Console(highlight=False, soft_wrap=True)
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="The instance folder (default: $AMS_HOME).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+PasswordStdinOption = Annotated[
+    bool,
+    typer.Option("--password-stdin", help="Read the password from the first line of standard input."),
+]
+
+
+def home_of(option: Path | None) -> Home:
+    return resolve_home(option)
+
+
+@contextlib.contextmanager
+def opened(option: Path | None) -> Iterator[Instance]:
+    """Open the instance named by --home / AMS_HOME for the length of a command."""
+    instance = open_instance(resolve_home(option))
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def actor() -> str:
+    return cli_actor()
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n")
+
+
+def read_secret(what: str, *, from_stdin: bool, confirm: bool = False) -> str:
+    """A secret from stdin (``--password-stdin``) or typed at the terminal; never an argument."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        secret = line.rstrip("\r\n")
+        if not secret:
+            raise BadInput(f"no {what} on standard input: send it as the first line")
+        return secret
+    if not sys.stdin.isatty():
+        raise BadInput(
+            f"no terminal to type the {what} on: pass --password-stdin and send it on standard input"
+        )
+    secret = getpass.getpass(f"{what.capitalize()}: ")
+    if not secret:
+        raise BadInput(f"no {what} was typed")
+    if confirm and getpass.getpass(f"{what.capitalize()} again: ") != secret:
+        raise BadInput(f"the two {what}s differ; nothing was changed")
+    return secret

@@ -1,0 +1,67 @@
+"""ams apikey: credentials for the REST API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ams import apikeys
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
+
+app = typer.Typer(help="API keys for the REST API.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Option("--name", help="What the key is for.")],
+    role: Annotated[str, typer.Option("--role", help="admin or reader.")] = "reader",
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create an API key; its secret is printed once."""
+    parsed = apikeys.parse_role(role)
+    with opened(home) as instance:
+        created = apikeys.create(instance, name, parsed, actor())
+    if json_out:
+        emit_json(created.to_dict())
+        return
+    console.print(f"Created API key {created.info.id} ({created.info.role}) named {created.info.name!r}.")
+    console.print(f"Secret (shown once): {created.secret}")
+    console.print(f"Use it as:  Authorization: Bearer {created.token}")
+
+
+@app.command("list")
+def list_(
+    home: HomeOption = None,
+    include_revoked: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """List API keys (never their secrets)."""
+    with opened(home) as instance:
+        keys = apikeys.list_keys(instance, include_revoked=include_revoked)
+    if json_out:
+        emit_json([k.to_dict() for k in keys])
+        return
+    table = Table("id", "name", "role", "created", "last used", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.name,
+            str(k.role),
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
+            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "-",
+        )
+    console.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (ak_...).")], home: HomeOption = None
+) -> None:
+    """Revoke an API key; requests with it are refused from now on."""
+    with opened(home) as instance:
+        info = apikeys.revoke(instance, key_id, actor())
+    console.print(f"Revoked API key {info.id} ({info.name}).")

@@ -1,0 +1,46 @@
+"""ams audit: the audit trail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ams import audit
+from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened
+from ams.clock import parse_since
+from ams.errors import BadInput
+
+app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    home: HomeOption = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="A duration (7d, 12h) or an ISO date/time.")
+    ] = None,
+    event: Annotated[int | None, typer.Option("--event", help="Only this event id.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100000)] = 1000,
+    json_out: JsonOption = False,
+) -> None:
+    """List audit events, oldest first (ids in docs/events.md)."""
+    with opened(home) as instance:
+        since_at = None
+        if since is not None:
+            try:
+                since_at = parse_since(since, instance.clock.now())
+            except ValueError as exc:
+                raise BadInput(f"--since: {exc}") from None
+        with instance.session() as session:
+            events = audit.list_events(session, since=since_at, event_id=event, limit=limit)
+    if json_out:
+        emit_json([e.to_dict() for e in events])
+        return
+    table = Table("time (UTC)", "id", "event", "actor", "outcome", "target")
+    for e in events:
+        table.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"), str(e.event_id), e.name, e.actor, e.outcome, e.target or ""
+        )
+    console.print(table)

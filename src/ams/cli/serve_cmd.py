@@ -1,0 +1,86 @@
+"""ams serve: the service (REST API, health, metrics)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from ams import audit
+from ams.api import create_app
+from ams.cli._common import HomeOption, opened
+from ams.errors import BadInput
+from ams.lock import ServiceLock
+
+log = logging.getLogger("ams.serve")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise BadInput(f"cannot listen on {host}:{port}: {reason}; choose another --host/--port") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    home: HomeOption = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default from ams.toml).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="Port (default from ams.toml, 8080).")
+    ] = None,
+) -> None:
+    """Run the service in the foreground until SIGTERM or Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with opened(home) as instance:
+        lock = ServiceLock(instance.home.lock_file)
+        lock.acquire()
+        try:
+            bind_host = host or instance.settings.server.host
+            bind_port = instance.settings.server.port if port is None else port
+            sock = _listen(bind_host, bind_port)
+            state = str(instance.keyring.state)
+            if state != "unlocked":
+                log.warning(
+                    "master key locked (%s): secret-touching requests answer 503 until `ams security unlock`",
+                    instance.keyring.lock_reason,
+                )
+            with instance.transaction() as session:
+                audit.record(
+                    session,
+                    instance.clock,
+                    audit.Event.SERVICE_STARTED,
+                    actor="service",
+                    details={"address": f"{bind_host}:{sock.getsockname()[1]}", "master_key": state},
+                )
+            config = uvicorn.Config(
+                create_app(instance),
+                log_level="info",
+                lifespan="on",
+                server_header=False,
+                timeout_graceful_shutdown=10,
+            )
+            server = uvicorn.Server(config)
+            log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)
+            try:
+                server.run(sockets=[sock])
+            finally:
+                sock.close()
+                with instance.transaction() as session:
+                    audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")
+        finally:
+            lock.release()

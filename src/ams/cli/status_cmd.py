@@ -1,0 +1,31 @@
+"""ams status: the instance at a glance."""
+
+from __future__ import annotations
+
+from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened
+from ams.status import instance_status
+
+
+def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Show the instance: database, master key, recovery password, service, counts."""
+    with opened(home) as instance:
+        data = instance_status(instance)
+    if json_out:
+        emit_json(data)
+        return
+    mk = data["master_key"]
+    db = data["database"]
+    service = data["service"]
+    console.print(f"instance:          {data['instance_id']}  (AMS {data['ams_version']})")
+    console.print(f"home:              {data['home']}")
+    console.print(f"database:          {db['engine']} {db['url']}  schema {db['revision']}")
+    state = "[green]unlocked[/]" if mk["state"] == "unlocked" else "[red]LOCKED[/]"
+    console.print(f"master key:        {state}  fingerprint {mk['fingerprint']}")
+    if mk["state"] != "unlocked":
+        console.print(f"                   {mk['locked_reason']}")
+        console.print("                   run `ams security unlock` with the recovery password")
+    console.print(f"recovery password: set {data['recovery_password_set_at'] or 'never'}")
+    running = f"running (pid {service['pid']})" if service["running"] else "not running"
+    console.print(f"service:           {running}")
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data["counts"].items())
+    console.print(f"holds:             {counts}")

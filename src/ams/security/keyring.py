@@ -1,0 +1,316 @@
+"""The master key on this machine: unlocked by the service key, or by the recovery password.
+
+At open, the keyring tries the *service wrapping* with the service key. When that fails
+(new machine, lost key file, database restored from elsewhere) the instance is **locked**:
+everything that needs a secret raises :class:`MasterKeyLocked` until ``ams security
+unlock`` opens the *recovery wrapping* with the recovery password and writes a new service
+key and service wrapping for this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ams import audit, crypto
+from ams.clock import Clock
+from ams.db.models import InstanceRow, KeyWrapping
+from ams.errors import BadInput, DecryptionFailed, MasterKeyLocked, NotWritable, WrongPassword
+from ams.home import Home, fsync_dir
+from ams.security.policy import check_password_strength
+
+__all__ = ["Keyring", "MasterKeyState", "ServiceKeySource", "wrapping_aad"]
+
+SERVICE = "service"
+RECOVERY = "recovery"
+
+
+class MasterKeyState(StrEnum):
+    UNLOCKED = "unlocked"
+    LOCKED = "locked"
+
+
+def wrapping_aad(kind: str, instance_id: str) -> bytes:
+    return f"ams/master-key/{kind}/v1".encode() + b"\x00" + instance_id.encode()
+
+
+def encode_service_key(key: bytes) -> bytes:
+    return base64.b64encode(key) + b"\n"
+
+
+def decode_service_key(raw: bytes, where: str) -> bytes:
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise BadInput(f"the service key in {where} is malformed: it must be 32 bytes in base64")
+    return key
+
+
+class ServiceKeySource:
+    """Where this machine's service key lives, in order of precedence:
+
+    1. ``AMS_SERVICE_KEY`` (base64), for containers and secret managers;
+    2. a systemd credential ``ams-service-key`` (``$CREDENTIALS_DIRECTORY``);
+    3. ``$AMS_HOME/keys/service.key`` (0600), the default, written by AMS itself.
+
+    Only the file is written by AMS; the first two are managed by whoever provides them.
+    """
+
+    def __init__(self, home: Home, environ: Mapping[str, str] | None = None) -> None:
+        self.home = home
+        self.environ = os.environ if environ is None else environ
+
+    @property
+    def kind(self) -> str:
+        if self.environ.get("AMS_SERVICE_KEY"):
+            return "environment"
+        if self._credential_path() is not None:
+            return "credential"
+        return "file"
+
+    def _credential_path(self) -> Path | None:
+        directory = self.environ.get("CREDENTIALS_DIRECTORY")
+        if directory:
+            path = Path(directory) / "ams-service-key"
+            if path.exists():
+                return path
+        return None
+
+    @property
+    def writable(self) -> bool:
+        return self.kind == "file"
+
+    def describe(self) -> str:
+        if self.kind == "environment":
+            return "AMS_SERVICE_KEY"
+        if self.kind == "credential":
+            return str(self._credential_path())
+        return str(self.home.service_key_file)
+
+    def read(self) -> bytes | None:
+        """The key, or None when there is none."""
+        if self.kind == "environment":
+            return decode_service_key(self.environ["AMS_SERVICE_KEY"].encode(), "AMS_SERVICE_KEY")
+        path = self._credential_path() or self.home.service_key_file
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise NotWritable(f"cannot read the service key {path}: {exc.strerror}") from exc
+        return decode_service_key(raw, str(path))
+
+    def stage_new(self) -> tuple[bytes, Callable[[], None], Callable[[], None]]:
+        """A new key, with ``commit`` (put it in place) and ``abort`` (forget it).
+
+        The key file is written to a temporary name first, so the database change and the
+        rename can be ordered: a crash between them leaves a state that the recovery
+        password still unlocks.
+        """
+        if not self.writable:
+            existing = self.read()
+            if existing is None:
+                raise BadInput(f"the service key from {self.describe()} is missing")
+            return existing, (lambda: None), (lambda: None)
+        key = crypto.generate_service_key()
+        target = self.home.service_key_file
+        try:
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".service.key.", dir=target.parent)
+        except PermissionError as exc:
+            raise NotWritable(f"cannot write the service key in {target.parent}: permission denied") from exc
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(encode_service_key(key))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+        def commit() -> None:
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+
+        def abort() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+        return key, commit, abort
+
+
+class Keyring:
+    def __init__(
+        self,
+        home: Home,
+        session_factory: Callable[[], Session],
+        clock: Clock,
+        source: ServiceKeySource | None = None,
+    ) -> None:
+        self.home = home
+        self._sessions = session_factory
+        self.clock = clock
+        self.source = source or ServiceKeySource(home)
+        self._master_key: bytes | None = None
+        self._box: crypto.SecretBox | None = None
+        self.lock_reason: str | None = None
+        with self._sessions() as session:
+            row = session.scalars(select(InstanceRow)).one()
+            self.instance_id = row.id
+            self.fingerprint = row.master_key_fingerprint
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> MasterKeyState:
+        return MasterKeyState.UNLOCKED if self._master_key else MasterKeyState.LOCKED
+
+    def recovery_password_set_at(self) -> datetime | None:
+        with self._sessions() as session:
+            row = session.get(KeyWrapping, RECOVERY)
+            return row.created_at if row else None
+
+    @property
+    def box(self) -> crypto.SecretBox:
+        """The secret box; raises :class:`MasterKeyLocked` while the key is locked."""
+        if self._box is None:
+            self.try_service_unlock()
+        if self._box is None:
+            raise MasterKeyLocked(f"master key locked: run `ams security unlock` ({self.lock_reason})")
+        return self._box
+
+    def master_key(self) -> bytes:
+        self.box  # noqa: B018 - raises when locked
+        assert self._master_key is not None
+        return self._master_key
+
+    def _accept(self, master_key: bytes) -> None:
+        if crypto.fingerprint(master_key) != self.fingerprint:
+            raise DecryptionFailed("the unwrapped key is not this instance's master key")
+        self._master_key = master_key
+        self._box = crypto.SecretBox(master_key)
+        self.lock_reason = None
+
+    # -- unlocking --------------------------------------------------------------------
+
+    def try_service_unlock(self) -> MasterKeyState:
+        """Open the service wrapping with the service key, if both are there and agree."""
+        if self._master_key is not None:
+            return MasterKeyState.UNLOCKED
+        try:
+            key = self.source.read()
+        except (BadInput, NotWritable) as exc:
+            self.lock_reason = exc.message
+            return MasterKeyState.LOCKED
+        if key is None:
+            self.lock_reason = f"no service key at {self.source.describe()}"
+            return MasterKeyState.LOCKED
+        with self._sessions() as session:
+            row = session.get(KeyWrapping, SERVICE)
+            wrapping = row.wrapping if row else None
+        if wrapping is None:
+            self.lock_reason = "the database holds no service wrapping"
+            return MasterKeyState.LOCKED
+        try:
+            mk = crypto.unwrap_with_key(
+                crypto.WrappedKey.from_json(wrapping), key, wrapping_aad(SERVICE, self.instance_id)
+            )
+            self._accept(mk)
+        except DecryptionFailed:
+            self.lock_reason = (
+                f"the service key at {self.source.describe()} does not open this database's "
+                "master key (a new machine, or a database restored from elsewhere)"
+            )
+            return MasterKeyState.LOCKED
+        return MasterKeyState.UNLOCKED
+
+    def unlock_with_recovery_password(self, password: str, actor: str) -> None:
+        """Unwrap the MK with the recovery password; write a new service key and wrapping."""
+        with self._sessions() as session:
+            row = session.get(KeyWrapping, RECOVERY)
+            if row is None:
+                raise DecryptionFailed("the database holds no recovery wrapping")
+            wrapping = crypto.WrappedKey.from_json(row.wrapping)
+        try:
+            mk = crypto.unwrap_with_password(wrapping, password, wrapping_aad(RECOVERY, self.instance_id))
+        except DecryptionFailed:
+            with self._sessions() as session, session.begin():
+                audit.record(
+                    session,
+                    self.clock,
+                    audit.Event.MASTER_KEY_UNLOCK_FAILED,
+                    actor=actor,
+                    outcome="failure",
+                )
+            raise WrongPassword(
+                "the recovery password is wrong; nothing was changed. It is the password "
+                "printed by `ams init` or set last with `ams security recovery-password set`"
+            ) from None
+        if crypto.fingerprint(mk) != self.fingerprint:
+            raise DecryptionFailed("the recovery wrapping holds another instance's key")
+        self._write_service_wrapping(mk, actor, audit.Event.MASTER_KEY_UNLOCKED)
+        self._accept(mk)
+
+    def _write_service_wrapping(self, mk: bytes, actor: str, event: audit.Event) -> None:
+        key, commit, abort = self.source.stage_new()
+        wrapped = crypto.wrap_with_key(mk, key, wrapping_aad(SERVICE, self.instance_id))
+        try:
+            with self._sessions() as session, session.begin():
+                row = session.get(KeyWrapping, SERVICE)
+                now = self.clock.now()
+                if row is None:
+                    session.add(KeyWrapping(kind=SERVICE, wrapping=wrapped.to_json(), created_at=now))
+                else:
+                    row.wrapping = wrapped.to_json()
+                    row.created_at = now
+                audit.record(session, self.clock, event, actor=actor)
+                audit.record(
+                    session,
+                    self.clock,
+                    audit.Event.SERVICE_KEY_REPLACED,
+                    actor=actor,
+                    details={"source": self.source.kind},
+                )
+        except BaseException:
+            abort()
+            raise
+        commit()
+
+    # -- the recovery password --------------------------------------------------------
+
+    def set_recovery_password(self, password: str, actor: str) -> datetime:
+        """Replace the one recovery wrapping. Needs the master key unlocked."""
+        check_password_strength(password, "recovery password")
+        mk = self.master_key()
+        wrapped = crypto.wrap_with_password(mk, password, wrapping_aad(RECOVERY, self.instance_id))
+        now = self.clock.now()
+        with self._sessions() as session, session.begin():
+            row = session.get(KeyWrapping, RECOVERY)
+            if row is None:
+                session.add(KeyWrapping(kind=RECOVERY, wrapping=wrapped.to_json(), created_at=now))
+            else:
+                row.wrapping = wrapped.to_json()
+                row.created_at = now
+            audit.record(session, self.clock, audit.Event.RECOVERY_PASSWORD_SET, actor=actor)
+        return now
+
+
+def initial_wrappings(
+    master_key: bytes, instance_id: str, service_key: bytes, recovery_password: str
+) -> dict[str, str]:
+    """The two wrappings ``ams init`` stores."""
+    return {
+        SERVICE: crypto.wrap_with_key(master_key, service_key, wrapping_aad(SERVICE, instance_id)).to_json(),
+        RECOVERY: crypto.wrap_with_password(
+            master_key, recovery_password, wrapping_aad(RECOVERY, instance_id)
+        ).to_json(),
+    }

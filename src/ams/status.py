@@ -1,0 +1,52 @@
+"""``ams status``: one picture of the instance, for people and for monitoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ams import __version__
+from ams.db import migrate
+from ams.db.engine import describe_url
+from ams.db.models import ApiKey, AuditEvent
+from ams.instance import Instance
+
+__all__ = ["instance_status"]
+
+
+def instance_status(instance: Instance) -> dict[str, Any]:
+    keyring = instance.keyring
+    set_at = keyring.recovery_password_set_at()
+    pid = instance.service_pid()
+    with instance.session() as session:
+        counts = {
+            "api_keys": session.scalar(
+                select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+            ),
+            "audit_events": session.scalar(select(func.count()).select_from(AuditEvent)),
+        }
+    return {
+        "instance_id": instance.id,
+        "home": str(instance.home.root),
+        "ams_version": __version__,
+        "database": {
+            "engine": instance.engine_name,
+            "url": (
+                describe_url(instance.settings.database.url)
+                if instance.settings.database.url
+                else str(instance.home.sqlite_path)
+            ),
+            "revision": migrate.current_revision(instance.engine),
+            "head": migrate.head_revision(),
+        },
+        "master_key": {
+            "state": str(keyring.state),
+            "fingerprint": keyring.fingerprint,
+            "service_key": keyring.source.describe(),
+            "locked_reason": keyring.lock_reason,
+        },
+        "recovery_password_set_at": set_at.isoformat() if set_at else None,
+        "service": {"running": pid is not None, "pid": pid or None},
+        "counts": counts,
+    }
