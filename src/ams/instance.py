@@ -84,12 +84,15 @@ def database_url(home: Home, settings: Settings, *, create: bool = False) -> str
     return settings.database.url or sqlite_url(home.sqlite_path, create=create)
 
 
-def _db_error(url: str, exc: Exception) -> DatabaseUnreadable:
+def _db_error(url: str, exc: Exception, *, creating: bool = False) -> DatabaseUnreadable:
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
-    return DatabaseUnreadable(
-        f"the database {describe_url(url)} cannot be read ({reason}): check database.url "
-        "in config/ams.toml, or restore the database with `ams backup restore FILE`"
-    )
+    if creating:
+        advice = "check the --database URL, that the server is running and that the database exists"
+    else:
+        advice = (
+            "check database.url in config/ams.toml, or restore the database with `ams backup restore FILE`"
+        )
+    return DatabaseUnreadable(f"the database {describe_url(url)} cannot be read ({reason}): {advice}")
 
 
 def open_instance(home: Home, clock: Clock | None = None, *, check_schema: bool = True) -> Instance:
@@ -174,7 +177,7 @@ def _check_database_is_free(url: str) -> None:
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
     except (DBAPIError, SQLAlchemyError) as exc:
-        raise _db_error(url, exc) from exc
+        raise _db_error(url, exc, creating=True) from exc
     finally:
         engine.dispose()
     if "instance" in tables or "alembic_version" in tables:
@@ -297,7 +300,7 @@ def create_instance(
         if isinstance(exc, PermissionError):
             raise NotWritable(f"cannot create {home.root}: permission denied") from exc
         if isinstance(exc, (DBAPIError, SQLAlchemyError)):
-            raise _db_error(database_url_option or str(home.sqlite_path), exc) from exc
+            raise _db_error(database_url_option or str(home.sqlite_path), exc, creating=True) from exc
         raise
     finally:
         if pg_engine is not None:

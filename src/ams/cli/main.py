@@ -7,7 +7,6 @@ import sys
 import traceback
 from typing import Annotated
 
-import click
 import typer
 
 from ams import __version__
@@ -72,12 +71,14 @@ def run(argv: list[str] | None = None) -> int:
         if _debug:
             traceback.print_exc()
         return _fail(exc.message, exc.exit_status)
-    except click.UsageError as exc:
-        where = exc.ctx.command_path if exc.ctx else "ams"
-        return _fail(f"{exc.format_message()} (see `{where} --help`)", 2)
-    except click.ClickException as exc:
-        return _fail(exc.format_message(), exc.exit_code)
-    except (click.Abort, KeyboardInterrupt, EOFError):
+    except typer.TyperException as exc:
+        # Typer's (vendored click) usage errors: unknown option or command, bad value.
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "ams"
+        message = exc.format_message().replace("\n", " ")
+        status = getattr(exc, "exit_code", 2)
+        return _fail(f"{message} (see `{where} --help`)" if status == 2 else message, status)
+    except (typer.Abort, KeyboardInterrupt, EOFError):
         return _fail("interrupted; nothing more was done", 130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback by default
         if _debug:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
-import uvicorn
 
 from ams import audit
-from ams.api import create_app
 from ams.cli._common import HomeOption, opened
 from ams.errors import BadInput
 from ams.lock import ServiceLock
@@ -34,6 +34,20 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class(uvicorn: Any) -> Any:
+    class AMSServer(uvicorn.Server):  # type: ignore[misc,name-defined]
+        """uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the
+        process before AMS releases its lock and records the stop; AMS exits 0 instead."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
+    return AMSServer
+
+
 def serve(
     home: HomeOption = None,
     host: Annotated[
@@ -44,6 +58,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
+    # Imported here: every other command starts faster without the web stack.
+    import uvicorn
+
+    from ams.api import create_app
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with opened(home) as instance:
@@ -74,7 +93,7 @@ def serve(
                 server_header=False,
                 timeout_graceful_shutdown=10,
             )
-            server = uvicorn.Server(config)
+            server = _server_class(uvicorn)(config)
             log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)
             try:
                 server.run(sockets=[sock])

@@ -52,6 +52,13 @@ def _is_sequence(core: str) -> bool:
     return any(core in seq * 3 or core in (seq * 3)[::-1] for seq in _SEQUENCES)
 
 
+def _is_repetition(text: str) -> bool:
+    return any(
+        len(text) % size == 0 and text == text[:size] * (len(text) // size)
+        for size in range(1, len(text) // 2 + 1)
+    )
+
+
 def _core(password: str) -> str:
     """The password lowered, with the digits and symbols people pad words with removed."""
     lowered = password.lower()
@@ -66,6 +73,8 @@ def check_password_strength(password: str, what: str = "password") -> None:
         problem = f"it has {len(password)} characters"
     elif len(set(password)) < 6:
         problem = "it repeats too few different characters"
+    elif _is_repetition(password.lower()):
+        problem = "it repeats a shorter password"
     else:
         lowered = password.lower()
         core = _core(password)

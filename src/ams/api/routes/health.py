@@ -23,7 +23,8 @@ def healthz(instance: CurrentInstance) -> dict[str, Any]:
             conn.execute(text("SELECT 1"))
     except Exception:  # noqa: BLE001 - any failure means the database is not answering
         database = "unavailable"
-    state = str(instance.keyring.state)
+    # A locked instance looks again for a service key (`ams security unlock` may have run).
+    state = str(instance.keyring.try_service_unlock())
     healthy = database == "ok" and state == "unlocked"
     return {"status": "ok" if healthy else "degraded", "master_key": state, "database": database}
 

@@ -1,0 +1,87 @@
+"""Shared fixtures: the real `ams` command, instances in temporary homes, a movable clock."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ams.clock import ManualClock
+from ams.home import Home
+from ams.instance import Instance, create_instance, open_instance
+
+AMS = Path(sys.executable).parent / "ams"
+RECOVERY_PASSWORD = "Tangerine-Orbit-Lantern-4471"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_ams(
+    *args: str,
+    home: Path | None = None,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Result:
+    """Run the installed `ams` command as a user would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
+    full_env.update(env or {})
+    argv = [str(AMS), *args]
+    if home is not None:
+        argv += ["--home", str(home)]
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under root with its mode and content hash: to prove nothing changed."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        mode = oct(path.lstat().st_mode)
+        if path.is_file():
+            out[rel] = mode + ":" + hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = mode
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AMS_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path / "ams-home")
+
+
+@pytest.fixture
+def instance(home: Home, clock: ManualClock) -> Iterator[Instance]:
+    """An initialised instance, opened in-process, with the master key unlocked."""
+    create_instance(home, recovery_password=RECOVERY_PASSWORD, actor="test", clock=clock)
+    inst = open_instance(home, clock)
+    try:
+        yield inst
+    finally:
+        inst.close()

@@ -1,0 +1,49 @@
+"""`ams serve` as a process: the lock, a second server, SIGTERM, a busy port."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ams
+from server import Server
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve") / "home"
+    assert run_ams("init", "--generate-recovery-password", home=root).returncode == 0
+    return root
+
+
+def test_second_server_is_refused_with_the_pid_and_sigterm_stops_cleanly(home: Path) -> None:
+    server = Server(home)
+    try:
+        second = run_ams("serve", "--port", "0", home=home)
+        assert second.returncode == 25
+        assert f"already running on this home (pid {server.proc.pid})" in second.stderr
+        assert second.stderr.count("\n") == 1
+        status = json.loads(run_ams("status", "--json", home=home).stdout)
+        assert status["service"] == {"running": True, "pid": server.proc.pid}
+    finally:
+        assert server.stop() == 0
+    status = json.loads(run_ams("status", "--json", home=home).stdout)
+    assert status["service"]["running"] is False
+    events = json.loads(run_ams("audit", "list", "--json", "--event", "1002", home=home).stdout)
+    assert len(events) == 1 and events[0]["name"] == "service_stopped"
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_busy_port_is_a_clear_error(home: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run_ams("serve", "--port", str(port), home=home)
+    assert result.returncode == 12
+    assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in result.stderr
+    status = json.loads(run_ams("status", "--json", home=home).stdout)
+    assert status["service"]["running"] is False
