@@ -6,7 +6,7 @@ package registers every table on ``Base.metadata``, which Alembic compares again
 
 from __future__ import annotations
 
-from ams.db.models import certificates, directory, vault  # noqa: F401 - registers their tables
+from ams.db.models import backups, certificates, directory, vault  # noqa: F401 - registers tables
 from ams.db.models.base import Base, Timestamp, UTCDateTime
 from ams.db.models.foundation import ApiKey, AuditEvent, InstanceRow, KeyWrapping
 
