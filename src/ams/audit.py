@@ -119,12 +119,13 @@ def list_events(
     event_id: int | None = None,
     limit: int = 1000,
 ) -> list[EventRecord]:
-    query = select(AuditEvent).order_by(AuditEvent.seq)
+    """The newest ``limit`` events matching, oldest first."""
+    query = select(AuditEvent).order_by(AuditEvent.seq.desc())
     if since is not None:
         query = query.where(AuditEvent.at >= since)
     if event_id is not None:
         query = query.where(AuditEvent.event_id == event_id)
-    rows = session.scalars(query.limit(limit)).all()
+    rows = list(reversed(session.scalars(query.limit(limit)).all()))
     return [
         EventRecord(
             seq=r.seq,

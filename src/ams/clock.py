@@ -11,6 +11,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from ams.errors import BadInput
+
 __all__ = ["Clock", "ManualClock", "SystemClock", "as_utc", "clock_from_env", "parse_since", "utcnow"]
 
 
@@ -51,15 +53,18 @@ def clock_from_env() -> Clock:
 
     The offset exists so end-to-end tests can run the real ``ams`` and ``ams serve``
     processes "in the future" (expiry, retention, the 180-day snapshot rule) without
-    waiting. It is logged at start so it is never a silent surprise.
+    waiting. ``ams serve`` logs it at start so it is never a silent surprise; a value that
+    is not a number is refused rather than ignored.
     """
     raw = os.environ.get("AMS_CLOCK_OFFSET_SECONDS", "").strip()
     if not raw:
         return SystemClock()
     try:
         return SystemClock(timedelta(seconds=float(raw)))
-    except ValueError:
-        return SystemClock()
+    except (ValueError, OverflowError):
+        raise BadInput(
+            f"AMS_CLOCK_OFFSET_SECONDS={raw!r} is not a number of seconds: fix or unset it"
+        ) from None
 
 
 def utcnow() -> datetime:

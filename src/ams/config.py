@@ -81,4 +81,7 @@ def load_settings(config_file: Path) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise BadInput(f"{config_file}: setting {where}: {first['msg']}; fix the file") from exc
+        env_name = "AMS_" + "__".join(str(p) for p in first["loc"]).upper()
+        raise BadInput(
+            f"setting {where} (from {config_file} or {env_name}): {first['msg']}; fix it"
+        ) from exc

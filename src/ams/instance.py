@@ -36,7 +36,7 @@ from ams.errors import (
     NotWritable,
     SchemaMismatch,
 )
-from ams.home import Home, ensure_private_dir
+from ams.home import Home, atomic_write, ensure_private_dir, fsync_dir
 from ams.lock import service_pid
 from ams.security.keyring import Keyring, ServiceKeySource, encode_service_key, initial_wrappings
 from ams.security.policy import check_password_strength
@@ -239,8 +239,7 @@ def create_instance(
         os.chmod(staging, 0o700)
         for folder in stage.layout():
             ensure_private_dir(folder)
-        stage.config_file.write_text(default_config_text(database_url_option), encoding="utf-8")
-        os.chmod(stage.config_file, 0o600)
+        atomic_write(stage.config_file, default_config_text(database_url_option).encode("utf-8"))
 
         source = ServiceKeySource(stage, environ)
         service_key = source.read() if not source.writable else None
@@ -291,7 +290,10 @@ def create_instance(
             os.chmod(stage.sqlite_path, 0o600)
         if home.root.is_dir():
             os.rmdir(home.root)  # empty (checked above): the staging folder takes its place
+        for folder in (stage.keys_dir, stage.data_dir, stage.root):
+            fsync_dir(folder)
         os.replace(staging, home.root)
+        fsync_dir(parent)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if pg_engine is not None:

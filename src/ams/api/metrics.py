@@ -21,7 +21,9 @@ class Metrics:
             "1 when the master key is unlocked, 0 when locked.",
             registry=self.registry,
         )
-        self.unlocked.set_function(lambda: 1.0 if instance.keyring.state == "unlocked" else 0.0)
+        self.unlocked.set_function(
+            lambda: 1.0 if instance.keyring.try_service_unlock() == "unlocked" else 0.0
+        )
         self.requests = Counter(
             "ams_http_requests_total",
             "HTTP requests answered, by route and status.",

@@ -21,7 +21,11 @@ def init(
     home: HomeOption = None,
     database: Annotated[
         str,
-        typer.Option("--database", help="A postgresql:// URL; default: embedded SQLite in data/ams.db."),
+        typer.Option(
+            "--database",
+            envvar="AMS_DATABASE__URL",
+            help="A postgresql:// URL (or AMS_DATABASE__URL); default: embedded SQLite in data/ams.db.",
+        ),
     ] = "",
     recovery_password_stdin: Annotated[
         bool,

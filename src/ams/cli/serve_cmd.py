@@ -73,6 +73,9 @@ def serve(
             bind_port = instance.settings.server.port if port is None else port
             sock = _listen(bind_host, bind_port)
             state = str(instance.keyring.state)
+            offset = getattr(instance.clock, "offset", None)
+            if offset:
+                log.warning("the clock is shifted by %s (AMS_CLOCK_OFFSET_SECONDS): for tests only", offset)
             if state != "unlocked":
                 log.warning(
                     "master key locked (%s): secret-touching requests answer 503 until `ams security unlock`",
