@@ -10,7 +10,7 @@ import pytest
 
 from ams import audit
 from ams.db.models import KeyWrapping
-from ams.errors import MasterKeyLocked, WeakPassword, WrongPassword
+from ams.errors import Conflict, MasterKeyLocked, WeakPassword, WrongPassword
 from ams.instance import Instance, open_instance
 from conftest import RECOVERY_PASSWORD
 
@@ -156,3 +156,28 @@ def test_malformed_service_key_locks_with_a_reason(instance: Instance) -> None:
         assert "malformed" in (locked.keyring.lock_reason or "")
     finally:
         locked.close()
+
+
+def test_unlock_without_the_services_credential_is_refused(instance: Instance, monkeypatch, tmp_path) -> None:
+    """The service got its key from a systemd credential; a shell without it must not
+    silently re-key the instance to a file the service never reads."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "ams-service-key").write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    instance.home.service_key_file.unlink()
+    as_service = _reopen(instance)
+    as_service.keyring.unlock_with_recovery_password(RECOVERY_PASSWORD, "test")  # wraps under the credential
+    as_service.close()
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    shell = open_instance(instance.home, instance.clock)
+    try:
+        assert shell.keyring.state == "locked"
+        before = _wrappings(shell)
+        with pytest.raises(Conflict, match="systemd credential"):
+            shell.keyring.unlock_with_recovery_password(RECOVERY_PASSWORD, "test")
+        assert _wrappings(shell) == before and not shell.home.service_key_file.exists()
+        shell.keyring.unlock_with_recovery_password(RECOVERY_PASSWORD, "test", move_to_key_file=True)
+        assert shell.home.service_key_file.exists()
+    finally:
+        shell.close()

@@ -27,7 +27,7 @@ from ams.clock import Clock, clock_from_env
 from ams.config import Settings, default_config_text, load_settings
 from ams.db import migrate
 from ams.db.engine import describe_url, engine_name, make_engine, sqlite_url
-from ams.db.models import InstanceRow, KeyWrapping
+from ams.db.models import InstanceRow
 from ams.errors import (
     BadInput,
     DatabaseUnreadable,
@@ -260,9 +260,11 @@ def create_instance(
             revision = migrate.head_revision()
             master_key = crypto.generate_master_key()
             instance_id = str(uuid.uuid4())
-            wrappings = initial_wrappings(master_key, instance_id, service_key, recovery_password)
             fingerprint = crypto.fingerprint(master_key)
             now = clock.now()
+            wrappings = initial_wrappings(
+                master_key, instance_id, service_key, recovery_password, now=now, key_source=source.kind
+            )
             with Session(engine) as session, session.begin():
                 session.add(
                     InstanceRow(
@@ -272,8 +274,7 @@ def create_instance(
                         master_key_fingerprint=fingerprint,
                     )
                 )
-                for kind, wrapping in wrappings.items():
-                    session.add(KeyWrapping(kind=kind, wrapping=wrapping, created_at=now))
+                session.add_all(wrappings)
                 audit.record(
                     session,
                     clock,

@@ -57,6 +57,13 @@ def set_recovery_password(
 def unlock(
     home: HomeOption = None,
     password_stdin: PasswordStdinOption = False,
+    move_to_key_file: Annotated[
+        bool,
+        typer.Option(
+            "--move-to-key-file",
+            help="Write keys/service.key although the service's key came from elsewhere.",
+        ),
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Unlock the master key with the recovery password and write a new service key."""
@@ -65,7 +72,7 @@ def unlock(
         already = keyring.state == "unlocked"
         if not already:
             password = read_secret("recovery password", from_stdin=password_stdin)
-            keyring.unlock_with_recovery_password(password, actor())
+            keyring.unlock_with_recovery_password(password, actor(), move_to_key_file=move_to_key_file)
         result = {
             "state": str(keyring.state),
             "fingerprint": keyring.fingerprint,

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from ams import audit, crypto
 from ams.clock import Clock
 from ams.db.models import InstanceRow, KeyWrapping
-from ams.errors import BadInput, DecryptionFailed, MasterKeyLocked, NotWritable, WrongPassword
+from ams.errors import BadInput, Conflict, DecryptionFailed, MasterKeyLocked, NotWritable, WrongPassword
 from ams.home import Home, fsync_dir
 from ams.security.policy import check_password_strength
 
@@ -233,13 +233,34 @@ class Keyring:
             return MasterKeyState.LOCKED
         return MasterKeyState.UNLOCKED
 
-    def unlock_with_recovery_password(self, password: str, actor: str) -> None:
-        """Unwrap the MK with the recovery password; write a new service key and wrapping."""
+    def unlock_with_recovery_password(
+        self, password: str, actor: str, *, move_to_key_file: bool = False
+    ) -> None:
+        """Unwrap the MK with the recovery password; write a new service key and wrapping.
+
+        When the service wrapping was made for a key this process does not have (a systemd
+        credential or AMS_SERVICE_KEY given to the service only), writing a key file would
+        leave the service locked out: that is refused unless ``move_to_key_file``.
+        """
         with self._sessions() as session:
             row = session.get(KeyWrapping, RECOVERY)
             if row is None:
                 raise DecryptionFailed("the database holds no recovery wrapping")
             wrapping = crypto.WrappedKey.from_json(row.wrapping)
+            service_row = session.get(KeyWrapping, SERVICE)
+            previous_source = service_row.key_source if service_row else None
+        moving = previous_source in ("environment", "credential") and self.source.kind == "file"
+        if moving and not move_to_key_file:
+            where = (
+                "AMS_SERVICE_KEY"
+                if previous_source == "environment"
+                else "the systemd credential ams-service-key"
+            )
+            raise Conflict(
+                f"this instance's service key comes from {where}, which this shell does not have: "
+                "run the unlock where the service's key is provided, or pass --move-to-key-file "
+                "to use keys/service.key from now on; nothing was changed"
+            )
         try:
             mk = crypto.unwrap_with_password(wrapping, password, wrapping_aad(RECOVERY, self.instance_id))
         except DecryptionFailed:
@@ -268,10 +289,11 @@ class Keyring:
                 row = session.get(KeyWrapping, SERVICE)
                 now = self.clock.now()
                 if row is None:
-                    session.add(KeyWrapping(kind=SERVICE, wrapping=wrapped.to_json(), created_at=now))
-                else:
-                    row.wrapping = wrapped.to_json()
-                    row.created_at = now
+                    row = KeyWrapping(kind=SERVICE, wrapping=wrapped.to_json(), created_at=now)
+                    session.add(row)
+                row.wrapping = wrapped.to_json()
+                row.created_at = now
+                row.key_source = self.source.kind
                 audit.record(session, self.clock, event, actor=actor)
                 audit.record(
                     session,
@@ -305,12 +327,18 @@ class Keyring:
 
 
 def initial_wrappings(
-    master_key: bytes, instance_id: str, service_key: bytes, recovery_password: str
-) -> dict[str, str]:
+    master_key: bytes,
+    instance_id: str,
+    service_key: bytes,
+    recovery_password: str,
+    *,
+    now: datetime,
+    key_source: str,
+) -> list[KeyWrapping]:
     """The two wrappings ``ams init`` stores."""
-    return {
-        SERVICE: crypto.wrap_with_key(master_key, service_key, wrapping_aad(SERVICE, instance_id)).to_json(),
-        RECOVERY: crypto.wrap_with_password(
-            master_key, recovery_password, wrapping_aad(RECOVERY, instance_id)
-        ).to_json(),
-    }
+    service = crypto.wrap_with_key(master_key, service_key, wrapping_aad(SERVICE, instance_id))
+    recovery = crypto.wrap_with_password(master_key, recovery_password, wrapping_aad(RECOVERY, instance_id))
+    return [
+        KeyWrapping(kind=SERVICE, wrapping=service.to_json(), key_source=key_source, created_at=now),
+        KeyWrapping(kind=RECOVERY, wrapping=recovery.to_json(), created_at=now),
+    ]

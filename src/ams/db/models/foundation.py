@@ -30,6 +30,9 @@ class KeyWrapping(Base):
 
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)
     wrapping: Mapped[str] = mapped_column(Text)
+    # For the service wrapping: where its key lives (file, environment, credential), so an
+    # unlock run without that key cannot silently move the instance to another one.
+    key_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 

@@ -30,6 +30,7 @@ def upgrade() -> None:
         "master_key_wrappings",
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("wrapping", sa.Text, nullable=False),
+        sa.Column("key_source", sa.String(16), nullable=True),
         sa.Column("created_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("kind", name="pk_master_key_wrappings"),
     )
