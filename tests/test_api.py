@@ -119,3 +119,8 @@ def test_audit_endpoint(client: TestClient, reader: dict[str, str]) -> None:
 def test_openapi_document(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/healthz", "/api/v1/status", "/api/v1/apikeys", "/api/v1/audit"} <= set(paths)
+
+
+def test_no_cdn_backed_docs_pages(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 404
+    assert client.get("/redoc").status_code == 404

@@ -32,6 +32,10 @@ def create_app(instance: Instance) -> FastAPI:
         title="AMS",
         version=__version__,
         description="Access Manager Service: device administrator passwords, directories, recovery.",
+        # FastAPI's interactive docs pull their scripts from a CDN; AMS serves no third-party
+        # assets, so only the OpenAPI document itself is published.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.instance = instance
     app.state.metrics = Metrics(instance)
