@@ -37,6 +37,51 @@ class Event(IntEnum):
     API_KEY_CREATED = 1200
     API_KEY_REVOKED = 1201
     API_AUTH_FAILED = 1202
+    # 1300-1399: password encryption certificates
+    CERTIFICATE_CREATED = 1300
+    CERTIFICATE_ACTIVATED = 1301
+    CERTIFICATE_EXPORTED = 1302
+    CERTIFICATE_IMPORTED = 1303
+    CERTIFICATE_LOST = 1304
+    # 1400-1499: devices and their passwords
+    REGISTRATION_KEY_CREATED = 1400
+    REGISTRATION_KEY_DISABLED = 1401
+    DEVICE_REGISTERED = 1402
+    DEVICE_REGISTRATION_REFUSED = 1403
+    DEVICE_APPROVED = 1404
+    DEVICE_ROTATION_FORCED = 1405
+    DEVICE_AUTH_FAILED = 1406
+    PASSWORD_ROTATED = 1407
+    PASSWORD_REJECTED = 1408
+    PASSWORD_UPDATE_UNDONE = 1409
+    PASSWORD_ROLLBACK_DETECTED = 1410
+    PASSWORD_READ = 1411
+    PASSWORD_HISTORY_PRUNED = 1412
+    PASSWORD_POLICY_CHANGED = 1413
+    DEVICE_DISABLED = 1414
+    # 1500-1599: backups and restore
+    BACKUP_CREATED = 1500
+    BACKUP_FAILED = 1501
+    BACKUP_VERIFIED = 1502
+    BACKUP_RESTORED = 1503
+    BACKUP_PRUNED = 1504
+    BACKUP_SCHEDULE_CHANGED = 1505
+    RESTORE_INTERRUPTED_RESOLVED = 1506
+    # 1600-1649: directories and snapshots
+    DIRECTORY_CREATED = 1600
+    DIRECTORY_DELETED = 1601
+    DIRECTORY_ENTRY_ADDED = 1602
+    DIRECTORY_ENTRY_MODIFIED = 1603
+    DIRECTORY_ENTRY_DELETED = 1604
+    DIRECTORY_IMPORTED = 1605
+    SNAPSHOT_CREATED = 1610
+    SNAPSHOT_FAILED = 1611
+    SNAPSHOT_DELETED = 1612
+    SNAPSHOT_AUTO_PRUNED = 1613
+    DIRECTORY_RESTORE_STARTED = 1620
+    DIRECTORY_RESTORE_COMPLETED = 1621
+    DIRECTORY_RESTORE_FAILED = 1622
+    DIRECTORY_RESTORE_RESUMED = 1623
 
     @property
     def label(self) -> str:
@@ -55,6 +100,47 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.API_KEY_CREATED: "an API key was created (target: key id; details: name, role)",
     Event.API_KEY_REVOKED: "an API key was revoked (target: key id)",
     Event.API_AUTH_FAILED: "an API request presented an unknown, revoked or wrong key",
+    Event.CERTIFICATE_CREATED: "a certificate and its private key were generated (target: thumbprint; details: scope)",
+    Event.CERTIFICATE_ACTIVATED: "a certificate became the active one of its scope (target: thumbprint)",
+    Event.CERTIFICATE_EXPORTED: "a certificate was exported with its private key to a PFX file (target: thumbprint)",
+    Event.CERTIFICATE_IMPORTED: "a certificate was imported from a PFX file (target: thumbprint; details: scope)",
+    Event.CERTIFICATE_LOST: "a certificate's private key was declared lost (target: thumbprint; details: expired)",
+    Event.REGISTRATION_KEY_CREATED: "a registration key was created (target: key id; details: name, limit)",
+    Event.REGISTRATION_KEY_DISABLED: "a registration key was disabled (target: key id)",
+    Event.DEVICE_REGISTERED: "a device registered with a registration key (target: device id)",
+    Event.DEVICE_REGISTRATION_REFUSED: "a registration was refused: unknown, wrong, disabled or used-up key",
+    Event.DEVICE_APPROVED: "a pending device was approved (target: device id)",
+    Event.DEVICE_ROTATION_FORCED: "a device was told to rotate at its next check-in (target: device id)",
+    Event.DEVICE_AUTH_FAILED: "an agent request presented an unknown or wrong device token",
+    Event.PASSWORD_ROTATED: "a device reported a new password (target: device id; details: version)",
+    Event.PASSWORD_REJECTED: "a device's new password was refused: it could not be decrypted or checked",
+    Event.PASSWORD_UPDATE_UNDONE: "a device undid its last password update in the rollback window",
+    Event.PASSWORD_ROLLBACK_DETECTED: "a device's password version differs from the server's: it rotates",
+    Event.PASSWORD_READ: "someone read a device password (target: device id; details: versions, history)",
+    Event.PASSWORD_HISTORY_PRUNED: "old history passwords of a device were removed by retention",
+    Event.PASSWORD_POLICY_CHANGED: "the password policy of a scope was changed (details: the new values)",
+    Event.DEVICE_DISABLED: "a device was disabled: its token opens nothing any more (target: device id)",
+    Event.BACKUP_CREATED: "a backup archive was written (target: backup id; details: kind, file, size)",
+    Event.BACKUP_FAILED: "a backup could not be written (details: kind, destination, reason)",
+    Event.BACKUP_VERIFIED: "a backup archive was verified (target: backup id; details: deep, result)",
+    Event.BACKUP_RESTORED: "the instance was restored from a backup (target: backup id; details: file)",
+    Event.BACKUP_PRUNED: "retention removed a backup archive (target: backup id; details: file)",
+    Event.BACKUP_SCHEDULE_CHANGED: "the backup schedule or retention was changed (details: new values)",
+    Event.RESTORE_INTERRUPTED_RESOLVED: "an interrupted restore was rolled back or finished",
+    Event.DIRECTORY_CREATED: "a directory was created",
+    Event.DIRECTORY_DELETED: "a directory, its entries and its snapshots were deleted",
+    Event.DIRECTORY_ENTRY_ADDED: "an entry was added to a directory",
+    Event.DIRECTORY_ENTRY_MODIFIED: "an entry of a directory was modified",
+    Event.DIRECTORY_ENTRY_DELETED: "an entry was deleted from a directory",
+    Event.DIRECTORY_IMPORTED: "LDIF entries were imported into a directory",
+    Event.SNAPSHOT_CREATED: "a snapshot was taken",
+    Event.SNAPSHOT_FAILED: "taking a snapshot failed; outcome `failure`",
+    Event.SNAPSHOT_DELETED: "a snapshot and its file were deleted",
+    Event.SNAPSHOT_AUTO_PRUNED: "retention removed an automatic snapshot beyond the newest 5",
+    Event.DIRECTORY_RESTORE_STARTED: "a restore from a snapshot started; the directory is Restoring",
+    Event.DIRECTORY_RESTORE_COMPLETED: "a restore finished; the directory is Active with the snapshot's data",
+    Event.DIRECTORY_RESTORE_FAILED: "a restore failed; the directory is RestoreFailed with its old data",
+    Event.DIRECTORY_RESTORE_RESUMED: "an interrupted restore",
 }
 
 

@@ -15,20 +15,53 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "DirectoryEntryNotFound",
+    "DirectoryNotFound",
+    "DirectoryUnavailable",
+    "LdifInvalid",
+    "NotPrimaryRegion",
+    "SnapshotCorrupt",
+    "SnapshotLimitExceeded",
+    "SnapshotNotFound",
+    "SnapshotTooOld",
+    "UnsupportedOperation",
     "AMSError",
+    "AgentNotRegistered",
+    "AgentPasswordNotSet",
+    "AgentServerAnswerInvalid",
+    "AgentServerRefused",
+    "AgentServerUnreachable",
     "AlreadyExists",
+    "BackupFailed",
+    "BackupInvalid",
+    "BackupUnsafe",
+    "BackupUnsupported",
     "AuthenticationRequired",
     "BadInput",
+    "CertificateKeyAbsent",
+    "CertificateKeyUnsupported",
     "Conflict",
     "DatabaseUnreadable",
     "DecryptionFailed",
+    "DeviceDisabled",
+    "DevicePendingApproval",
+    "DeviceTokenInvalid",
     "InstanceExists",
     "InstanceNotFound",
     "InternalError",
     "MasterKeyLocked",
     "NotFound",
     "NotWritable",
+    "PasswordUndecryptable",
     "PermissionDenied",
+    "PfxInvalid",
+    "PfxKeyMismatch",
+    "PfxNoPrivateKey",
+    "RecoveryPasswordRequired",
+    "RegistrationKeyInvalid",
+    "RegistrationKeyRefused",
+    "RestoreFailed",
+    "RollbackWindowClosed",
     "SchemaMismatch",
     "ServiceRunning",
     "WeakPassword",
@@ -170,6 +203,264 @@ class PermissionDenied(AMSError):
     exit_status = 41
     http_status = 403
     summary = "this API key's role may not do that"
+
+
+# 50-54: password encryption certificates and PFX files.
+
+
+class PfxInvalid(BadInput):
+    code = "pfx_invalid"
+    exit_status = 50
+    http_status = 422
+    summary = "the file is not a PKCS#12 (PFX) file: export the certificate with its private key as .pfx/.p12"
+
+
+class PfxNoPrivateKey(BadInput):
+    code = "pfx_no_private_key"
+    exit_status = 51
+    http_status = 422
+    summary = "the PFX file holds no private key: export the certificate again with its private key"
+
+
+class PfxKeyMismatch(BadInput):
+    code = "pfx_key_mismatch"
+    exit_status = 52
+    http_status = 422
+    summary = "the private key in the PFX file does not belong to its certificate: export the right pair"
+
+
+class CertificateKeyUnsupported(BadInput):
+    code = "certificate_key_unsupported"
+    exit_status = 53
+    http_status = 422
+    summary = "the certificate's key is not RSA of at least 2048 bits: use an RSA-2048 or larger key"
+
+
+class CertificateKeyAbsent(Conflict):
+    code = "certificate_key_absent"
+    exit_status = 54
+    http_status = 409
+    summary = "this certificate's private key is not in AMS (lost): import its PFX with `ams certs import`"
+
+
+# 55-64: devices and their passwords (the vault).
+
+
+class PasswordUndecryptable(AMSError):
+    code = "password_undecryptable"
+    exit_status = 55
+    http_status = 422
+    # The agent API contract fixes this exact message.
+    summary = "could not decrypt the password data provided by the client"
+
+
+class DevicePendingApproval(PermissionDenied):
+    code = "device_pending_approval"
+    exit_status = 56
+    http_status = 403
+    summary = "this device waits for approval: an administrator runs `ams device approve DEVICE`"
+
+
+class RollbackWindowClosed(Conflict):
+    code = "rollback_window_closed"
+    exit_status = 57
+    http_status = 409
+    summary = "the 60-second rollback window of this password update has closed; the new password stays"
+
+
+class RegistrationKeyInvalid(AuthenticationRequired):
+    code = "registration_key_invalid"
+    exit_status = 58
+    http_status = 401
+    summary = "the registration key is unknown or wrong: ask an administrator for one (`ams regkey create`)"
+
+
+class RegistrationKeyRefused(PermissionDenied):
+    code = "registration_key_refused"
+    exit_status = 59
+    http_status = 403
+    summary = "the registration key is disabled or used up: ask an administrator for another one"
+
+
+class DeviceTokenInvalid(AuthenticationRequired):
+    code = "device_token_invalid"
+    exit_status = 60
+    http_status = 401
+    summary = "the device token is unknown or wrong: register the device again with `ams-agent register`"
+
+
+class DeviceDisabled(PermissionDenied):
+    code = "device_disabled"
+    exit_status = 61
+    http_status = 403
+    summary = "this device is disabled: register it again, or ask an administrator"
+
+
+# 65-74: directories and their snapshots. ``aws_type`` names the AWS Directory Service error
+# shape the AWS-compatible API answers with.
+
+
+class DirectoryNotFound(NotFound):
+    code = "directory_not_found"
+    exit_status = 65
+    http_status = 404
+    summary = "no such directory: list them with `ams directory list`"
+    aws_type: ClassVar[str] = "EntityDoesNotExistException"
+
+
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+    exit_status = 66
+    http_status = 404
+    summary = "no such snapshot: list them with `ams snapshot list`"
+    aws_type: ClassVar[str] = "EntityDoesNotExistException"
+
+
+class SnapshotLimitExceeded(Conflict):
+    code = "snapshot_limit_exceeded"
+    exit_status = 67
+    http_status = 409
+    summary = "the directory has 5 manual snapshots, the limit: delete one with `ams snapshot delete S` first"
+    aws_type: ClassVar[str] = "SnapshotLimitExceededException"
+
+
+class DirectoryUnavailable(AMSError):
+    code = "directory_unavailable"
+    exit_status = 68
+    http_status = 503
+    summary = "the directory is restoring and offline: try again when its stage is Active"
+    aws_type: ClassVar[str] = "ClientException"
+
+
+class UnsupportedOperation(Conflict):
+    code = "unsupported_operation"
+    exit_status = 69
+    http_status = 409
+    summary = "this directory does not support that operation (AD Connector directories have no snapshots)"
+    aws_type: ClassVar[str] = "UnsupportedOperationException"
+
+
+class SnapshotTooOld(UnsupportedOperation):
+    code = "snapshot_too_old"
+    exit_status = 70
+    http_status = 422
+    summary = "the snapshot is older than 180 days and cannot be restored: choose a newer snapshot"
+    aws_type: ClassVar[str] = "ClientException"
+
+
+class NotPrimaryRegion(UnsupportedOperation):
+    code = "not_primary_region"
+    exit_status = 71
+    http_status = 409
+    summary = "snapshot operations are accepted only in the directory's primary region: send them there"
+    aws_type: ClassVar[str] = "ClientException"
+
+
+class SnapshotCorrupt(AMSError):
+    code = "snapshot_corrupt"
+    exit_status = 72
+    http_status = 422
+    summary = "the snapshot file fails its checksum and cannot be restored: delete it, use another one"
+    aws_type: ClassVar[str] = "ClientException"
+
+
+class LdifInvalid(BadInput):
+    code = "ldif_invalid"
+    exit_status = 73
+    http_status = 422
+    summary = "the LDIF is not valid: fix the line the message names; nothing was imported"
+    aws_type: ClassVar[str] = "InvalidParameterException"
+
+
+class DirectoryEntryNotFound(NotFound):
+    code = "directory_entry_not_found"
+    exit_status = 74
+    http_status = 404
+    summary = "the directory has no entry with that DN: list entries with GET .../objects"
+    aws_type: ClassVar[str] = "EntityDoesNotExistException"
+
+
+# 80-89: backups and restore.
+
+
+class BackupInvalid(AMSError):
+    code = "backup_invalid"
+    exit_status = 80
+    http_status = 422
+    summary = "the backup archive is damaged, altered or not an AMS backup; use another backup"
+
+
+class BackupUnsafe(BackupInvalid):
+    code = "backup_unsafe"
+    exit_status = 81
+    http_status = 422
+    summary = "the backup archive holds a path that would write outside its folder; it was refused"
+
+
+class BackupFailed(AMSError):
+    code = "backup_failed"
+    exit_status = 82
+    http_status = 500
+    summary = "the backup could not be written; check the destination, nothing was left behind"
+
+
+class RestoreFailed(AMSError):
+    code = "restore_failed"
+    exit_status = 83
+    http_status = 500
+    summary = "the restore failed and the instance was left exactly as it was"
+
+
+class BackupUnsupported(AMSError):
+    code = "backup_unsupported"
+    exit_status = 84
+    http_status = 422
+    summary = "this backup or database engine is not supported by this version of AMS"
+
+
+class RecoveryPasswordRequired(AMSError):
+    code = "recovery_password_required"
+    exit_status = 85
+    http_status = 403
+    summary = "this backup needs the recovery password that was current when it was made"
+
+
+# 90-94: ams-agent, on the managed device (these never travel over HTTP).
+
+
+class AgentNotRegistered(AMSError):
+    code = "agent_not_registered"
+    exit_status = 90
+    http_status = 500
+    summary = "this agent is not registered: run `ams-agent register` first"
+
+
+class AgentServerUnreachable(AMSError):
+    code = "agent_server_unreachable"
+    exit_status = 91
+    http_status = 502
+    summary = "the AMS server could not be reached: check the server address and the network, then try again"
+
+
+class AgentServerRefused(AMSError):
+    code = "agent_server_refused"
+    exit_status = 92
+    http_status = 502
+    summary = "the AMS server refused the request; its message says why"
+
+
+class AgentPasswordNotSet(AMSError):
+    code = "agent_password_not_set"
+    exit_status = 93
+    http_status = 500
+    summary = "the new password could not be set on this device; the device keeps its old password"
+
+
+class AgentServerAnswerInvalid(AMSError):
+    code = "agent_server_answer_invalid"
+    exit_status = 94
+    http_status = 502
+    summary = "the AMS server's answer is not valid for this agent; nothing was changed"
 
 
 def all_errors() -> list[type[AMSError]]:

@@ -49,4 +49,12 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "recovery_password_set_at": set_at.isoformat() if set_at else None,
         "service": {"running": pid is not None, "pid": pid or None},
         "counts": counts,
+        "backup": _backup_status(instance),
     }
+
+
+def _backup_status(instance: Instance) -> dict[str, Any]:
+    """Issue 4: the last backup, its result, the next scheduled one (ams.backup.schedule)."""
+    from ams.backup.schedule import schedule_status
+
+    return schedule_status(instance)

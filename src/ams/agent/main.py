@@ -1,16 +1,272 @@
-"""The ``ams-agent`` entry point. Registration and rotation arrive with the vault (issue 3)."""
+"""The ``ams-agent`` command: ``register`` once, then ``run`` (on an interval, or ``--once``)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import socket
 import sys
+import threading
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
 
 from ams import __version__
+from ams.agent.client import AgentClient, Interrupted, RetryPolicy, normalise_server_url
+from ams.agent.rotation import check_in
+from ams.agent.setters import Setter, parse_setter, valid_account
+from ams.agent.state import DEFAULT_STATE, AgentState, exclusive, load_state, save_state
+from ams.errors import AlreadyExists, AMSError, BadInput
+
+__all__ = ["app", "main", "run"]
+
+log = logging.getLogger("ams.agent")
+
+app = typer.Typer(
+    name="ams-agent",
+    help="The AMS agent: registers this device with an AMS server and rotates its administrator password.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+
+_debug = False
+
+StateOption = Annotated[
+    Path,
+    typer.Option("--state", help="The agent's state file (token, device id, last version); kept 0600."),
+]
+TriesOption = Annotated[
+    int, typer.Option("--tries", min=1, max=100, help="Attempts per request when the network fails.")
+]
+MaxDelayOption = Annotated[
+    float,
+    typer.Option("--max-delay", min=0, max=3600, help="Longest wait, in seconds, between two attempts."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ams-agent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = _debug or debug
+
+
+def _retry(tries: int, max_delay: float) -> RetryPolicy:
+    return RetryPolicy(tries=tries, base_delay=min(1.0, max_delay), max_delay=max_delay)
+
+
+def _registration_key(key: str | None, from_stdin: bool) -> str:
+    if (key is None) == (not from_stdin):
+        raise BadInput(
+            "give the registration key with --registration-key-stdin (preferred: keys are secrets) "
+            "or --registration-key, exactly one of them"
+        )
+    key = sys.stdin.readline().strip() if from_stdin else (key or "").strip()
+    if not key:
+        where = "on standard input: send it as the first line" if from_stdin else "given"
+        raise BadInput(f"no registration key {where}")
+    if "." not in key or any(c.isspace() for c in key):
+        raise BadInput(
+            "the registration key is not of the form <id>.<secret>: copy it whole from `ams regkey create`"
+        )
+    return key
+
+
+@app.command()
+def register(
+    server: Annotated[
+        str, typer.Option("--server", help="The AMS server's address, e.g. https://ams.example.com.")
+    ],
+    registration_key: Annotated[
+        str | None,
+        typer.Option(
+            "--registration-key",
+            help="The registration key (visible in `ps`: prefer --registration-key-stdin).",
+        ),
+    ] = None,
+    registration_key_stdin: Annotated[
+        bool,
+        typer.Option("--registration-key-stdin", help="Read the registration key from standard input."),
+    ] = False,
+    state_path: StateOption = DEFAULT_STATE,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The device's name on the server (default: host name).")
+    ] = None,
+    tries: TriesOption = 5,
+    max_delay: MaxDelayOption = 30.0,
+) -> None:
+    """Register this device with the AMS server and save its credentials in the state file."""
+    url = normalise_server_url(server)
+    key = _registration_key(registration_key, registration_key_stdin)
+    device_name = (name if name is not None else socket.gethostname()).strip()
+    if not device_name:
+        raise BadInput("--name cannot be empty")
+    already = AlreadyExists(
+        f"this agent is already registered (state in {state_path}): to register again, "
+        "move that file away first, or pass another --state"
+    )
+    if state_path.exists():
+        raise already
+    with AgentClient(url, retry=_retry(tries, max_delay)) as client:
+        answer = client.register(key, device_name)
+    state = AgentState(
+        server=url,
+        device_id=answer["device_id"],
+        token=answer["token"],
+        name=device_name,
+        registered_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    # Nothing is written before the server said yes; an existing state is never replaced.
+    if not save_state(state_path, state, replace=False):
+        raise already
+    status = answer["status"]
+    typer.echo(f"registered {device_name} as {state.device_id} (status: {status}); state in {state_path}")
+    if status == "pending":
+        typer.echo(f"the device waits for approval: run `ams device approve {state.device_id}` on the server")
+
+
+class _Stop:
+    """SIGTERM and SIGINT end the loop after the check-in in progress, never in its middle."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.received = "a signal"
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        # Only set a flag here: logging from a signal handler could interleave with a log
+        # line being written by the code it interrupted.
+        self.received = signal.Signals(signum).name
+        self.event.set()
+
+
+def _one(
+    state_path: Path, setter: Setter, account: str | None, retry: RetryPolicy, stop: threading.Event | None
+) -> None:
+    state = load_state(state_path)
+    with AgentClient(state.server, token=state.token, retry=retry, stop=stop) as client:
+        result = check_in(state, state_path, client, setter, account=account)
+    log.info("%s", result.describe())
+
+
+@app.command("run")
+def run_(
+    once: Annotated[bool, typer.Option("--once", help="Check in once and exit.")] = False,
+    state_path: StateOption = DEFAULT_STATE,
+    interval: Annotated[
+        float, typer.Option("--interval", min=1, help="Seconds between check-ins (without --once).")
+    ] = 3600.0,
+    setter_spec: Annotated[
+        str, typer.Option("--setter", help="How to set the password: chpasswd, or file:PATH.")
+    ] = "chpasswd",
+    account: Annotated[
+        str | None,
+        typer.Option("--account", help="The account whose password rotates (default: the server's policy)."),
+    ] = None,
+    tries: TriesOption = 5,
+    max_delay: MaxDelayOption = 30.0,
+) -> None:
+    """Check in with the server and rotate the password when it asks; every --interval seconds."""
+    setter = parse_setter(setter_spec)
+    if account is not None and not valid_account(account):
+        raise BadInput(f"--account {account!r} is not an account name: 1-64 characters, no colon or space")
+    retry = _retry(tries, max_delay)
+    load_state(state_path)  # a missing or broken state is a mistake to report now, not in a loop
+    with exclusive(state_path):
+        if once:
+            _one(state_path, setter, account, retry, None)
+            return
+        stop = _Stop()
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            log.info("checking in every %g s with %s; SIGTERM or Ctrl-C stops", interval, setter.description)
+            while not stop.event.is_set():
+                started = time.monotonic()
+                try:
+                    _one(state_path, setter, account, retry, stop.event)
+                except Interrupted:
+                    break
+                except AMSError as exc:
+                    log.error("%s", exc.message)
+                except Exception as exc:  # noqa: BLE001 - a device agent keeps going; the next check-in may work
+                    log.error(
+                        "internal error (%s); run with --debug to see where, and report it",
+                        type(exc).__name__,
+                    )
+                    if _debug:
+                        traceback.print_exc()
+                stop.event.wait(max(0.0, interval - (time.monotonic() - started)))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("%s received: stopped", stop.received)
+
+
+def _configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s ams-agent %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    # httpx logs every request at INFO; our own lines say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _fail(message: str, status: int) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return status
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run ``ams-agent`` with ``argv``; return the exit status instead of exiting."""
+    global _debug
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug = os.environ.get("AMS_DEBUG", "") not in ("", "0") or "--debug" in args
+    _configure_logging()
+    command = typer.main.get_command(app)
+    if not args:
+        args = ["--help"]
+    try:
+        result = command.main(args=args, prog_name="ams-agent", standalone_mode=False)
+    except AMSError as exc:
+        if _debug:
+            traceback.print_exc()
+        return _fail(exc.message, exc.exit_status)
+    except typer.TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "ams-agent"
+        message = exc.format_message().replace("\n", " ")
+        status = getattr(exc, "exit_code", 2)
+        return _fail(f"{message} (see `{where} --help`)" if status == 2 else message, status)
+    except (typer.Abort, KeyboardInterrupt, EOFError):
+        return _fail("interrupted; nothing more was done", 130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback by default
+        if _debug:
+            traceback.print_exc()
+        return _fail(
+            f"internal error ({type(exc).__name__}); run again with --debug to see where, and report it", 1
+        )
+    return result if isinstance(result, int) else 0
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    if args in (["--version"], ["-V"]):
-        print(f"ams-agent {__version__}")
-        sys.exit(0)
-    sys.stderr.write("error: ams-agent has no commands in this version; see `ams-agent --version`\n")
-    sys.exit(2)
+    sys.exit(run())

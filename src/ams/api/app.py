@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ams import __version__
+from ams.api import aws_ds
 from ams.api.metrics import Metrics
-from ams.api.routes import apikeys, audit, health, status
+from ams.api.routes import agent, apikeys, audit, backups, certificates, devices, directories, health, status
 from ams.errors import AMSError, AuthenticationRequired, MasterKeyLocked
 from ams.instance import Instance
 
@@ -27,6 +30,31 @@ def _error_response(exc: AMSError) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Background jobs that run while the app serves, stopped when it stops.
+
+    Directories (issue 5): the restore worker and the daily automatic snapshots, one thread
+    (ams.directory.background.DirectoryJobs); tests drive its ``tick()`` instead.
+    """
+    from ams.directory.background import DirectoryJobs
+
+    directory_jobs = DirectoryJobs(app.state.instance)
+    app.state.directory_jobs = directory_jobs
+    directory_jobs.start()
+    # Backups (issue 4): the scheduled backup thread (ams.backup.scheduler.BackupScheduler).
+    from ams.backup.scheduler import BackupScheduler
+
+    backup_scheduler = BackupScheduler(app.state.instance)
+    app.state.backup_scheduler = backup_scheduler
+    backup_scheduler.start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(backup_scheduler.stop)
+        await asyncio.to_thread(directory_jobs.stop)
+
+
 def create_app(instance: Instance) -> FastAPI:
     app = FastAPI(
         title="AMS",
@@ -36,6 +64,7 @@ def create_app(instance: Instance) -> FastAPI:
         # assets, so only the OpenAPI document itself is published.
         docs_url=None,
         redoc_url=None,
+        lifespan=_lifespan,
     )
     app.state.instance = instance
     app.state.metrics = Metrics(instance)
@@ -66,6 +95,12 @@ def create_app(instance: Instance) -> FastAPI:
         app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
         return response
 
-    for router in (health.router, status.router, apikeys.router, audit.router):
+    for router in (health.router, status.router, apikeys.router, audit.router, certificates.router):
         app.include_router(router)
+    for router in (agent.router, devices.router):
+        app.include_router(router)
+    app.include_router(directories.router)
+    app.include_router(backups.router)
+    # The AWS Directory Service-compatible endpoint (issue 5): POST /aws/ds, and POST / by target.
+    app.include_router(aws_ds.router)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from ams import __version__
@@ -36,3 +38,27 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self._backup_gauges(instance)
+
+    def _backup_gauges(self, instance: Instance) -> None:
+        """Issue 4: backups, read from the catalog and the schedule at each scrape."""
+        from ams.backup.schedule import schedule_status
+
+        def read(key: str) -> float:
+            try:
+                value = schedule_status(instance).get(key)
+            except Exception:  # noqa: BLE001 - a scrape never fails for one gauge
+                return float("nan")
+            if key == "last_success_at":
+                return datetime.fromisoformat(value).timestamp() if value else 0.0
+            return float(value or 0)
+
+        for name, key, text in (
+            ("ams_backup_last_success_timestamp_seconds", "last_success_at", "Last good backup (Unix time)."),
+            ("ams_backup_last_duration_seconds", "last_success_duration_seconds", "Seconds it took."),
+            ("ams_backup_last_size_bytes", "last_success_size_bytes", "Size of the last good backup."),
+            ("ams_backup_failures_total", "failures_total", "Scheduled backups that failed."),
+            ("ams_backup_consecutive_failures", "consecutive_failures", "Scheduled backups failed in a row."),
+        ):
+            gauge = Gauge(name, text, registry=self.registry)
+            gauge.set_function(lambda key=key: read(key))

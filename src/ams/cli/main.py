@@ -10,7 +10,19 @@ from typing import Annotated
 import typer
 
 from ams import __version__
-from ams.cli import apikey_cmd, audit_cmd, db_cmd, security_cmd
+from ams.cli import (
+    apikey_cmd,
+    audit_cmd,
+    backup_cmd,
+    certs_cmd,
+    db_cmd,
+    device_cmd,
+    directory_cmd,
+    password_cmd,
+    regkey_cmd,
+    security_cmd,
+    snapshot_cmd,
+)
 from ams.cli.init_cmd import init
 from ams.cli.serve_cmd import serve
 from ams.cli.status_cmd import status
@@ -52,6 +64,13 @@ app.add_typer(security_cmd.app, name="security")
 app.add_typer(apikey_cmd.app, name="apikey")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(backup_cmd.app, name="backup")
+app.add_typer(certs_cmd.app, name="certs")
+app.add_typer(regkey_cmd.app, name="regkey")
+app.add_typer(device_cmd.app, name="device")
+app.add_typer(password_cmd.app, name="password")
+app.add_typer(directory_cmd.app, name="directory")
+app.add_typer(snapshot_cmd.app, name="snapshot")
 
 
 def _fail(message: str, status: int) -> int:

@@ -1,0 +1,83 @@
+"""/api/v1/agent: what ams-agent calls (docs/agent-api.md). Device tokens, not API keys."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel, Field
+
+from ams.api.deps import CurrentInstance
+from ams.errors import BadInput, DeviceTokenInvalid
+from ams.vault import devices, passwords
+from ams.vault.devices import AuthenticatedDevice
+
+router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+
+
+def _device_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise DeviceTokenInvalid("no device token: send `Authorization: Bearer <device id>.<secret>`")
+    return token.strip()
+
+
+def current_device(request: Request, instance: CurrentInstance) -> AuthenticatedDevice:
+    """The device whose token the request carries; only active devices pass."""
+    return devices.authenticate(instance, _device_token(request))
+
+
+AgentDevice = Annotated[AuthenticatedDevice, Depends(current_device)]
+
+
+class RegisterBody(BaseModel):
+    registration_key: str = Field(min_length=1, max_length=512)
+    name: str = Field(min_length=1, max_length=255)
+
+
+class PasswordBody(BaseModel):
+    account: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1, le=2**31 - 1)
+    blob: str = Field(min_length=1, max_length=4 * passwords.MAX_BLOB_BYTES)
+
+
+@router.post("/register", status_code=status.HTTP_201_CREATED)
+def register(body: RegisterBody, instance: CurrentInstance) -> dict[str, Any]:
+    """Register a device with a registration key; the answer holds its token, shown once."""
+    return devices.register(instance, body.registration_key, body.name).to_dict()
+
+
+def _version(value: str | None) -> int | None:
+    if value is None or not value.strip():
+        return None
+    try:
+        parsed = int(value.strip())
+    except ValueError:
+        raise BadInput(
+            f"version={value[:20]!r} is not a whole number: send the last version, or nothing"
+        ) from None
+    if parsed < 1:
+        raise BadInput("version must be 1 or more: send the last version, or nothing")
+    return parsed
+
+
+@router.get("/password")
+def rotation_advice(
+    instance: CurrentInstance,
+    device: AgentDevice,
+    version: Annotated[str | None, Query(max_length=20)] = None,
+) -> dict[str, Any]:
+    """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
+    return passwords.decide(instance, device, _version(version)).to_dict()
+
+
+@router.post("/password", status_code=status.HTTP_201_CREATED)
+def report_password(body: PasswordBody, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
+    """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
+    return passwords.store(instance, device, body.account, body.version, body.blob).to_dict()
+
+
+@router.delete("/password/{request_id}")
+def undo_password(request_id: str, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
+    """Undo the last update within 60 seconds, when the device could not set the password."""
+    return {"restored_version": passwords.undo(instance, device, request_id)}

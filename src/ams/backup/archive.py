@@ -1,0 +1,511 @@
+"""The ``.amsbak`` archive: writing it as a stream, and reading it strictly.
+
+Layout (docs/formats.md, "Backup archive (.amsbak)"): a POSIX tar with exactly four regular
+members, in this order::
+
+    manifest.json       readable JSON: what the backup is, and the recovery wrapping of the MK
+    payload.enc         the encrypted payload stream (ams.crypto.backupbox) of an inner tar
+    SHA256SUMS          `sha256sum` lines for manifest.json and payload.enc
+    SHA256SUMS.sealed   JSON with the HMAC-SHA256 of SHA256SUMS under a key derived from the MK
+
+followed by exactly two zero blocks. The writer never seeks back except to fill in the size
+of ``payload.enc`` once the stream is done, so memory stays flat whatever the size. The
+reader parses the outer tar itself (not with :mod:`tarfile`) so every byte is accounted
+for: header checksums, the member list, the zero padding and the end blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import stat
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from ams import crypto
+from ams.errors import BackupInvalid, BackupUnsafe, BackupUnsupported, DecryptionFailed
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MEMBERS",
+    "ArchiveReader",
+    "ArchiveWriter",
+    "Manifest",
+    "PAYLOAD_ROOTS",
+    "extract_payload",
+]
+
+FORMAT = "ams-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PAYLOAD = "payload.enc"
+SUMS = "SHA256SUMS"
+SEALED = "SHA256SUMS.sealed"
+MEMBERS = (MANIFEST, PAYLOAD, SUMS, SEALED)
+PAYLOAD_ROOTS = ("database", "config", "snapshots")
+_BLOCK = 512
+_COPY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``manifest.json``; :attr:`data` keeps every field as written."""
+
+    data: dict[str, Any]
+
+    @property
+    def backup_id(self) -> str:
+        return str(self.data["backup_id"])
+
+    @property
+    def instance_id(self) -> str:
+        return str(self.data["instance_id"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.data["master_key_fingerprint"])
+
+    @property
+    def schema_revision(self) -> str:
+        return str(self.data["schema_revision"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.data["kind"])
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromisoformat(self.data["created_at"])
+
+    @property
+    def recovery_password_set_at(self) -> str | None:
+        value = self.data.get("recovery_password_set_at")
+        return str(value) if value else None
+
+    def recovery_wrapping(self) -> crypto.WrappedKey:
+        wrapping = self.data.get("recovery_wrapping")
+        if not isinstance(wrapping, dict):
+            raise BackupInvalid("manifest.json holds no recovery wrapping of the master key")
+        try:
+            return crypto.WrappedKey.from_json(json.dumps(wrapping))
+        except (DecryptionFailed, KeyError, TypeError, ValueError):
+            raise BackupInvalid("the recovery wrapping in manifest.json is malformed") from None
+
+    def needs_password_hint(self) -> str:
+        when = self.recovery_password_set_at or "an unknown time"
+        return f"the recovery password that was current when the backup was made (set at {when})"
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Manifest:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BackupInvalid("manifest.json is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise BackupInvalid("manifest.json is not an AMS backup manifest")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise BackupInvalid("manifest.json has no format_version")
+        if version > FORMAT_VERSION:
+            raise BackupUnsupported(
+                f"the backup has format version {version}, newer than this AMS reads ({FORMAT_VERSION}): "
+                "restore it with a newer AMS"
+            )
+        for key in (
+            "backup_id",
+            "instance_id",
+            "master_key_fingerprint",
+            "schema_revision",
+            "created_at",
+            "kind",
+        ):
+            if not isinstance(data.get(key), str):
+                raise BackupInvalid(f"manifest.json lacks the field {key!r}")
+        return cls(data)
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+class _BackgroundHash:
+    """SHA-256 computed in a helper thread (hashlib releases the GIL on large updates), so
+    hashing the payload overlaps with reading, encrypting and writing it. At most a few
+    chunks wait in the queue, so memory stays flat."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="ams-backup-sha256", daemon=True)
+        self._thread.start()
+        self._result: str | None = None
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._digest.update(item)
+
+    def update(self, data: bytes) -> None:
+        if self._result is not None:
+            raise ValueError("update after hexdigest")
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        if self._result is None:
+            self._queue.put(None)
+            self._thread.join()
+            self._result = self._digest.hexdigest()
+        return self._result
+
+    close = hexdigest
+
+
+class _Sink:
+    """Counts and hashes what goes through to the file."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = _BackgroundHash()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def _header(name: str, size: int, mtime: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime
+    info.mode = 0o600
+    info.type = tarfile.REGTYPE
+    return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
+
+
+class ArchiveWriter:
+    """Writes the outer tar to an open, seekable file."""
+
+    def __init__(self, handle: BinaryIO, mtime: int) -> None:
+        self.handle = handle
+        self.mtime = mtime
+        self.sums: dict[str, str] = {}
+
+    def _pad(self, size: int) -> None:
+        rest = size % _BLOCK
+        if rest:
+            self.handle.write(b"\0" * (_BLOCK - rest))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self.handle.write(_header(name, len(data), self.mtime))
+        self.handle.write(data)
+        self._pad(len(data))
+        self.sums[name] = hashlib.sha256(data).hexdigest()
+
+    def write_payload(self, master_key: bytes, produce: Callable[[BinaryIO], None]) -> int:
+        """Encrypt what ``produce`` writes into ``payload.enc``; return its size."""
+        start = self.handle.tell()
+        self.handle.write(_header(PAYLOAD, 0, self.mtime))  # size filled in below
+        sink = _Sink(self.handle)
+        try:
+            writer = crypto.PayloadWriter(sink, master_key)  # type: ignore[arg-type]
+            produce(writer)  # type: ignore[arg-type]
+            writer.close()
+        finally:
+            digest = sink.digest.hexdigest()
+        end = self.handle.tell()
+        self.handle.seek(start)
+        self.handle.write(_header(PAYLOAD, sink.size, self.mtime))
+        self.handle.seek(end)
+        self._pad(sink.size)
+        self.sums[PAYLOAD] = digest
+        return sink.size
+
+    def sums_bytes(self) -> bytes:
+        return "".join(f"{self.sums[n]}  {n}\n" for n in (MANIFEST, PAYLOAD)).encode("ascii")
+
+    def finish(self, master_key: bytes, fingerprint: str) -> None:
+        sums = self.sums_bytes()
+        self.add_bytes(SUMS, sums)
+        sealed = {
+            "algorithm": "HMAC-SHA256",
+            "key": "HKDF-SHA256(master key, info=ams/derived/v1/backup-seal)",
+            "master_key_fingerprint": fingerprint,
+            "hmac": crypto.seal_sums(master_key, sums),
+        }
+        self.add_bytes(SEALED, (json.dumps(sealed, indent=2, sort_keys=True) + "\n").encode("ascii"))
+        self.handle.write(b"\0" * (2 * _BLOCK))
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    offset: int
+    size: int
+
+
+class _Window:
+    """A file object over one member's bytes, hashing what is read."""
+
+    def __init__(self, handle: BinaryIO, member: _Member) -> None:
+        self.handle = handle
+        self.left = member.size
+        self.digest = _BackgroundHash()
+        handle.seek(member.offset)
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        data = self.handle.read(want) if want else b""
+        self.left -= len(data)
+        self.digest.update(data)
+        return data
+
+
+class ArchiveReader:
+    """Open a ``.amsbak`` and check its structure and sums (no key needed for that)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._streams: list[_PayloadStream] = []
+        try:
+            self.handle: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except FileNotFoundError:
+            raise BackupInvalid(f"{path} does not exist: give the path of a .amsbak file") from None
+        except IsADirectoryError:
+            raise BackupInvalid(f"{path} is a folder: give the path of a .amsbak file") from None
+        except PermissionError:
+            raise BackupInvalid(f"{path} cannot be read: permission denied") from None
+        try:
+            self.members = self._parse()
+            self.manifest = Manifest.parse(self._read_member(MANIFEST))
+            self.sums_raw = self._read_member(SUMS)
+            self.sealed = self._parse_sealed(self._read_member(SEALED))
+        except BaseException:
+            self.handle.close()
+            raise
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.close()
+        self.handle.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _parse(self) -> dict[str, _Member]:
+        size = os.fstat(self.handle.fileno()).st_size
+        members: dict[str, _Member] = {}
+        offset = 0
+        for expected in MEMBERS:
+            self.handle.seek(offset)
+            block = self.handle.read(_BLOCK)
+            if len(block) < _BLOCK or block == b"\0" * _BLOCK:
+                raise BackupInvalid(f"the archive is truncated or incomplete: {expected} is missing")
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+            except (tarfile.HeaderError, UnicodeDecodeError):
+                if offset == 0:
+                    raise BackupInvalid(
+                        f"{self.path} is not an AMS backup (.amsbak): not a tar archive, or the tar "
+                        "header of manifest.json is damaged (bad checksum)"
+                    ) from None
+                raise BackupInvalid(f"the tar header of {expected} is damaged (bad checksum)") from None
+            if info.name != expected:
+                raise BackupInvalid(f"the archive holds {info.name!r} where {expected} was expected")
+            if info.type != tarfile.REGTYPE:
+                raise BackupUnsafe(f"the archive member {info.name} is not a regular file")
+            data_at = offset + _BLOCK
+            end = data_at + info.size
+            if end > size:
+                raise BackupInvalid(f"the archive is truncated inside {expected}")
+            padded = end + (-info.size % _BLOCK)
+            self.handle.seek(end)
+            if self.handle.read(padded - end) != b"\0" * (padded - end):
+                raise BackupInvalid(f"the padding after {expected} was altered")
+            members[expected] = _Member(expected, data_at, info.size)
+            offset = padded
+        self.handle.seek(offset)
+        tail = self.handle.read()
+        if len(tail) < 2 * _BLOCK:
+            raise BackupInvalid("the archive is truncated: its end-of-archive blocks are missing")
+        if tail != b"\0" * len(tail) or len(tail) != 2 * _BLOCK:
+            raise BackupInvalid("the archive has data after its end-of-archive blocks")
+        return members
+
+    def _read_member(self, name: str) -> bytes:
+        member = self.members[name]
+        if member.size > 16 << 20:
+            raise BackupInvalid(f"{name} is implausibly large")
+        self.handle.seek(member.offset)
+        return self.handle.read(member.size)
+
+    @staticmethod
+    def _parse_sealed(raw: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(raw.decode("ascii"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BackupInvalid("SHA256SUMS.sealed is not valid JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("hmac"), str):
+            raise BackupInvalid("SHA256SUMS.sealed holds no HMAC")
+        return data
+
+    def expected_sums(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        try:
+            text = self.sums_raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise BackupInvalid("SHA256SUMS is malformed") from None
+        for line in text.splitlines():
+            digest, sep, name = line.partition("  ")
+            if not sep or len(digest) != 64 or name not in (MANIFEST, PAYLOAD) or name in out:
+                raise BackupInvalid("SHA256SUMS is malformed")
+            out[name] = digest
+        if set(out) != {MANIFEST, PAYLOAD}:
+            raise BackupInvalid("SHA256SUMS does not list manifest.json and payload.enc")
+        return out
+
+    def check_manifest_sum(self) -> None:
+        expected = self.expected_sums()[MANIFEST]
+        if hashlib.sha256(self._read_member(MANIFEST)).hexdigest() != expected:
+            raise BackupInvalid("manifest.json does not match its SHA256SUMS entry: the archive was altered")
+
+    def check_seal(self, master_key: bytes) -> None:
+        if not crypto.verify_sums_seal(master_key, self.sums_raw, self.sealed["hmac"]):
+            raise BackupInvalid(
+                "SHA256SUMS.sealed does not match: the archive was altered, or it was not made with "
+                "this master key"
+            )
+
+    def payload_size(self) -> int:
+        return self.members[PAYLOAD].size
+
+    def payload(self, master_key: bytes) -> _PayloadStream:
+        stream = _PayloadStream(self, master_key)
+        self._streams.append(stream)
+        return stream
+
+
+class _PayloadStream:
+    """The decrypted payload as a file object; :meth:`finish` checks the payload's sum."""
+
+    def __init__(self, reader: ArchiveReader, master_key: bytes) -> None:
+        self._reader = reader
+        self._window = _Window(reader.handle, reader.members[PAYLOAD])
+        try:
+            self._plain = crypto.PayloadReader(self._window, master_key)  # type: ignore[arg-type]
+        except DecryptionFailed as exc:
+            self.close()
+            raise BackupInvalid(f"payload.enc: {exc.message}") from None
+
+    def close(self) -> None:
+        """Stop the hashing thread (also when the stream was abandoned on an error)."""
+        self._window.digest.close()
+
+    @property
+    def encrypted_bytes_read(self) -> int:
+        return self._reader.members[PAYLOAD].size - self._window.left
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._plain.read(size)
+        except DecryptionFailed as exc:
+            raise BackupInvalid(f"payload.enc: {exc.message}") from None
+
+    def finish(self) -> None:
+        """Drain what is left and compare the payload's SHA-256 with SHA256SUMS."""
+        while self.read(_COPY):
+            pass
+        if self._window.digest.hexdigest() != self._reader.expected_sums()[PAYLOAD]:
+            raise BackupInvalid("payload.enc does not match its SHA256SUMS entry: the archive was altered")
+
+
+# -- the inner tar ------------------------------------------------------------------------
+
+
+def _safe_parts(name: str) -> tuple[str, ...]:
+    if "\\" in name or "\0" in name:
+        raise BackupUnsafe(f"the backup holds a path with a backslash or NUL ({name!r}); it was refused")
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        raise BackupUnsafe(f"the backup holds an absolute path ({name!r}); it was refused")
+    parts = tuple(p for p in path.parts if p not in ("", "."))
+    if any(p == ".." for p in parts):
+        raise BackupUnsafe(f"the backup holds a path leaving its folder ({name!r}); it was refused")
+    if not parts or parts[0] not in PAYLOAD_ROOTS:
+        raise BackupUnsafe(f"the backup holds an unexpected path ({name!r}); it was refused")
+    return parts
+
+
+def iter_payload_members(
+    stream: BinaryIO,
+) -> Iterator[tuple[tarfile.TarInfo, tuple[str, ...], tarfile.TarFile]]:
+    """Every member of the inner tar, checked for safety before it is handed out."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY, copybufsize=_COPY) as inner:
+            for member in inner:
+                kind = "file" if member.isreg() else "folder" if member.isdir() else None
+                if kind is None:
+                    what = (
+                        "a symbolic link"
+                        if member.issym()
+                        else "a hard link"
+                        if member.islnk()
+                        else "a device file"
+                        if member.ischr() or member.isblk()
+                        else "a special file"
+                    )
+                    raise BackupUnsafe(f"the backup holds {what} ({member.name!r}); it was refused")
+                yield member, _safe_parts(member.name), inner
+    except tarfile.TarError as exc:
+        raise BackupInvalid(f"the payload's inner archive is damaged ({exc})") from None
+
+
+def extract_payload(stream: BinaryIO, target: Path, progress: Callable[[int], None] | None = None) -> int:
+    """Extract the inner tar into ``target`` (an empty private folder); return the files written.
+
+    Folders are created 0700 and files 0600 (0700 when executable) with O_EXCL|O_NOFOLLOW,
+    so nothing outside ``target`` can be reached, even by a name that repeats.
+    """
+    root = target.resolve()
+    files = 0
+    for member, parts, inner in iter_payload_members(stream):
+        dest = root.joinpath(*parts)
+        parent = dest.parent
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if root != parent.resolve() and root not in parent.resolve().parents:
+            raise BackupUnsafe(
+                f"the backup holds a path leaving its folder ({member.name!r}); it was refused"
+            )
+        if member.isdir():
+            if dest.is_symlink():
+                raise BackupUnsafe(f"the backup path {member.name!r} collides with a link; it was refused")
+            dest.mkdir(mode=0o700, exist_ok=True)
+            continue
+        mode = 0o700 if member.mode & stat.S_IXUSR else 0o600
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            raise BackupUnsafe(f"the backup holds {member.name!r} twice; it was refused") from None
+        source = inner.extractfile(member)
+        assert source is not None
+        with os.fdopen(fd, "wb") as handle:
+            while chunk := source.read(_COPY):
+                handle.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            handle.flush()
+            os.fsync(handle.fileno())
+        files += 1
+    return files

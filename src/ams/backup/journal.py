@@ -1,0 +1,129 @@
+"""The restore journal: swapping folders so that a crash midway is undone at the next start.
+
+A restore stages the backup in ``$AMS_HOME/.restore/staging/`` and then renames each live
+folder (``data``, ``config``, ``snapshots``) to ``.restore/old/<name>`` and each staged one
+into place. Before the first rename it writes ``.restore/journal.json`` with state
+``swapping``; after the last, state ``committed``. :func:`resume` reads the journal:
+``swapping`` is rolled back (every folder returns to where it was) unless every staged
+folder is already in place; then, as for ``committed``, the restore is finished (the old
+folders are deleted). Renames within one file
+system are atomic, and each is followed by an fsync of the folders involved.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ams.home import Home, atomic_write, fsync_dir
+
+__all__ = ["SWAPPED", "finish", "journal_path", "resume", "rollback", "step", "swap", "work_dir"]
+
+SWAPPED = ("data", "config", "snapshots")
+
+
+def work_dir(home: Home) -> Path:
+    return home.root / ".restore"
+
+
+def journal_path(home: Home) -> Path:
+    return work_dir(home) / "journal.json"
+
+
+def _write(home: Home, state: str, items: list[dict[str, Any]]) -> None:
+    atomic_write(journal_path(home), json.dumps({"version": 1, "state": state, "items": items}).encode())
+
+
+def _rename(src: Path, dst: Path) -> None:
+    src.rename(dst)
+    fsync_dir(src.parent)
+    if dst.parent != src.parent:
+        fsync_dir(dst.parent)
+
+
+def step(home: Home, move: str, name: str) -> None:
+    """One rename: ``aside`` (live -> .restore/old/name) or ``in`` (staged -> live)."""
+    work = work_dir(home)
+    if move == "aside":
+        _rename(home.root / name, work / "old" / name)
+    else:
+        _rename(work / "staging" / name, home.root / name)
+
+
+def swap(home: Home) -> None:
+    """Swap every staged folder in; on an exception the caller calls :func:`rollback`.
+
+    Every live folder is moved aside first, ``data`` first of all, and the staged ones are
+    moved in with ``data`` last: in every intermediate state ``data/`` is absent, so no
+    ``ams`` command can open a half-swapped instance (they say to run ``ams backup
+    restore``, which resumes first).
+    """
+    work = work_dir(home)
+    (work / "old").mkdir(mode=0o700, exist_ok=True)
+    items = [{"name": n, "had_live": (home.root / n).exists()} for n in SWAPPED]
+    _write(home, "swapping", items)
+    for item in items:
+        if item["had_live"]:
+            step(home, "aside", item["name"])
+    for item in reversed(items):
+        step(home, "in", item["name"])
+    _write(home, "committed", items)
+
+
+def _all_in(home: Home, items: list[dict[str, Any]]) -> bool:
+    work = work_dir(home)
+    return all(
+        (home.root / i["name"]).exists() and not (work / "staging" / i["name"]).exists() for i in items
+    )
+
+
+def rollback(home: Home) -> None:
+    """Put every folder back as the journal found it, then forget the restore."""
+    path = journal_path(home)
+    if path.exists():
+        items = json.loads(path.read_text())["items"]
+        work = work_dir(home)
+        for item in reversed(items):
+            live, old, new = (
+                home.root / item["name"],
+                work / "old" / item["name"],
+                work / "staging" / item["name"],
+            )
+            if item["had_live"]:
+                if old.exists():
+                    if live.exists():
+                        _rename(live, new) if not new.exists() else shutil.rmtree(live)
+                    _rename(old, live)
+            elif live.exists() and not new.exists():
+                _rename(live, new)
+    shutil.rmtree(work_dir(home), ignore_errors=True)
+    if home.root.exists():
+        fsync_dir(home.root)
+
+
+def finish(home: Home) -> None:
+    shutil.rmtree(work_dir(home), ignore_errors=True)
+    fsync_dir(home.root)
+
+
+def resume(home: Home) -> str | None:
+    """Resolve a restore a crash interrupted: "rolled back", "finished", or None (nothing to do)."""
+    work = work_dir(home)
+    if not work.exists():
+        return None
+    path = journal_path(home)
+    state = None
+    if path.exists():
+        try:
+            state = json.loads(path.read_text()).get("state")
+        except (OSError, ValueError):
+            state = None
+    items = json.loads(path.read_text())["items"] if state in ("swapping", "committed") else []
+    if state == "committed" or (state == "swapping" and _all_in(home, items)):
+        # Every staged folder is in place: the instance could already be opened as restored.
+        finish(home)
+        return "finished"
+    rollback(home)
+    return "rolled back"

@@ -1,0 +1,346 @@
+"""``ams backup restore``: everything verified first, the old state saved, an atomic swap.
+
+Order of work, and why:
+
+1. Refuse while ``ams serve`` runs (its pid named); hold the service lock meanwhile.
+2. Find the backup's master key: the instance's own when it is the same key, else the
+   recovery password (checked before anything is written).
+3. Unpack into ``.restore/staging``: seal, sums, every payload chunk, safe paths, the
+   database's integrity, instance id and fingerprint; migrate the staged copy forward.
+4. Wrap the master key for this machine's service key (a new key when the recovery
+   password was needed), write a ``pre-restore`` backup of the current state, and record
+   both in the staged database.
+5. Swap ``data``, ``config`` and ``snapshots`` under the journal (ams.backup.journal).
+
+Any failure before the journal's commit puts every folder back and removes what was
+written, so the instance is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from ams import audit
+from ams.backup import catalog, journal
+from ams.backup.archive import ArchiveReader
+from ams.backup.create import BackupResult, create_backup
+from ams.backup.staging import (
+    PasswordSource,
+    install_service_wrapping,
+    master_key_for,
+    service_wrapping_opens,
+    stage_archive,
+    stage_service_key,
+)
+from ams.clock import Clock, clock_from_env
+from ams.db import migrate
+from ams.db.engine import make_engine, sqlite_url
+from ams.errors import (
+    AMSError,
+    BackupUnsupported,
+    BadInput,
+    DatabaseUnreadable,
+    RestoreFailed,
+    SchemaMismatch,
+    ServiceRunning,
+)
+from ams.home import Home, ensure_private_dir, fsync_dir
+from ams.instance import Instance, open_instance
+from ams.lock import ServiceLock, service_pid
+from ams.security.keyring import ServiceKeySource
+
+__all__ = ["RestoreResult", "resolve_interrupted", "restore_backup"]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    backup_id: str
+    home: Path
+    created_at: str
+    instance_id: str
+    fingerprint: str
+    unlocked_with: str
+    pre_restore: str | None
+    pre_restore_skipped: str | None
+    migrated_from: str | None
+    new_service_key: bool
+    resolved_interrupted: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backup_id": self.backup_id,
+            "home": str(self.home),
+            "backup_created_at": self.created_at,
+            "instance_id": self.instance_id,
+            "master_key_fingerprint": self.fingerprint,
+            "unlocked_with": self.unlocked_with,
+            "pre_restore_backup": self.pre_restore,
+            "pre_restore_skipped": self.pre_restore_skipped,
+            "migrated_from": self.migrated_from,
+            "new_service_key": self.new_service_key,
+            "resolved_interrupted_restore": self.resolved_interrupted,
+        }
+
+
+def resolve_interrupted(
+    home: Home, clock: Clock | None = None, actor: str = "ams", *, locked: bool = False
+) -> str | None:
+    """Finish or undo a restore a crash interrupted (see ams.backup.journal); audit it (1506).
+
+    Only when nothing holds the service lock (a running restore holds it too), unless the
+    caller holds it itself (``locked``).
+    """
+    if not home.root.exists() or (not locked and service_pid(home.lock_file) is not None):
+        return None
+    action = journal.resume(home)
+    if action is None:
+        return None
+    with contextlib.suppress(AMSError):
+        instance = open_instance(home, clock or clock_from_env(), check_schema=False)
+        try:
+            with instance.transaction() as session:
+                audit.record(
+                    session,
+                    instance.clock,
+                    audit.Event.RESTORE_INTERRUPTED_RESOLVED,
+                    actor=actor,
+                    details={"action": action},
+                )
+        finally:
+            instance.close()
+    return action
+
+
+def _refuse_if_running(home: Home) -> None:
+    pid = service_pid(home.lock_file)
+    if pid is not None:
+        raise ServiceRunning(
+            f"`ams serve` is running on {home.root} (pid {pid}): stop it, then restore; nothing was changed"
+        )
+
+
+def _open_current(home: Home, clock: Clock) -> tuple[Instance | None, str | None]:
+    """The current instance, or None with the reason it cannot make a pre-restore backup."""
+    if not home.looks_initialised():
+        if home.root.exists() and any(p.name != ".restore" for p in home.root.iterdir()):
+            raise BadInput(
+                f"{home.root} is not empty and holds no AMS instance: restore into an empty folder "
+                "or an instance"
+            )
+        return None, "the home held no instance"
+    try:
+        instance = open_instance(home, clock, check_schema=False)
+    except (DatabaseUnreadable, SchemaMismatch) as exc:
+        return None, f"the current database cannot be opened ({exc.message})"
+    if instance.engine_name != "sqlite":
+        instance.close()
+        raise BackupUnsupported(
+            "restoring into an instance on PostgreSQL is not yet supported: restore into an "
+            "embedded (SQLite) home"
+        )
+    if instance.keyring.try_service_unlock() != "unlocked":
+        return instance, "the current instance's master key is locked, so its state could not be encrypted"
+    return instance, None
+
+
+def _record_in_staged(
+    db_path: Path,
+    clock: Clock,
+    actor: str,
+    backup_id: str,
+    archive: Path,
+    pre: BackupResult | None,
+    migrated_from: str | None,
+    new_key: bool,
+) -> None:
+    engine = make_engine(sqlite_url(db_path, create=False))
+    try:
+        with Session(engine) as session, session.begin():
+            if pre is not None:
+                catalog.add_complete(session, pre)
+                audit.record(
+                    session,
+                    clock,
+                    audit.Event.BACKUP_CREATED,
+                    actor=actor,
+                    target=pre.backup_id,
+                    details=catalog.created_details(pre),
+                )
+            if migrated_from:
+                audit.record(
+                    session,
+                    clock,
+                    audit.Event.SCHEMA_UPGRADED,
+                    actor=actor,
+                    details={"from": migrated_from, "to": migrate.head_revision()},
+                )
+            audit.record(
+                session,
+                clock,
+                audit.Event.BACKUP_RESTORED,
+                actor=actor,
+                target=backup_id,
+                details={
+                    "file": str(archive),
+                    "pre_restore": pre.backup_id if pre else None,
+                    "migrated_from": migrated_from,
+                    "new_service_key": new_key,
+                },
+            )
+    finally:
+        engine.dispose()
+
+
+def _migrate_staged(db_path: Path, revision: str) -> str | None:
+    if revision == migrate.head_revision():
+        return None
+    engine = make_engine(sqlite_url(db_path, create=False))
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    return revision
+
+
+def restore_backup(
+    archive: Path,
+    home: Home,
+    *,
+    actor: str,
+    password: PasswordSource | None = None,
+    clock: Clock | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreResult:
+    clock = clock or clock_from_env()
+    _refuse_if_running(home)
+    lock: ServiceLock | None = None
+    created_lock = False
+    if home.run_dir.is_dir():
+        created_lock = not home.lock_file.exists()
+        lock = ServiceLock(home.lock_file)
+        lock.acquire()  # a serve started now waits for us; one that won the race is named
+    try:
+        resolved = resolve_interrupted(home, clock, actor, locked=True)
+        with ArchiveReader(archive) as reader:
+            reader.check_manifest_sum()
+            current, skipped = _open_current(home, clock)
+            try:
+                master_key, via = master_key_for(reader, current, password)
+            except BaseException:
+                if current is not None:
+                    current.close()
+                raise
+            return _restore(
+                reader, archive, home, current, skipped, master_key, via, actor, clock, progress, resolved
+            )
+    finally:
+        if lock is not None:
+            lock.release()
+            if created_lock:
+                with contextlib.suppress(OSError):
+                    home.lock_file.unlink()
+
+
+def _restore(
+    reader: ArchiveReader,
+    archive: Path,
+    home: Home,
+    current: Instance | None,
+    skipped: str | None,
+    master_key: bytes,
+    via: str,
+    actor: str,
+    clock: Clock,
+    progress: Callable[[int], None] | None,
+    resolved: str | None,
+) -> RestoreResult:
+    manifest = reader.manifest
+    created_root = not home.root.exists()
+    pre: BackupResult | None = None
+    abort_key: Callable[[], None] = lambda: None  # noqa: E731
+    committed = False
+    try:
+        if created_root:
+            ensure_private_dir(home.root)
+        work = journal.work_dir(home)
+        work.mkdir(mode=0o700)
+        staging = work / "staging"
+        staging.mkdir(mode=0o700)
+        staged = stage_archive(reader, master_key, staging, progress)
+        migrated_from = _migrate_staged(staged.db_path, staged.revision)
+
+        new_key = via != "instance"
+        if new_key:
+            service_key, key_kind, commit_key, abort_key = stage_service_key(home)
+        else:
+            source = ServiceKeySource(home)
+            existing = source.read()
+            assert existing is not None  # the instance was unlocked with it
+            service_key, key_kind, commit_key = existing, source.kind, (lambda: None)
+        if new_key or not service_wrapping_opens(staged.db_path, service_key, manifest.instance_id):
+            install_service_wrapping(
+                staged.db_path, master_key, manifest.instance_id, service_key, key_kind, clock.now()
+            )
+        if current is not None and skipped is None:
+            pre = create_backup(
+                current,
+                dest=catalog.default_destination(current),
+                kind="pre-restore",
+                actor=actor,
+                record=False,
+            )
+        if current is not None:
+            current.close()
+            current = None
+        _record_in_staged(
+            staged.db_path, clock, actor, manifest.backup_id, archive, pre, migrated_from, new_key
+        )
+        journal.swap(home)
+        committed = True
+        commit_key()
+        journal.finish(home)
+        for folder in home.layout():
+            ensure_private_dir(folder)
+    except BaseException as exc:
+        if not committed:
+            _undo(home, created_root, abort_key, pre)
+        if isinstance(exc, AMSError) or not isinstance(exc, Exception):
+            raise
+        raise RestoreFailed(
+            f"the restore failed ({type(exc).__name__}: {exc}); the instance was left exactly as it was"
+        ) from exc
+    finally:
+        if current is not None:
+            current.close()
+    return RestoreResult(
+        backup_id=manifest.backup_id,
+        home=home.root,
+        created_at=manifest.created_at.isoformat(),
+        instance_id=manifest.instance_id,
+        fingerprint=manifest.fingerprint,
+        unlocked_with=via,
+        pre_restore=str(pre.path) if pre else None,
+        pre_restore_skipped=skipped,
+        migrated_from=migrated_from,
+        new_service_key=new_key,
+        resolved_interrupted=resolved,
+    )
+
+
+def _undo(home: Home, created_root: bool, abort_key: Callable[[], None], pre: BackupResult | None) -> None:
+    with contextlib.suppress(Exception):
+        abort_key()
+    journal.rollback(home)
+    if pre is not None:
+        with contextlib.suppress(OSError):
+            pre.path.unlink()
+            fsync_dir(pre.path.parent)
+    if created_root:
+        shutil.rmtree(home.root, ignore_errors=True)

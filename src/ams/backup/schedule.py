@@ -1,0 +1,424 @@
+"""The backup schedule and retention, and one scheduled run.
+
+Times are UTC. ``at HH:MM`` runs once a day at that time; ``every DURATION`` runs that long
+after the previous run. A run that was missed (the service was stopped) happens once at the
+next start, not once per missed slot. Each run writes a backup, verifies it, and prunes.
+
+Retention is either ``retain_days`` (0-365; 0 keeps everything) or keep-last/daily/weekly/
+monthly (a backup is kept when any rule keeps it). Pruning considers complete ``manual``
+and ``scheduled`` backups (``pre-restore`` ones stay until deleted by hand) and never
+removes the newest backup that verified, nor the newest backup at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ams import audit
+from ams.backup import catalog
+from ams.backup.create import BackupResult, create_backup
+from ams.backup.verify import verify_backup
+from ams.db.models.backups import BackupRecord, BackupSchedule
+from ams.errors import AMSError, BadInput
+from ams.instance import Instance
+
+__all__ = [
+    "ScheduleSettings",
+    "due_at",
+    "get_settings",
+    "parse_duration",
+    "prune",
+    "run_due",
+    "run_scheduled",
+    "set_settings",
+]
+
+DEFAULT_AT = "02:00"
+DEFAULT_RETAIN_DAYS = 14
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    at: str | None = DEFAULT_AT
+    every_seconds: int | None = None
+    destination: str | None = None
+    retain_days: int | None = DEFAULT_RETAIN_DAYS
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+
+    @property
+    def keep_policy(self) -> bool:
+        return any(
+            v is not None for v in (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly)
+        )
+
+    def describe(self) -> str:
+        when = f"daily at {self.at} UTC" if self.at else f"every {format_duration(self.every_seconds or 0)}"
+        if self.keep_policy:
+            keep = ", ".join(
+                f"{n} {k}"
+                for k, n in (
+                    ("last", self.keep_last),
+                    ("daily", self.keep_daily),
+                    ("weekly", self.keep_weekly),
+                    ("monthly", self.keep_monthly),
+                )
+                if n
+            )
+            return f"{when}; keep {keep}"
+        days = self.retain_days or 0
+        return f"{when}; retain {days} days" if days else f"{when}; retain every backup"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise BadInput(
+            f"--every {text!r} is not a duration: give a number and a unit, like 6h, 30m, 1d or 1w"
+        )
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 300:
+        raise BadInput("--every must be at least 5m: backups more frequent than that would overlap")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def parse_at(text: str) -> str:
+    match = re.match(r"^([01]?\d|2[0-3]):([0-5]\d)$", text.strip())
+    if not match:
+        raise BadInput(f"--at {text!r} is not a time: give HH:MM in UTC, like 02:00")
+    return f"{int(match.group(1)):02d}:{match.group(2)}"
+
+
+def _settings_of(row: BackupSchedule | None) -> ScheduleSettings:
+    if row is None:
+        return ScheduleSettings()
+    return ScheduleSettings(
+        at=row.at_time,
+        every_seconds=row.every_seconds,
+        destination=row.destination,
+        retain_days=row.retain_days,
+        keep_last=row.keep_last,
+        keep_daily=row.keep_daily,
+        keep_weekly=row.keep_weekly,
+        keep_monthly=row.keep_monthly,
+    )
+
+
+def get_settings(instance: Instance) -> ScheduleSettings:
+    with instance.session() as session:
+        return _settings_of(session.get(BackupSchedule, 1))
+
+
+def _row(session: Any) -> BackupSchedule:
+    row = session.get(BackupSchedule, 1)
+    if row is None:
+        row = BackupSchedule(
+            id=1,
+            at_time=DEFAULT_AT,
+            retain_days=DEFAULT_RETAIN_DAYS,
+            consecutive_failures=0,
+            failures_total=0,
+        )
+        session.add(row)
+    return row
+
+
+def set_settings(
+    instance: Instance,
+    *,
+    actor: str,
+    at: str | None = None,
+    every: str | None = None,
+    destination: Path | None = None,
+    retain_days: int | None = None,
+    keep_last: int | None = None,
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
+) -> ScheduleSettings:
+    """Change what is given; the rest stays. Validates everything before writing."""
+    if at is not None and every is not None:
+        raise BadInput("choose one of --at and --every")
+    keeps = {
+        "keep_last": keep_last,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+    }
+    given_keeps = {k: v for k, v in keeps.items() if v is not None}
+    if retain_days is not None and given_keeps:
+        raise BadInput("choose one of --retain-days and --keep-*: they are two kinds of retention")
+    if retain_days is not None and not 0 <= retain_days <= 365:
+        raise BadInput("--retain-days must be between 0 and 365 (0 keeps every backup)")
+    for name, value in given_keeps.items():
+        if not 0 <= value <= 10000:
+            raise BadInput(f"--{name.replace('_', '-')} must be between 0 and 10000")
+    if given_keeps and not any(given_keeps.values()):
+        raise BadInput("--keep-* would keep nothing: give at least one positive count")
+    at_value = parse_at(at) if at is not None else None
+    every_value = parse_duration(every) if every is not None else None
+    dest_value = None
+    if destination is not None:
+        dest = destination.expanduser().absolute()
+        if dest.exists() and not dest.is_dir():
+            raise BadInput(f"--dest {dest} is not a folder")
+        dest_value = str(dest)
+    with instance.transaction() as session:
+        row = _row(session)
+        if at_value is not None:
+            row.at_time, row.every_seconds = at_value, None
+        if every_value is not None:
+            row.at_time, row.every_seconds = None, every_value
+        if dest_value is not None:
+            row.destination = dest_value
+        if retain_days is not None:
+            row.retain_days = retain_days
+            row.keep_last = row.keep_daily = row.keep_weekly = row.keep_monthly = None
+        if given_keeps:
+            row.retain_days = None
+            for name in keeps:
+                setattr(row, name, given_keeps.get(name))
+        row.updated_at = instance.clock.now()
+        result = _settings_of(row)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.BACKUP_SCHEDULE_CHANGED,
+            actor=actor,
+            details=result.to_dict(),
+        )
+    return result
+
+
+def _next_at(at: str, after: datetime) -> datetime:
+    hour, minute = (int(p) for p in at.split(":"))
+    candidate = datetime.combine(after.date(), time(hour, minute), tzinfo=after.tzinfo)
+    if candidate <= after:
+        candidate += timedelta(days=1)
+    return candidate
+
+
+def due_at(instance: Instance) -> datetime:
+    """When the next scheduled run is due (it may be in the past: then it runs now)."""
+    with instance.session() as session:
+        row = session.get(BackupSchedule, 1)
+        settings = _settings_of(row)
+        reference = row.last_run_at if row is not None else None
+        if reference is None:
+            reference = (row.updated_at if row is not None else None) or _instance_created(session)
+    if settings.every_seconds:
+        return reference + timedelta(seconds=settings.every_seconds)
+    return _next_at(settings.at or DEFAULT_AT, reference)
+
+
+def _instance_created(session: Any) -> datetime:
+    from ams.db.models import InstanceRow
+
+    created: datetime = session.scalars(select(InstanceRow.created_at)).one()
+    return created
+
+
+def _keep_set(rows: list[BackupRecord], settings: ScheduleSettings, now: datetime) -> set[str]:
+    """Ids to keep by the policy alone (rows newest first)."""
+    if not settings.keep_policy:
+        days = settings.retain_days or 0
+        if days == 0:
+            return {r.id for r in rows}
+        cutoff = now - timedelta(days=days)
+        return {r.id for r in rows if r.created_at >= cutoff}
+    keep: set[str] = {r.id for r in rows[: settings.keep_last or 0]}
+    rules = (
+        (settings.keep_daily, lambda d: d.date()),
+        (settings.keep_weekly, lambda d: tuple(d.isocalendar())[:2]),
+        (settings.keep_monthly, lambda d: (d.year, d.month)),
+    )
+    for count, period in rules:
+        if not count:
+            continue
+        seen: list[Any] = []
+        for row in rows:
+            key = period(row.created_at)
+            if key in seen:
+                continue
+            seen.append(key)
+            keep.add(row.id)
+            if len(seen) >= count:
+                break
+    return keep
+
+
+def prune(instance: Instance, *, actor: str, settings: ScheduleSettings | None = None) -> list[str]:
+    """Delete the backups the retention policy no longer keeps; return their ids."""
+    settings = settings or get_settings(instance)
+    now = instance.clock.now()
+    with instance.session() as session:
+        rows = list(
+            session.scalars(
+                select(BackupRecord)
+                .where(BackupRecord.status == "complete", BackupRecord.kind.in_(("manual", "scheduled")))
+                .order_by(BackupRecord.created_at.desc(), BackupRecord.id)
+            )
+        )
+    if not rows:
+        return []
+    keep = _keep_set(rows, settings, now)
+    keep.add(rows[0].id)  # the newest backup
+    verified = next((r for r in rows if r.verified_ok), None)
+    if verified is not None:
+        keep.add(verified.id)  # the newest backup that verified
+    removed: list[str] = []
+    for row in rows:
+        if row.id in keep:
+            continue
+        if row.path:
+            with contextlib.suppress(FileNotFoundError):
+                Path(row.path).unlink()
+        with instance.transaction() as session:
+            gone = session.get(BackupRecord, row.id)
+            if gone is not None:
+                session.delete(gone)
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.BACKUP_PRUNED,
+                actor=actor,
+                target=row.id,
+                details={"file": row.path, "policy": settings.describe()},
+            )
+        removed.append(row.id)
+    return removed
+
+
+def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any]:
+    """One scheduled run: back up, verify, prune. A failure is recorded, never raised."""
+    settings = get_settings(instance)
+    started = instance.clock.now()
+    dest = Path(settings.destination) if settings.destination else instance.home.backups_dir
+    result: BackupResult | None = None
+    try:
+        result = create_backup(instance, dest=dest, kind="scheduled", actor=actor)
+        try:
+            verify_backup(result.path, instance=instance, clock=instance.clock)
+            ok, error = True, None
+        except AMSError as exc:
+            ok, error = False, exc.message
+        with instance.transaction() as session:
+            catalog.mark_verified(session, result.backup_id, instance.clock.now(), ok, error)
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.BACKUP_VERIFIED,
+                actor=actor,
+                target=result.backup_id,
+                outcome="success" if ok else "failure",
+                details={"deep": False, "ok": ok, "error": error},
+            )
+        if not ok:
+            raise AMSError(f"the backup just written did not verify: {error}")
+        pruned = prune(instance, actor=actor, settings=settings)
+        with instance.transaction() as session:
+            row = _row(session)
+            row.last_run_at = started
+            row.last_result = "success"
+            row.last_error = None
+            row.last_success_at = instance.clock.now()
+            row.consecutive_failures = 0
+        return {"ok": True, "backup": result.to_dict(), "pruned": pruned}
+    except Exception as exc:  # noqa: BLE001 - a scheduled run must never kill the scheduler
+        message = exc.message if isinstance(exc, AMSError) else f"{type(exc).__name__}: {exc}"
+        with instance.transaction() as session:
+            row = _row(session)
+            row.last_run_at = started
+            row.last_result = "failure"
+            row.last_error = message
+            row.consecutive_failures = (row.consecutive_failures or 0) + 1
+            row.failures_total = (row.failures_total or 0) + 1
+            if result is None:
+                catalog.add_failed(
+                    session,
+                    backup_id="bk_" + secrets.token_hex(8),
+                    kind="scheduled",
+                    at=started,
+                    fingerprint=instance.keyring.fingerprint,
+                    error=message,
+                )
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.BACKUP_FAILED,
+                actor=actor,
+                outcome="failure",
+                details={"kind": "scheduled", "destination": str(dest), "reason": message},
+            )
+        return {"ok": False, "error": message}
+
+
+def run_due(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any] | None:
+    """Run the scheduled backup when it is due; None when it is not."""
+    if instance.clock.now() < due_at(instance):
+        return None
+    return run_scheduled(instance, actor=actor)
+
+
+def schedule_status(instance: Instance) -> dict[str, Any]:
+    """For ``ams status``, ``/metrics`` and the API: the schedule, the last run, the next one."""
+    with instance.session() as session:
+        row = session.get(BackupSchedule, 1)
+        last = session.scalars(
+            select(BackupRecord).order_by(BackupRecord.created_at.desc(), BackupRecord.id).limit(1)
+        ).first()
+        last_ok = session.scalars(
+            select(BackupRecord)
+            .where(BackupRecord.status == "complete")
+            .order_by(BackupRecord.created_at.desc(), BackupRecord.id)
+            .limit(1)
+        ).first()
+        settings = _settings_of(row)
+    return {
+        "schedule": settings.describe(),
+        "next_scheduled": due_at(instance).isoformat(),
+        "last_backup": (
+            {
+                "backup_id": last.id,
+                "kind": last.kind,
+                "at": last.created_at.isoformat(),
+                "result": "success" if last.status == "complete" else "failure",
+                "error": last.error,
+                "path": last.path,
+            }
+            if last
+            else None
+        ),
+        "last_success_at": last_ok.created_at.isoformat() if last_ok else None,
+        "last_success_size_bytes": last_ok.size_bytes if last_ok else None,
+        "last_success_duration_seconds": last_ok.duration_seconds if last_ok else None,
+        "last_scheduled_run": (
+            {"at": row.last_run_at.isoformat(), "result": row.last_result, "error": row.last_error}
+            if row is not None and row.last_run_at
+            else None
+        ),
+        "failures_total": row.failures_total if row is not None else 0,
+        "consecutive_failures": row.consecutive_failures if row is not None else 0,
+    }

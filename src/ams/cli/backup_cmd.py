@@ -1,0 +1,297 @@
+"""ams backup: create, list, verify and restore backups; the schedule and retention."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ams import backup
+from ams.backup.restore import resolve_interrupted
+from ams.backup.schedule import format_duration
+from ams.backup.verify import verify_and_record
+from ams.cli._common import (
+    HomeOption,
+    JsonOption,
+    PasswordStdinOption,
+    actor,
+    console,
+    emit_json,
+    home_of,
+    opened,
+    read_secret,
+)
+from ams.errors import AMSError, BadInput
+from ams.instance import Instance, open_instance
+
+app = typer.Typer(
+    help="Backups of the whole instance: create, list, verify, restore, schedule.", no_args_is_help=True
+)
+schedule_app = typer.Typer(help="When backups run and how long they are kept.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+FileArgument = Annotated[Path, typer.Argument(help="The .amsbak file.", show_default=False)]
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A Rich progress bar on a terminal; nothing otherwise (scripts, --json, pipes)."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console.__class__(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("backup", total=None)
+    with bar:
+
+        def update(done: int, total: int, phase: str) -> None:
+            bar.update(task, completed=done, total=total or None, description=phase)
+
+        yield update
+
+
+def _resume(home: Path | None) -> None:
+    """Finish or undo a restore a crash interrupted, before anything else reads the home."""
+    resolved = resolve_interrupted(home_of(home), actor=actor())
+    if resolved:
+        console.print(f"An interrupted restore was found and {resolved}.", style="yellow")
+
+
+@app.command("create")
+def create(
+    home: HomeOption = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option("--dest", help="Folder to write to (default: the schedule's, else backups/)."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Write an encrypted, verified-by-seal backup of the database, config folder and snapshots."""
+    _resume(home)
+    with opened(home) as instance, _progress(not json_out) as progress:
+        result = backup.create_backup(instance, dest=dest, actor=actor(), progress=progress)
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    console.print(f"Backup {result.backup_id} written to {result.path} ({result.size_bytes:,} bytes).")
+    console.print(
+        "Restoring it on another machine needs the recovery password set at "
+        f"{result.recovery_password_set_at}."
+    )
+
+
+@app.command("list")
+def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """The backups this instance made, newest first (with the recovery password each needs)."""
+    _resume(home)
+    with opened(home) as instance:
+        entries = [e.to_dict() for e in backup.list_backups(instance)]
+    if json_out:
+        emit_json(entries)
+        return
+    if not entries:
+        console.print("No backups yet: run `ams backup create`.")
+        return
+    for e in entries:
+        state = e["status"] if e["status"] != "complete" else ("ok" if e["exists"] else "file missing")
+        verified = {True: "verified", False: "VERIFY FAILED", None: "not verified"}[e["verified_ok"]]
+        size = f"{e['size_bytes']:,} bytes" if e["size_bytes"] is not None else "-"
+        console.print(
+            f"{e['backup_id']}  {e['created_at']}  {e['kind']:<11}  {state:<12}  {verified:<13}  {size}"
+        )
+        if e["path"]:
+            console.print(f"    {e['path']}")
+        if e["error"]:
+            console.print(f"    error: {e['error']}")
+        if e["recovery_password_set_at"]:
+            console.print(f"    needs the recovery password set at {e['recovery_password_set_at']}")
+
+
+def _maybe_instance(home: Path | None) -> Instance | None:
+    """The instance, when --home / AMS_HOME names one that opens; verify works without."""
+    try:
+        return open_instance(home_of(home))
+    except (AMSError, OSError):
+        return None
+
+
+def _password_source(from_stdin: bool) -> Callable[[str], str]:
+    def ask(hint: str) -> str:
+        if not from_stdin and sys.stdin.isatty():
+            console.print(f"This backup needs {hint}.")
+        return read_secret("recovery password", from_stdin=from_stdin)
+
+    return ask
+
+
+@app.command("verify")
+def verify(
+    file: FileArgument,
+    home: HomeOption = None,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Restore into a scratch folder and decrypt samples.")
+    ] = False,
+    password_stdin: PasswordStdinOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill."""
+    instance = _maybe_instance(home)
+    try:
+        can_ask = password_stdin or sys.stdin.isatty()
+        password = _password_source(password_stdin) if can_ask else None
+        if instance is not None:
+            report = verify_and_record(file, instance, actor=actor(), password=password, deep=deep)
+        else:
+            report = backup.verify_backup(file, password=password, deep=deep)
+    finally:
+        if instance is not None:
+            instance.close()
+    if json_out:
+        emit_json(report)
+        return
+    console.print(f"{file}: OK ({', '.join(report['checks'])}).")
+    console.print(
+        f"Backup {report['backup_id']} of instance {report['instance_id']}, {report['kind']}, made "
+        f"{report['created_at']}; key from the {report['key_from']}."
+    )
+    console.print(f"It needs {report['needs']}.")
+    drill = report.get("deep")
+    if drill and drill.get("certificates_checked"):
+        for cert in drill["certificates"]:
+            if cert["has_private_key"]:
+                console.print(
+                    f"  certificate {cert['thumbprint'][:16]} ({cert['scope']}): private key present, "
+                    f"{cert['sample_decrypted']} of {cert['passwords']} passwords decrypted as a sample"
+                )
+            else:
+                console.print(
+                    f"  certificate {cert['thumbprint'][:16]} ({cert['scope']}): NO private key, "
+                    f"{cert['passwords']} passwords unrecoverable"
+                )
+        console.print(f"Passwords unrecoverable in this backup: {drill['unrecoverable_passwords']}.")
+    elif drill:
+        console.print(f"Restore drill: {drill.get('reason')}.")
+
+
+@app.command("restore")
+def restore(
+    file: FileArgument,
+    home: HomeOption = None,
+    password_stdin: PasswordStdinOption = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Replace the current instance without asking.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Replace this instance with a backup (the current state is saved as a pre-restore backup)."""
+    target = home_of(home)
+    if target.looks_initialised() and not yes:
+        if not sys.stdin.isatty() or password_stdin:
+            raise BadInput(
+                f"{target.root} holds an instance that the restore replaces: pass --yes to confirm; "
+                "nothing was changed"
+            )
+        if not typer.confirm(f"Replace the instance at {target.root} with {file}?", default=False):
+            raise typer.Abort()
+    can_ask = password_stdin or sys.stdin.isatty()
+    result = backup.restore_backup(
+        file,
+        target,
+        actor=actor(),
+        password=_password_source(password_stdin) if can_ask else None,
+    )
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    if result.resolved_interrupted:
+        console.print(f"An interrupted restore was found first and {result.resolved_interrupted}.")
+    console.print(f"Restored backup {result.backup_id} (made {result.created_at}) into {result.home}.")
+    if result.pre_restore:
+        console.print(f"The previous state was saved as {result.pre_restore}.")
+    elif result.pre_restore_skipped:
+        console.print(f"No pre-restore backup was written: {result.pre_restore_skipped}.")
+    if result.migrated_from:
+        console.print(f"The schema was migrated forward from {result.migrated_from}.")
+    if result.new_service_key:
+        console.print("A new service key was written for this machine.")
+    console.print("Start the service (`ams serve`) and confirm the settings with `ams status`.")
+
+
+def _schedule_view(instance: Instance) -> dict[str, Any]:
+    settings = backup.get_settings(instance)
+    view = settings.to_dict()
+    view["every"] = format_duration(settings.every_seconds) if settings.every_seconds else None
+    view["destination"] = settings.destination or str(instance.home.backups_dir)
+    view["description"] = settings.describe()
+    view["status"] = backup.schedule_status(instance)
+    return view
+
+
+@schedule_app.command("show")
+def schedule_show(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """The schedule, the retention, the last run and the next."""
+    _resume(home)
+    with opened(home) as instance:
+        view = _schedule_view(instance)
+    if json_out:
+        emit_json(view)
+        return
+    status = view["status"]
+    console.print(f"Backups: {view['description']}; to {view['destination']}.")
+    console.print(f"Next scheduled backup: {status['next_scheduled']}.")
+    last = status["last_scheduled_run"]
+    if last:
+        console.print(
+            f"Last scheduled run: {last['at']}, {last['result']}"
+            + (f" ({last['error']})" if last["error"] else "")
+        )
+
+
+@schedule_app.command("set")
+def schedule_set(
+    home: HomeOption = None,
+    at: Annotated[str | None, typer.Option("--at", help="Daily at HH:MM (UTC).")] = None,
+    every: Annotated[str | None, typer.Option("--every", help="Every DURATION (30m, 6h, 1d, 1w).")] = None,
+    dest: Annotated[Path | None, typer.Option("--dest", help="Folder scheduled backups go to.")] = None,
+    retain_days: Annotated[
+        int | None, typer.Option("--retain-days", help="Keep backups N days (0-365, 0: all).")
+    ] = None,
+    keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")] = None,
+    keep_daily: Annotated[int | None, typer.Option("--keep-daily", help="Keep the newest of N days.")] = None,
+    keep_weekly: Annotated[
+        int | None, typer.Option("--keep-weekly", help="Keep the newest of N weeks.")
+    ] = None,
+    keep_monthly: Annotated[
+        int | None, typer.Option("--keep-monthly", help="Keep the newest of N months.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Change the schedule or the retention (what is not given stays)."""
+    with opened(home) as instance:
+        backup.set_settings(
+            instance,
+            actor=actor(),
+            at=at,
+            every=every,
+            destination=dest,
+            retain_days=retain_days,
+            keep_last=keep_last,
+            keep_daily=keep_daily,
+            keep_weekly=keep_weekly,
+            keep_monthly=keep_monthly,
+        )
+        view = _schedule_view(instance)
+    if json_out:
+        emit_json(view)
+        return
+    console.print(f"Backups: {view['description']}; to {view['destination']}.")
+    console.print(f"Next scheduled backup: {view['status']['next_scheduled']}.")

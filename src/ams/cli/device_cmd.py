@@ -1,0 +1,98 @@
+"""ams device: devices registered by ams-agent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
+from ams.vault import devices
+
+app = typer.Typer(help="Devices whose administrator password AMS keeps.", no_args_is_help=True)
+
+DeviceArgument = Annotated[str, typer.Argument(help="The device id (dev_...) or its name.")]
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+@app.command("list")
+def list_(
+    scope: Annotated[str | None, typer.Option("--scope", help="Only devices of this scope.")] = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List devices with the state of their password."""
+    with opened(home) as instance:
+        found = devices.list_devices(instance, scope=scope)
+    if json_out:
+        emit_json([d.to_dict() for d in found])
+        return
+    table = Table("id", "name", "scope", "status", "version", "expires", "last seen", "forced")
+    for d in found:
+        table.add_row(
+            d.id,
+            d.name,
+            d.scope,
+            d.status,
+            str(d.current_version) if d.current_version is not None else "-",
+            _when(d.password_expires_at),
+            _when(d.last_seen_at),
+            "yes" if d.rotation_forced else "",
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Show one device (never its password: see `ams password get`)."""
+    with opened(home) as instance:
+        info = devices.show(instance, device)
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    for key, value in info.to_dict().items():
+        console.print(f"{key + ':':24} {value if value is not None else '-'}")
+
+
+@app.command("approve")
+def approve(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Approve a pending device, so it may report its password."""
+    with opened(home) as instance:
+        info = devices.approve(instance, device, actor())
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    console.print(f"Device {info.id} ({info.name}) is {info.status}.")
+
+
+@app.command("disable")
+def disable(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Disable a device: its token opens nothing any more; its passwords stay readable."""
+    with opened(home) as instance:
+        info = devices.disable(instance, device, actor())
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    console.print(f"Device {info.id} ({info.name}) is {info.status}.")
+
+
+@app.command("expire")
+def expire(
+    device: Annotated[str | None, typer.Argument(help="The device id or name.", show_default=False)] = None,
+    scope: Annotated[str | None, typer.Option("--scope", help="Every device of this scope.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every device.")] = False,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make devices rotate their password at the next check-in (reason "forced")."""
+    with opened(home) as instance:
+        ids = devices.expire(instance, actor(), device=device, scope=scope, everything=everything)
+    if json_out:
+        emit_json({"expired": ids})
+        return
+    console.print(f"{len(ids)} device(s) will rotate at their next check-in.")

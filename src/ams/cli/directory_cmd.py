@@ -1,0 +1,205 @@
+"""ams directory: directories (forests) and their entries, LDIF import and export."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
+from ams.directory import directories, ldif, objects, restore
+from ams.directory.directories import DirectoryInfo
+from ams.errors import BadInput, NotWritable
+from ams.home import atomic_write
+from ams.instance import Instance
+
+app = typer.Typer(help="Directories (forests), their entries, LDIF import and export.", no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def opened_directories(home: Path | None) -> Iterator[Instance]:
+    """Open the instance; when no ``ams serve`` runs, first finish any restore a crash (or
+    an earlier command) left in the journal, so the stages shown are settled ones."""
+    with opened(home) as instance:
+        if instance.service_pid() is None and restore.pending_count(instance):
+            for result in restore.run_pending(instance):
+                what = "finished" if result.state == "done" else f"failed ({result.reason})"
+                sys.stderr.write(
+                    f"note: a waiting restore of {result.snapshot_id} into {result.directory_id} {what}\n"
+                )
+        yield instance
+
+
+def _when(value: object) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else "-"
+
+
+def _print_directory(info: DirectoryInfo) -> None:
+    console.print(f"Directory {info.id}  {info.dns_name} ({info.short_name})")
+    console.print(f"  type       {info.type} {info.edition}")
+    console.print(f"  stage      {info.stage}" + (f" — {info.stage_reason}" if info.stage_reason else ""))
+    console.print(f"  since      {_when(info.stage_changed_at)}")
+    console.print(f"  launched   {_when(info.launched_at)}")
+    console.print(f"  entries    {info.entry_count}")
+    if info.description:
+        console.print(f"  about      {info.description}")
+    table = Table("region", "type", "status", "data generation", "in sync", "last updated")
+    for r in info.regions:
+        table.add_row(
+            r.region,
+            r.type,
+            r.status,
+            str(r.data_generation),
+            "yes" if r.in_sync else "no",
+            _when(r.last_updated_at),
+        )
+    console.print(table)
+
+
+@app.command("create")
+def create(
+    dns_name: Annotated[str, typer.Argument(help="The directory's DNS name, e.g. corp.example.com.")],
+    short_name: Annotated[
+        str | None, typer.Option("--short-name", help="NetBIOS-style short name (default: first label).")
+    ] = None,
+    type_: Annotated[str, typer.Option("--type", help="MicrosoftAD or ADConnector.")] = "MicrosoftAD",
+    edition: Annotated[str, typer.Option("--edition", help="Standard or Enterprise.")] = "Standard",
+    region: Annotated[str, typer.Option("--region", help="The primary region.")] = "us-east-1",
+    additional_region: Annotated[
+        list[str] | None,
+        typer.Option("--additional-region", help="A replica region (Enterprise); repeat for more."),
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description", help="Free text.")] = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a directory; it is Active at once."""
+    with opened_directories(home) as instance:
+        info = directories.create(
+            instance,
+            dns_name=dns_name,
+            short_name=short_name,
+            type=type_,
+            edition=edition,
+            region=region,
+            additional_regions=list(additional_region or []),
+            description=description,
+            actor=actor(),
+        )
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    console.print(
+        f"Created directory {info.id} ({info.dns_name}, {info.type} {info.edition}), stage {info.stage}."
+    )
+
+
+@app.command("list")
+def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """List directories."""
+    with opened_directories(home) as instance:
+        infos = directories.list_directories(instance)
+    if json_out:
+        emit_json([d.to_dict() for d in infos])
+        return
+    table = Table("id", "dns name", "short", "type", "edition", "stage", "regions", "entries")
+    for d in infos:
+        table.add_row(
+            d.id,
+            d.dns_name,
+            d.short_name or "-",
+            d.type,
+            d.edition,
+            d.stage,
+            ", ".join(r.region for r in d.regions),
+            str(d.entry_count),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show a directory, its stage and its regions (replicas and whether they are in sync)."""
+    with opened_directories(home) as instance:
+        info = directories.get(instance, directory_id)
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    _print_directory(info)
+
+
+@app.command("delete")
+def delete(
+    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")], home: HomeOption = None
+) -> None:
+    """Delete a directory with its entries and snapshots."""
+    with opened_directories(home) as instance:
+        info = directories.delete(instance, directory_id, actor=actor())
+    console.print(f"Deleted directory {info.id} ({info.dns_name}) with its entries and snapshots.")
+
+
+@app.command("import")
+def import_(
+    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    file: Annotated[
+        Path, typer.Argument(help="An LDIF file (content records, as slapcat writes); - for stdin.")
+    ],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Import entries from LDIF: all of them, or none when any line is wrong."""
+    if str(file) == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise BadInput(f"no file {file}: give the path of an LDIF file") from None
+        except IsADirectoryError:
+            raise BadInput(f"{file} is a folder: give the path of an LDIF file") from None
+        except PermissionError:
+            raise BadInput(f"cannot read {file}: permission denied") from None
+    with opened_directories(home) as instance:
+        # Parsed as it is written: the import is one transaction, so a bad line anywhere
+        # rolls back every entry before it.
+        count = objects.import_entries(instance, directory_id, ldif.parse(data), actor=actor())
+    if json_out:
+        emit_json({"directory_id": directory_id, "imported": count})
+        return
+    console.print(f"Imported {count} entries into {directory_id}.")
+
+
+@app.command("export")
+def export(
+    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write to this file (0600) instead of stdout.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Export every entry as LDIF (RFC 2849), parents first, ready for slapadd."""
+    with opened_directories(home) as instance:
+        entries = list(objects.iter_entries(instance, directory_id))
+    if out is None:
+        for chunk in ldif.emit(entries):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+        return
+    if out.is_dir():
+        raise BadInput(f"{out} is a folder: give a file name for --out")
+    if not out.parent.is_dir():
+        raise BadInput(f"the folder {out.parent} does not exist: create it or choose another --out")
+    try:
+        atomic_write(out, ldif.dump(entries).encode("utf-8"), mode=0o600)
+    except PermissionError as exc:
+        raise NotWritable(f"cannot write {out}: permission denied") from exc
+    sys.stderr.write(f"Exported {len(entries)} entries of {directory_id} to {out}.\n")

@@ -1,0 +1,77 @@
+"""ams regkey: registration keys, which agents present once to register a device."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
+from ams.vault import regkeys
+
+app = typer.Typer(help="Registration keys for ams-agent.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Option("--name", help="A unique name (what the key is for).")],
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="How many devices it may register (default: no limit)."),
+    ] = None,
+    approval: Annotated[
+        bool, typer.Option("--approval", help="Devices it registers wait for `ams device approve`.")
+    ] = False,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create a registration key; the key is printed once."""
+    with opened(home) as instance:
+        created = regkeys.create(instance, name, actor(), limit=limit, approval=approval)
+    if json_out:
+        emit_json(created.to_dict())
+        return
+    info = created.info
+    limit_text = f"up to {info.activation_limit} devices" if info.activation_limit else "no limit"
+    approval_text = ", each approved by an administrator" if info.approval_required else ""
+    console.print(f"Created registration key {info.id} named {info.name!r} ({limit_text}{approval_text}).")
+    console.print(f"Key (shown once): {created.key}")
+    console.print(f"On a device:  ams-agent register --server URL --registration-key {created.key}")
+
+
+@app.command("list")
+def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """List registration keys (never their secrets)."""
+    with opened(home) as instance:
+        keys = regkeys.list_keys(instance)
+    if json_out:
+        emit_json([k.to_dict() for k in keys])
+        return
+    table = Table("id", "name", "used", "limit", "approval", "state", "created")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.name,
+            str(k.used_count),
+            str(k.activation_limit) if k.activation_limit else "-",
+            "yes" if k.approval_required else "no",
+            k.state,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@app.command("disable")
+def disable(
+    key: Annotated[str, typer.Argument(help="The key id (rk_...) or name.")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Disable a registration key: no more registrations with it (registered devices keep working)."""
+    with opened(home) as instance:
+        info = regkeys.disable(instance, key, actor())
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    console.print(f"Disabled registration key {info.id} ({info.name}).")

@@ -1,0 +1,360 @@
+"""Directories: create, list, show, delete.
+
+A directory is ``MicrosoftAD`` (AMS holds its entries and snapshots them) or
+``ADConnector`` (a proxy to a directory elsewhere: no snapshots). Its stage is one of
+:data:`STAGES`; creating one makes it ``Active`` at once, since there is nothing to launch.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ams import audit
+from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
+from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable
+from ams.instance import Instance
+
+__all__ = [
+    "DIRECTORY_TYPES",
+    "EDITIONS",
+    "STAGES",
+    "DirectoryInfo",
+    "RegionInfo",
+    "create",
+    "delete",
+    "get",
+    "list_directories",
+]
+
+STAGES = (
+    "Requested",
+    "Creating",
+    "Created",
+    "Active",
+    "Inoperable",
+    "Impaired",
+    "Restoring",
+    "RestoreFailed",
+    "Deleting",
+    "Deleted",
+    "Failed",
+    "Updating",
+)
+DIRECTORY_TYPES = ("MicrosoftAD", "ADConnector")
+EDITIONS = ("Standard", "Enterprise")
+SIZES = ("Small", "Large")
+
+# The AWS Directory Service model's patterns, so every interface refuses the same input.
+_DNS_NAME = re.compile(r"^([a-zA-Z0-9]+[.-])+([a-zA-Z0-9])+$")
+_SHORT_NAME = re.compile(r'^[^\\/:*?"<>|.]+[^\\/:*?"<>|]*$')
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+_DIRECTORY_ID = re.compile(r"^d-[0-9a-f]{10}$")
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    region: str
+    type: str  # Primary | Additional
+    status: str
+    launched_at: datetime
+    last_updated_at: datetime
+    data_generation: int = 0
+    in_sync: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["launched_at"] = self.launched_at.isoformat()
+        out["last_updated_at"] = self.last_updated_at.isoformat()
+        return out
+
+
+@dataclass(frozen=True)
+class DirectoryInfo:
+    id: str
+    dns_name: str
+    short_name: str | None
+    type: str
+    edition: str
+    stage: str
+    stage_reason: str | None
+    stage_changed_at: datetime
+    launched_at: datetime | None
+    region: str
+    regions: list[RegionInfo] = field(default_factory=list)
+    description: str | None = None
+    size: str | None = None
+    generation: int = 1
+    entry_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dns_name": self.dns_name,
+            "short_name": self.short_name,
+            "type": self.type,
+            "edition": self.edition,
+            "stage": self.stage,
+            "stage_reason": self.stage_reason,
+            "stage_changed_at": self.stage_changed_at.isoformat(),
+            "launched_at": self.launched_at.isoformat() if self.launched_at else None,
+            "region": self.region,
+            "regions": [r.to_dict() for r in self.regions],
+            "description": self.description,
+            "size": self.size,
+            "generation": self.generation,
+            "entry_count": self.entry_count,
+        }
+
+
+def new_id(prefix: str) -> str:
+    """``d-`` / ``s-`` followed by 10 lower-case hex digits."""
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+def check_directory_id(directory_id: str) -> str:
+    if not isinstance(directory_id, str) or not _DIRECTORY_ID.match(directory_id):
+        raise DirectoryNotFound(
+            f"{directory_id!r} is not a directory id (d- and 10 hex digits): list them with "
+            "`ams directory list`"
+        )
+    return directory_id
+
+
+def check_region(region: str, what: str = "region") -> str:
+    if not _REGION.match(region or ""):
+        raise BadInput(f"{what} {region!r} is not a region name: write it like us-east-1")
+    return region
+
+
+def load(session: Session, directory_id: str, *, for_update: bool = False) -> Directory:
+    """The directory row, or DirectoryNotFound."""
+    check_directory_id(directory_id)
+    query = select(Directory).where(Directory.id == directory_id)
+    if for_update:
+        query = query.with_for_update()
+    row = session.scalars(query).one_or_none()
+    if row is None:
+        raise DirectoryNotFound(f"no directory {directory_id}: list them with `ams directory list`")
+    return row
+
+
+def refuse_while_restoring(row: Directory) -> None:
+    if row.stage == "Restoring":
+        raise DirectoryUnavailable(
+            f"directory {row.id} is restoring: its entries are offline until the restore ends; "
+            "try again when `ams directory show` says Active"
+        )
+
+
+def set_stage(row: Directory, stage: str, now: datetime, reason: str | None = None) -> None:
+    assert stage in STAGES, stage
+    row.stage = stage
+    row.stage_reason = reason
+    row.stage_changed_at = now
+
+
+def info(session: Session, row: Directory) -> DirectoryInfo:
+    regions = session.scalars(
+        select(DirectoryRegion)
+        .where(DirectoryRegion.directory_id == row.id)
+        .order_by(DirectoryRegion.type.desc(), DirectoryRegion.region)
+    ).all()
+    count = session.scalar(
+        select(func.count())
+        .select_from(DirectoryObject)
+        .where(DirectoryObject.directory_id == row.id, DirectoryObject.generation == row.generation)
+    )
+    return DirectoryInfo(
+        id=row.id,
+        dns_name=row.dns_name,
+        short_name=row.short_name,
+        type=row.type,
+        edition=row.edition,
+        stage=row.stage,
+        stage_reason=row.stage_reason,
+        stage_changed_at=row.stage_changed_at,
+        launched_at=row.launched_at,
+        region=row.region,
+        regions=[
+            RegionInfo(
+                region=r.region,
+                type=r.type,
+                status=r.status,
+                launched_at=r.launched_at,
+                last_updated_at=r.last_updated_at,
+                data_generation=r.data_generation,
+                in_sync=r.data_generation == row.generation,
+            )
+            for r in regions
+        ],
+        description=row.description,
+        size=row.size,
+        generation=row.generation,
+        entry_count=int(count or 0),
+    )
+
+
+def _default_short_name(dns_name: str) -> str:
+    return dns_name.split(".")[0].upper()[:15]
+
+
+def create(
+    instance: Instance,
+    *,
+    dns_name: str,
+    short_name: str | None,
+    type: str = "MicrosoftAD",  # noqa: A002 - the contract's name, as AWS spells it
+    edition: str = "Standard",
+    region: str = "us-east-1",
+    additional_regions: list[str] | tuple[str, ...] = (),
+    description: str | None = None,
+    size: str | None = None,
+    actor: str,
+) -> DirectoryInfo:
+    """Create a directory; it is Active at once, with a replica in each additional region."""
+    if not isinstance(dns_name, str) or len(dns_name) > 255 or not _DNS_NAME.match(dns_name):
+        raise BadInput(f"{dns_name!r} is not a DNS name: write it like corp.example.com")
+    if short_name is None:
+        short_name = _default_short_name(dns_name)
+    if len(short_name) > 15 or not _SHORT_NAME.match(short_name):
+        raise BadInput(
+            f"short name {short_name!r} is not valid: up to 15 characters, no dot first and "
+            'none of \\ / : * ? " < > |'
+        )
+    if type not in DIRECTORY_TYPES:
+        raise BadInput(f"directory type {type!r} is not known: use MicrosoftAD or ADConnector")
+    if edition not in EDITIONS:
+        raise BadInput(f"edition {edition!r} is not known: use Standard or Enterprise")
+    if size is not None and size not in SIZES:
+        raise BadInput(f"size {size!r} is not known: use Small or Large")
+    if description is not None and len(description) > 128:
+        raise BadInput("the description is longer than 128 characters: shorten it")
+    check_region(region)
+    extra = [check_region(r, "additional region") for r in additional_regions]
+    if extra:
+        if type != "MicrosoftAD" or edition != "Enterprise":
+            raise BadInput(
+                "additional regions need a MicrosoftAD directory of the Enterprise edition: "
+                "add --edition Enterprise, or leave out --additional-region"
+            )
+        if region in extra or len(set(extra)) != len(extra):
+            raise BadInput("each additional region must differ from the primary region and each other")
+
+    now = instance.clock.now()
+    directory_id = new_id("d")
+    try:
+        with instance.transaction() as session:
+            if session.scalar(select(Directory.id).where(func.lower(Directory.dns_name) == dns_name.lower())):
+                raise AlreadyExists(
+                    f"a directory named {dns_name} already exists; nothing was changed. "
+                    "Choose another DNS name"
+                )
+            row = Directory(
+                id=directory_id,
+                dns_name=dns_name,
+                short_name=short_name,
+                type=type,
+                edition=edition,
+                stage="Active",
+                stage_reason=None,
+                stage_changed_at=now,
+                region=region,
+                description=description,
+                size=size,
+                generation=1,
+                last_generation=1,
+                created_at=now,
+                launched_at=now,
+            )
+            session.add(row)
+            session.flush()
+            for name, kind in [(region, "Primary"), *((r, "Additional") for r in extra)]:
+                session.add(
+                    DirectoryRegion(
+                        directory_id=directory_id,
+                        region=name,
+                        type=kind,
+                        status="Active",
+                        data_generation=1,
+                        launched_at=now,
+                        last_updated_at=now,
+                    )
+                )
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.DIRECTORY_CREATED,
+                actor=actor,
+                target=directory_id,
+                details={"dns_name": dns_name, "type": type, "edition": edition, "regions": [region, *extra]},
+            )
+            session.flush()
+            return info(session, row)
+    except IntegrityError as exc:
+        raise AlreadyExists(
+            f"a directory named {dns_name} already exists; nothing was changed. Choose another DNS name"
+        ) from exc
+
+
+def list_directories(instance: Instance, directory_ids: list[str] | None = None) -> list[DirectoryInfo]:
+    """Directories, oldest first; with ``directory_ids``, exactly those (DirectoryNotFound
+    names the first that does not exist)."""
+    with instance.session() as session:
+        if directory_ids is not None:
+            return [info(session, load(session, d)) for d in directory_ids]
+        rows = session.scalars(select(Directory).order_by(Directory.created_at, Directory.id)).all()
+        return [info(session, r) for r in rows]
+
+
+def get(instance: Instance, directory_id: str) -> DirectoryInfo:
+    with instance.session() as session:
+        return info(session, load(session, directory_id))
+
+
+def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInfo:
+    """Delete a directory with its entries, snapshots and snapshot files.
+
+    Refused while it restores (the restore worker owns it then).
+    """
+    from ams.db.models.directory import DirectoryRestore, Snapshot
+
+    now = instance.clock.now()
+    with instance.transaction() as session:
+        row = load(session, directory_id, for_update=True)
+        refuse_while_restoring(row)
+        before = info(session, row)
+        # Bulk deletes first: faster than leaving 100,000 rows to the cascade.
+        session.execute(sql_delete(DirectoryObject).where(DirectoryObject.directory_id == directory_id))
+        session.execute(sql_delete(Snapshot).where(Snapshot.directory_id == directory_id))
+        session.execute(sql_delete(DirectoryRestore).where(DirectoryRestore.directory_id == directory_id))
+        session.execute(sql_delete(DirectoryRegion).where(DirectoryRegion.directory_id == directory_id))
+        session.delete(row)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_DELETED,
+            actor=actor,
+            target=directory_id,
+            details={"dns_name": before.dns_name},
+        )
+    # The rows are gone for good; the files follow (a crash here leaves only orphan files).
+    shutil.rmtree(instance.home.snapshots_dir / directory_id, ignore_errors=True)
+    return DirectoryInfo(
+        **{
+            **{f: getattr(before, f) for f in before.__dataclass_fields__},
+            "stage": "Deleted",
+            "stage_reason": None,
+            "stage_changed_at": now,
+            "entry_count": 0,
+        }
+    )

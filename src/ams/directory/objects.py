@@ -1,0 +1,357 @@
+"""Entries of a directory, by DN: add, read, list, modify, delete, bulk import, export order.
+
+DNs are unique without regard to case (``dn_norm``). Every call refuses while the
+directory restores (:class:`~ams.errors.DirectoryUnavailable`, 503). Reads name a region
+(None: the primary); a replica serves the generation it has converged on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from ams import audit
+from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
+from ams.directory import directories
+from ams.directory import dn as dnlib
+from ams.directory.entry import Entry, Value, check_attribute_name, decode_values, encode_values
+from ams.errors import AlreadyExists, BadInput, Conflict, DirectoryEntryNotFound
+from ams.instance import Instance
+
+__all__ = [
+    "add",
+    "delete",
+    "get",
+    "import_entries",
+    "iter_entries",
+    "list_entries",
+    "modify",
+]
+
+_BATCH = 5000
+
+
+def _generation(session: Session, directory: Directory, region: str | None) -> int:
+    if region is None or region == directory.region:
+        return directory.generation
+    row = session.get(DirectoryRegion, (directory.id, region))
+    if row is None:
+        raise BadInput(
+            f"directory {directory.id} has no replica in {region}: its regions are shown by "
+            f"`ams directory show {directory.id}`"
+        )
+    return row.data_generation
+
+
+def _open(session: Session, directory_id: str, *, write: bool = False) -> Directory:
+    row = directories.load(session, directory_id, for_update=write)
+    directories.refuse_while_restoring(row)
+    return row
+
+
+def _row_entry(row: DirectoryObject | Any) -> Entry:
+    return Entry(
+        dn=row.dn, object_classes=json.loads(row.object_classes), attributes=decode_values(row.attributes)
+    )
+
+
+def _find(session: Session, directory_id: str, generation: int, dn_norm: str) -> DirectoryObject | None:
+    return session.scalars(
+        select(DirectoryObject).where(
+            DirectoryObject.directory_id == directory_id,
+            DirectoryObject.generation == generation,
+            DirectoryObject.dn_norm == dn_norm,
+        )
+    ).one_or_none()
+
+
+def _under(norm: str) -> Any:
+    """Entries below ``norm`` (any depth)."""
+    escaped = norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return DirectoryObject.dn_norm.like("%," + escaped, escape="\\")
+
+
+def _not_found(directory_id: str, dn: str) -> DirectoryEntryNotFound:
+    return DirectoryEntryNotFound(
+        f"directory {directory_id} has no entry {dn!r}: list its entries with GET "
+        f"/api/v1/directories/{directory_id}/objects or `ams directory export {directory_id}`"
+    )
+
+
+def _clean(entry: Entry) -> Entry:
+    """Validate and tidy an entry: objectClass out of the attributes, names checked, no empties."""
+    if not isinstance(entry.dn, str) or not entry.dn.strip():
+        raise BadInput("an entry needs a DN, like cn=alice,ou=people,dc=example,dc=com")
+    classes = [c for c in entry.object_classes if isinstance(c, str) and c.strip()]
+    attributes: dict[str, list[Value]] = {}
+    seen: dict[str, str] = {}
+    for name, values in entry.attributes.items():
+        check_attribute_name(name)
+        if name.lower() == "objectclass":
+            classes.extend(v.decode("utf-8") if isinstance(v, bytes) else v for v in values)
+            continue
+        key = seen.setdefault(name.lower(), name)
+        attributes.setdefault(key, []).extend(values)
+    if not classes:
+        raise BadInput(f"entry {entry.dn!r} has no objectClass: give at least one (e.g. top)")
+    unique_classes = list(dict.fromkeys(classes))
+    return Entry(dn=entry.dn.strip(), object_classes=unique_classes, attributes=attributes)
+
+
+def get(instance: Instance, directory_id: str, dn: str, *, region: str | None = None) -> Entry:
+    norm = dnlib.normalise(dn)
+    with instance.session() as session:
+        directory = _open(session, directory_id)
+        row = _find(session, directory_id, _generation(session, directory, region), norm)
+        if row is None:
+            raise _not_found(directory_id, dn)
+        return _row_entry(row)
+
+
+def list_entries(
+    instance: Instance,
+    directory_id: str,
+    *,
+    region: str | None = None,
+    base: str | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[Entry]:
+    """Entries in the order they were added; ``base`` keeps that DN and the entries under it."""
+    if not 1 <= limit <= 10000 or offset < 0:
+        raise BadInput("limit must be 1 to 10000 and offset 0 or more")
+    with instance.session() as session:
+        directory = _open(session, directory_id)
+        query = (
+            select(DirectoryObject)
+            .where(
+                DirectoryObject.directory_id == directory_id,
+                DirectoryObject.generation == _generation(session, directory, region),
+            )
+            .order_by(DirectoryObject.id)
+        )
+        if base is not None:
+            norm = dnlib.normalise(base)
+            query = query.where((DirectoryObject.dn_norm == norm) | _under(norm))
+        rows = session.scalars(query.offset(offset).limit(limit)).all()
+        return [_row_entry(r) for r in rows]
+
+
+def count(instance: Instance, directory_id: str) -> int:
+    with instance.session() as session:
+        directory = _open(session, directory_id)
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(DirectoryObject)
+                .where(
+                    DirectoryObject.directory_id == directory_id,
+                    DirectoryObject.generation == directory.generation,
+                )
+            )
+            or 0
+        )
+
+
+def add(
+    instance: Instance,
+    directory_id: str,
+    entry: Entry,
+    *,
+    actor: str,
+) -> Entry:
+    """Add one entry; AlreadyExists when its DN (in any case) is taken."""
+    entry = _clean(entry)
+    norm = dnlib.normalise(entry.dn)
+    with instance.transaction() as session:
+        directory = _open(session, directory_id, write=True)
+        if _find(session, directory_id, directory.generation, norm) is not None:
+            raise AlreadyExists(
+                f"directory {directory_id} already has an entry {entry.dn!r}; nothing was changed"
+            )
+        session.add(
+            DirectoryObject(
+                directory_id=directory_id,
+                generation=directory.generation,
+                dn=entry.dn,
+                dn_norm=norm,
+                object_classes=json.dumps(entry.object_classes),
+                attributes=encode_values(entry.attributes),
+            )
+        )
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_ENTRY_ADDED,
+            actor=actor,
+            target=directory_id,
+            details={"dn": entry.dn},
+        )
+    return entry
+
+
+def modify(
+    instance: Instance,
+    directory_id: str,
+    dn: str,
+    *,
+    replace: dict[str, list[Value]] | None = None,
+    add: dict[str, list[Value]] | None = None,
+    delete: dict[str, list[Value]] | None = None,
+    actor: str,
+) -> Entry:
+    """Change attributes as LDAP modify does: ``replace`` sets (an empty list removes),
+    ``add`` appends values, ``delete`` removes the values given (all, when the list is empty)."""
+    norm = dnlib.normalise(dn)
+    with instance.transaction() as session:
+        directory = _open(session, directory_id, write=True)
+        row = _find(session, directory_id, directory.generation, norm)
+        if row is None:
+            raise _not_found(directory_id, dn)
+        current = _row_entry(row)
+        attrs: dict[str, list[Value]] = {"objectClass": list(current.object_classes)}
+        attrs.update({k: list(v) for k, v in current.attributes.items()})
+
+        def key_of(name: str) -> str:
+            check_attribute_name(name)
+            for existing in attrs:
+                if existing.lower() == name.lower():
+                    return existing
+            return name
+
+        for name, values in (replace or {}).items():
+            key = key_of(name)
+            if values:
+                attrs[key] = list(values)
+            else:
+                attrs.pop(key, None)
+        for name, values in (add or {}).items():
+            key = key_of(name)
+            have = attrs.setdefault(key, [])
+            have.extend(v for v in values if v not in have)
+        for name, values in (delete or {}).items():
+            key = key_of(name)
+            if key not in attrs:
+                raise BadInput(f"entry {dn!r} has no attribute {name}: nothing was changed")
+            if values:
+                attrs[key] = [v for v in attrs[key] if v not in values]
+            if not values or not attrs[key]:
+                del attrs[key]
+        classes = attrs.pop("objectClass", [])
+        updated = _clean(Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs}))
+        row.object_classes = json.dumps(updated.object_classes)
+        row.attributes = encode_values(updated.attributes)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_ENTRY_MODIFIED,
+            actor=actor,
+            target=directory_id,
+            details={"dn": row.dn},
+        )
+        return updated
+
+
+def delete(instance: Instance, directory_id: str, dn: str, *, actor: str) -> Entry:
+    """Delete a leaf entry; an entry with entries under it is refused, as LDAP does."""
+    norm = dnlib.normalise(dn)
+    with instance.transaction() as session:
+        directory = _open(session, directory_id, write=True)
+        row = _find(session, directory_id, directory.generation, norm)
+        if row is None:
+            raise _not_found(directory_id, dn)
+        child = session.scalar(
+            select(DirectoryObject.id)
+            .where(
+                DirectoryObject.directory_id == directory_id,
+                DirectoryObject.generation == directory.generation,
+                _under(norm),
+            )
+            .limit(1)
+        )
+        if child is not None:
+            raise Conflict(f"entry {dn!r} has entries under it: delete those first")
+        gone = _row_entry(row)
+        session.delete(row)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_ENTRY_DELETED,
+            actor=actor,
+            target=directory_id,
+            details={"dn": row.dn},
+        )
+        return gone
+
+
+def import_entries(instance: Instance, directory_id: str, entries: Iterable[Entry], *, actor: str) -> int:
+    """Add many entries in one transaction: all of them, or (on any error) none."""
+    with instance.transaction() as session:
+        directory = _open(session, directory_id, write=True)
+        generation = directory.generation
+        existing = set(
+            session.scalars(
+                select(DirectoryObject.dn_norm).where(
+                    DirectoryObject.directory_id == directory_id, DirectoryObject.generation == generation
+                )
+            ).all()
+        )
+        batch: list[dict[str, Any]] = []
+        total = 0
+        table = DirectoryObject.__table__
+        for raw in entries:
+            entry = _clean(raw)
+            norm = dnlib.normalise(entry.dn)
+            if norm in existing:
+                raise AlreadyExists(
+                    f"directory {directory_id} already has an entry {entry.dn!r} (or the input holds "
+                    "it twice); nothing was imported"
+                )
+            existing.add(norm)
+            batch.append(
+                {
+                    "directory_id": directory_id,
+                    "generation": generation,
+                    "dn": entry.dn,
+                    "dn_norm": norm,
+                    "object_classes": json.dumps(entry.object_classes),
+                    "attributes": encode_values(entry.attributes),
+                }
+            )
+            if len(batch) >= _BATCH:
+                session.execute(insert(table), batch)
+                total += len(batch)
+                batch = []
+        if batch:
+            session.execute(insert(table), batch)
+            total += len(batch)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_IMPORTED,
+            actor=actor,
+            target=directory_id,
+            details={"count": total},
+        )
+    return total
+
+
+def iter_entries(instance: Instance, directory_id: str, *, region: str | None = None) -> Iterator[Entry]:
+    """Every entry, parents before children (by depth, then the order they were added), read
+    at one point in time: the order ``slapadd`` needs."""
+    with instance.session() as session:
+        directory = _open(session, directory_id)
+        generation = _generation(session, directory, region)
+        rows = session.execute(
+            select(DirectoryObject.dn, DirectoryObject.object_classes, DirectoryObject.attributes)
+            .where(DirectoryObject.directory_id == directory_id, DirectoryObject.generation == generation)
+            .order_by(DirectoryObject.id)
+        ).all()
+    keyed = sorted(((dnlib.depth(r[0]), i) for i, r in enumerate(rows)))
+    for _depth, i in keyed:
+        dn, classes, attrs = rows[i]
+        yield Entry(dn=dn, object_classes=json.loads(classes), attributes=decode_values(attrs))

@@ -1,0 +1,591 @@
+"""Snapshots of a directory: take, list, delete, restore (queued), limits, automatic ones.
+
+A snapshot is the directory's entries at one point in time, read by ONE database statement
+(a consistent read, whatever writers do meanwhile) and streamed into a checksummed file in
+the snapshot store (:mod:`ams.directory.snapfile`). Manual snapshots are limited to
+:data:`MANUAL_LIMIT` per directory; automatic ones (``ams serve``, daily) are kept apart,
+the newest :data:`AUTO_KEEP` of them.
+
+``restore`` only checks and queues: the directory turns ``Restoring`` and the restore
+worker (:mod:`ams.directory.restore`) does the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ams import audit
+from ams.clock import as_utc
+from ams.db.models.directory import Directory, DirectoryRestore, Snapshot
+from ams.directory import directories, snapfile
+from ams.directory.directories import DirectoryInfo
+from ams.errors import (
+    BadInput,
+    Conflict,
+    DirectoryUnavailable,
+    NotFound,
+    NotPrimaryRegion,
+    SnapshotCorrupt,
+    SnapshotLimitExceeded,
+    SnapshotNotFound,
+    SnapshotTooOld,
+    UnsupportedOperation,
+)
+from ams.instance import Instance
+
+__all__ = [
+    "AUTO_INTERVAL",
+    "AUTO_KEEP",
+    "MANUAL_LIMIT",
+    "MAX_RESTORE_AGE",
+    "SnapshotInfo",
+    "SnapshotLimits",
+    "create",
+    "create_auto",
+    "delete",
+    "limits",
+    "list_snapshots",
+    "restore",
+    "run_auto_snapshots",
+    "snapshot_path",
+    "verify",
+]
+
+T = TypeVar("T")
+
+MANUAL_LIMIT = 5
+AUTO_KEEP = 5
+AUTO_INTERVAL = timedelta(days=1)
+MAX_RESTORE_AGE = timedelta(days=180)
+_NAME_MAX = 128
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    id: str
+    directory_id: str
+    type: str  # Manual | Auto
+    name: str | None
+    status: str  # Creating | Completed | Failed
+    start_time: datetime
+    checksum_ok: bool | None  # None while Creating or Failed (no file to check)
+    completed_at: datetime | None = None
+    size: int | None = None
+    entries: int | None = None
+    sha256: str | None = None
+    failure_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "directory_id": self.directory_id,
+            "type": self.type,
+            "name": self.name,
+            "status": self.status,
+            "start_time": self.start_time.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "checksum_ok": self.checksum_ok,
+            "size": self.size,
+            "entries": self.entries,
+            "sha256": self.sha256,
+            "failure_reason": self.failure_reason,
+        }
+
+
+@dataclass(frozen=True)
+class SnapshotLimits:
+    manual_limit: int
+    manual_count: int
+    manual_limit_reached: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "manual_limit": self.manual_limit,
+            "manual_count": self.manual_count,
+            "manual_limit_reached": self.manual_limit_reached,
+        }
+
+
+def snapshot_path(instance: Instance, row: Snapshot) -> Path:
+    return instance.home.snapshots_dir / (row.file or f"{row.directory_id}/{row.id}.snap")
+
+
+# Checking a file means reading it whole; remember the answer while the file is unchanged.
+_verified: dict[tuple[str, int, int, int, str], bool] = {}
+
+
+def _checksum_ok(instance: Instance, row: Snapshot) -> bool | None:
+    if row.status != "Completed":
+        return None
+    path = snapshot_path(instance, row)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, row.sha256 or "")
+    if key not in _verified:
+        try:
+            snapfile.verify(path, row.sha256)
+            _verified[key] = True
+        except SnapshotCorrupt:
+            _verified[key] = False
+    return _verified[key]
+
+
+def _info(instance: Instance, row: Snapshot, *, check: bool = True) -> SnapshotInfo:
+    return SnapshotInfo(
+        id=row.id,
+        directory_id=row.directory_id,
+        type=row.type,
+        name=row.name,
+        status=row.status,
+        start_time=row.start_time,
+        checksum_ok=_checksum_ok(instance, row) if check else None,
+        completed_at=row.completed_at,
+        size=row.size,
+        entries=row.entries,
+        sha256=row.sha256,
+        failure_reason=row.failure_reason,
+    )
+
+
+def _check_snapshot_id(snapshot_id: str) -> None:
+    if (
+        not isinstance(snapshot_id, str)
+        or len(snapshot_id) != 12
+        or not snapshot_id.startswith("s-")
+        or any(c not in "0123456789abcdef" for c in snapshot_id[2:])
+    ):
+        raise SnapshotNotFound(
+            f"{snapshot_id!r} is not a snapshot id (s- and 10 hex digits): list them with `ams snapshot list`"
+        )
+
+
+def _load(session: Session, snapshot_id: str) -> Snapshot:
+    _check_snapshot_id(snapshot_id)
+    row = session.get(Snapshot, snapshot_id)
+    if row is None:
+        raise SnapshotNotFound(f"no snapshot {snapshot_id}: list them with `ams snapshot list`")
+    return row
+
+
+def _check_region(directory: Directory, region: str | None) -> None:
+    if region is not None and region != directory.region:
+        raise NotPrimaryRegion(
+            f"directory {directory.id}'s primary region is {directory.region}, not {region}: "
+            f"send snapshot operations to {directory.region}"
+        )
+
+
+def _check_snapshottable(directory: Directory) -> None:
+    if directory.type == "ADConnector":
+        raise UnsupportedOperation(
+            f"directory {directory.id} is an AD Connector, which has no snapshots: "
+            "snapshot the directory it connects to instead"
+        )
+
+
+_ROWS_PER_CHUNK = 5000
+
+
+def _consistent_chunks(instance: Instance, directory_id: str) -> Iterator[tuple[bytes, int]]:
+    """The live entries of the directory as snapshot lines (with how many each chunk holds),
+    read by ONE statement: one point in time, whatever writers do meanwhile (SQLite WAL and
+    PostgreSQL both give a statement a consistent view). The database formats each line,
+    as bytes; Python only joins them."""
+    with instance.engine.connect() as conn:
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        if conn.dialect.name == "sqlite":
+            sql = (
+                "SELECT CAST(json_quote(o.dn) || char(9) || json_quote(o.dn_norm) || char(9) || "
+                "o.object_classes || char(9) || o.attributes || char(10) AS BLOB) "
+                "FROM directory_objects o JOIN directories d "
+                "ON d.id = o.directory_id AND d.generation = o.generation "
+                "WHERE o.directory_id = ? ORDER BY o.id"
+            )
+            # Read the database file through a memory map: no copy through read() calls.
+            dbapi.execute("PRAGMA mmap_size=1073741824")
+            cursor = dbapi.cursor()
+        else:
+            sql = (
+                "SELECT convert_to(to_json(o.dn)::text || chr(9) || to_json(o.dn_norm)::text || chr(9) || "
+                "o.object_classes || chr(9) || o.attributes || chr(10), 'UTF8') "
+                "FROM directory_objects o JOIN directories d "
+                "ON d.id = o.directory_id AND d.generation = o.generation "
+                "WHERE o.directory_id = %s ORDER BY o.id"
+            )
+            cursor = dbapi.cursor(name=f"snapshot_{directory_id.replace('-', '_')}")  # server-side: streams
+        try:
+            cursor.execute(sql, (directory_id,))
+            while rows := cursor.fetchmany(_ROWS_PER_CHUNK):
+                yield b"".join([r[0] for r in rows]), len(rows)
+        finally:
+            cursor.close()
+
+
+def prefetched(chunks: Iterator[T], depth: int = 8) -> Iterator[T]:
+    """Run ``chunks`` in a thread, a few chunks ahead: the database reads the next rows
+    (SQLite releases the GIL while it steps) while this thread hashes and writes."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        handoff.put(("chunk", chunk), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            handoff.put(("error", exc))
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=produce, name="ams-snapshot-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "chunk":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                handoff.get(timeout=0.1)
+        thread.join()
+
+
+def _take(
+    instance: Instance,
+    directory_id: str,
+    *,
+    kind: str,
+    name: str | None,
+    region: str | None,
+    actor: str,
+) -> SnapshotInfo:
+    if name is not None:
+        name = name.strip() or None
+    if name is not None and (len(name) > _NAME_MAX or any(ord(c) < 32 for c in name)):
+        raise BadInput(f"the snapshot name is longer than {_NAME_MAX} characters or holds control characters")
+    now = instance.clock.now()
+    snapshot_id = directories.new_id("s")
+    relative = f"{directory_id}/{snapshot_id}.snap"
+    with instance.transaction() as session:
+        directory = directories.load(session, directory_id, for_update=True)
+        _check_region(directory, region)
+        _check_snapshottable(directory)
+        directories.refuse_while_restoring(directory)
+        if directory.stage not in ("Active", "RestoreFailed", "Impaired", "Updating"):
+            raise Conflict(
+                f"directory {directory_id} is {directory.stage}: snapshots need an Active directory"
+            )
+        # Insert first, count after: the insert takes the write lock, so two concurrent
+        # requests cannot both see four and both make a fifth.
+        session.add(
+            Snapshot(
+                id=snapshot_id,
+                directory_id=directory_id,
+                type=kind,
+                name=name,
+                status="Creating",
+                start_time=now,
+                file=relative,
+            )
+        )
+        session.flush()
+        if kind == "Manual":
+            count = session.scalar(
+                select(func.count())
+                .select_from(Snapshot)
+                .where(
+                    Snapshot.directory_id == directory_id,
+                    Snapshot.type == "Manual",
+                    Snapshot.status != "Failed",
+                )
+            )
+            if (count or 0) > MANUAL_LIMIT:
+                raise SnapshotLimitExceeded(
+                    f"directory {directory_id} has {MANUAL_LIMIT} manual snapshots, the limit: "
+                    "delete one with `ams snapshot delete S` first"
+                )
+        header = {
+            "directory_id": directory_id,
+            "dns_name": directory.dns_name,
+            "snapshot_id": snapshot_id,
+            "type": kind,
+            "taken_at": now.isoformat(),
+        }
+    path = instance.home.snapshots_dir / relative
+    try:
+        written = snapfile.write(path, header, prefetched(_consistent_chunks(instance, directory_id)))
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        with instance.transaction() as session:
+            row = session.get(Snapshot, snapshot_id)
+            if row is not None:
+                row.status = "Failed"
+                row.failure_reason = reason
+                row.completed_at = instance.clock.now()
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.SNAPSHOT_FAILED,
+                actor=actor,
+                target=snapshot_id,
+                outcome="failure",
+                details={"directory": directory_id, "reason": reason},
+            )
+        raise
+    with instance.transaction() as session:
+        row = session.get(Snapshot, snapshot_id)
+        if row is None:  # the directory was deleted meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise SnapshotNotFound(f"directory {directory_id} was deleted while its snapshot was taken")
+        row.status = "Completed"
+        row.completed_at = instance.clock.now()
+        row.size = written.size
+        row.sha256 = written.sha256
+        row.entries = written.entries
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.SNAPSHOT_CREATED,
+            actor=actor,
+            target=snapshot_id,
+            details={
+                "directory": directory_id,
+                "type": kind,
+                "entries": written.entries,
+                "sha256": written.sha256,
+            },
+        )
+        return dataclasses.replace(_info(instance, row, check=False), checksum_ok=True)
+
+
+def create(
+    instance: Instance,
+    directory_id: str,
+    *,
+    name: str | None = None,
+    region: str | None = None,
+    actor: str,
+) -> SnapshotInfo:
+    """Take a manual snapshot (Creating → Completed before this returns)."""
+    return _take(instance, directory_id, kind="Manual", name=name, region=region, actor=actor)
+
+
+def create_auto(instance: Instance, directory_id: str, *, actor: str = "service") -> SnapshotInfo:
+    """Take an automatic snapshot and prune the automatic ones beyond the newest :data:`AUTO_KEEP`."""
+    taken = _take(instance, directory_id, kind="Auto", name=None, region=None, actor=actor)
+    with instance.session() as session:
+        autos = session.scalars(
+            select(Snapshot)
+            .where(Snapshot.directory_id == directory_id, Snapshot.type == "Auto")
+            .order_by(Snapshot.start_time.desc(), Snapshot.id.desc())
+        ).all()
+        doomed = [s.id for s in autos[AUTO_KEEP:]]
+    for snapshot_id in doomed:
+        _delete(instance, snapshot_id, actor=actor, event=audit.Event.SNAPSHOT_AUTO_PRUNED)
+    return taken
+
+
+def run_auto_snapshots(instance: Instance) -> list[SnapshotInfo]:
+    """One pass of the daily schedule: an Auto snapshot of every Active MicrosoftAD directory
+    whose newest Auto snapshot is a day old or more (or that has none)."""
+    now = instance.clock.now()
+    with instance.session() as session:
+        candidates = session.scalars(
+            select(Directory.id).where(Directory.type == "MicrosoftAD", Directory.stage == "Active")
+        ).all()
+        due = []
+        for directory_id in candidates:
+            newest = session.scalar(
+                select(func.max(Snapshot.start_time)).where(
+                    Snapshot.directory_id == directory_id,
+                    Snapshot.type == "Auto",
+                    Snapshot.status == "Completed",
+                )
+            )
+            if newest is None or now - as_utc(newest) >= AUTO_INTERVAL:
+                due.append(directory_id)
+    taken = []
+    for directory_id in due:
+        try:
+            taken.append(create_auto(instance, directory_id))
+        except (Conflict, NotFound, DirectoryUnavailable):
+            continue  # restoring, deleted or changed meanwhile: the next pass tries again
+    return taken
+
+
+def list_snapshots(
+    instance: Instance,
+    directory_id: str | None = None,
+    snapshot_ids: list[str] | None = None,
+) -> list[SnapshotInfo]:
+    """Snapshots, newest first, with each file's checksum checked."""
+    with instance.session() as session:
+        query = select(Snapshot).order_by(Snapshot.start_time.desc(), Snapshot.id.desc())
+        if directory_id is not None:
+            directories.load(session, directory_id)
+            query = query.where(Snapshot.directory_id == directory_id)
+        if snapshot_ids is not None:
+            for snapshot_id in snapshot_ids:
+                _check_snapshot_id(snapshot_id)
+            query = query.where(Snapshot.id.in_(snapshot_ids))
+        rows = session.scalars(query).all()
+        if snapshot_ids is not None:
+            found = {r.id for r in rows}
+            for snapshot_id in snapshot_ids:
+                if snapshot_id not in found:
+                    raise SnapshotNotFound(f"no snapshot {snapshot_id}: list them with `ams snapshot list`")
+        return [_info(instance, r) for r in rows]
+
+
+def get(instance: Instance, snapshot_id: str) -> SnapshotInfo:
+    with instance.session() as session:
+        return _info(instance, _load(session, snapshot_id))
+
+
+def verify(instance: Instance, snapshot_id: str) -> SnapshotInfo:
+    """Check the snapshot's file against its checksum now; SnapshotCorrupt when it fails."""
+    with instance.session() as session:
+        row = _load(session, snapshot_id)
+        if row.status != "Completed":
+            raise Conflict(f"snapshot {snapshot_id} is {row.status}: only Completed snapshots have a file")
+        snapfile.verify(snapshot_path(instance, row), row.sha256)
+        return _info(instance, row)
+
+
+def _delete(instance: Instance, snapshot_id: str, *, actor: str, event: audit.Event) -> SnapshotInfo:
+    with instance.transaction() as session:
+        row = _load(session, snapshot_id)
+        busy = session.scalar(
+            select(DirectoryRestore.id).where(
+                DirectoryRestore.snapshot_id == snapshot_id,
+                DirectoryRestore.state.in_(("pending", "loading")),
+            )
+        )
+        if busy is not None:
+            raise Conflict(f"snapshot {snapshot_id} is being restored: delete it after the restore ends")
+        gone = _info(instance, row, check=False)
+        path = snapshot_path(instance, row)
+        session.delete(row)
+        audit.record(
+            session,
+            instance.clock,
+            event,
+            actor=actor,
+            target=snapshot_id,
+            details={"directory": row.directory_id, "type": row.type},
+        )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return gone
+
+
+def delete(instance: Instance, snapshot_id: str, *, region: str | None = None, actor: str) -> SnapshotInfo:
+    """Delete a snapshot and its file."""
+    with instance.session() as session:
+        row = _load(session, snapshot_id)
+        _check_region(directories.load(session, row.directory_id), region)
+    return _delete(instance, snapshot_id, actor=actor, event=audit.Event.SNAPSHOT_DELETED)
+
+
+def limits(instance: Instance, directory_id: str) -> SnapshotLimits:
+    with instance.session() as session:
+        directories.load(session, directory_id)
+        count = session.scalar(
+            select(func.count())
+            .select_from(Snapshot)
+            .where(
+                Snapshot.directory_id == directory_id,
+                Snapshot.type == "Manual",
+                Snapshot.status != "Failed",
+            )
+        )
+    count = int(count or 0)
+    return SnapshotLimits(
+        manual_limit=MANUAL_LIMIT, manual_count=count, manual_limit_reached=count >= MANUAL_LIMIT
+    )
+
+
+def restore(instance: Instance, snapshot_id: str, *, region: str | None = None, actor: str) -> DirectoryInfo:
+    """Start restoring the snapshot into its own directory and return at once (Restoring).
+
+    Refused: outside the primary region, for an AD Connector, for a snapshot older than 180
+    days or not Completed, for a file that fails its checksum, while a restore runs.
+    """
+    from ams.directory import restore as restore_worker
+
+    now = instance.clock.now()
+    with instance.session() as session:
+        row = _load(session, snapshot_id)
+        directory = directories.load(session, row.directory_id)
+        _check_region(directory, region)
+        _check_snapshottable(directory)
+        if row.status != "Completed":
+            raise Conflict(
+                f"snapshot {snapshot_id} is {row.status}: only a Completed snapshot can be restored"
+            )
+        age = now - row.start_time
+        if age > MAX_RESTORE_AGE:
+            raise SnapshotTooOld(
+                f"snapshot {snapshot_id} was taken {age.days} days ago; snapshots older than 180 days "
+                "cannot be restored: choose a newer snapshot"
+            )
+        if not _checksum_ok(instance, row):  # remembered while the file is unchanged
+            snapfile.verify(snapshot_path(instance, row), row.sha256)  # raises, with the reason
+    with instance.transaction() as session:
+        directory = directories.load(session, row.directory_id, for_update=True)
+        directories.refuse_while_restoring(directory)
+        directory.last_generation += 1
+        session.add(
+            DirectoryRestore(
+                directory_id=directory.id,
+                snapshot_id=snapshot_id,
+                state="pending",
+                previous_generation=directory.generation,
+                target_generation=directory.last_generation,
+                attempts=0,
+                requested_by=actor,
+                requested_at=now,
+            )
+        )
+        directories.set_stage(directory, "Restoring", now, f"restoring snapshot {snapshot_id}")
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_RESTORE_STARTED,
+            actor=actor,
+            target=directory.id,
+            details={"snapshot": snapshot_id},
+        )
+        session.flush()
+        started = directories.info(session, directory)
+    restore_worker.notify()
+    return started

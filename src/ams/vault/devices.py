@@ -1,0 +1,333 @@
+"""Devices: registration with a registration key, device tokens, approval, forced rotation.
+
+A device token is ``dev_<16 hex>.<secret>``; the database keeps only the SHA-256 of the
+secret, and a token opens only its own device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, select, update
+from sqlalchemy.orm import Session
+
+from ams import audit, crypto
+from ams.db.models.vault import Device, DevicePassword, RegistrationKey
+from ams.errors import (
+    BadInput,
+    Conflict,
+    DeviceDisabled,
+    DevicePendingApproval,
+    DeviceTokenInvalid,
+    NotFound,
+    RegistrationKeyInvalid,
+    RegistrationKeyRefused,
+)
+from ams.instance import Instance
+from ams.vault.policy import check_scope
+
+__all__ = [
+    "DeviceInfo",
+    "RegisteredDevice",
+    "approve",
+    "authenticate",
+    "disable",
+    "expire",
+    "find",
+    "list_devices",
+    "register",
+    "show",
+]
+
+ID_PREFIX = "dev_"
+DEFAULT_SCOPE = "agent"
+PENDING, ACTIVE, DISABLED = "pending", "active", "disabled"
+_DUMMY_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    id: str
+    name: str
+    scope: str
+    status: str
+    registration_key_id: str | None
+    created_at: datetime
+    approved_at: datetime | None
+    last_seen_at: datetime | None
+    current_version: int | None
+    rotation_forced: bool
+    password_effective_at: datetime | None
+    password_expires_at: datetime | None
+    certificate_thumbprint: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scope": self.scope,
+            "status": self.status,
+            "registration_key_id": self.registration_key_id,
+            "created_at": iso(self.created_at),
+            "approved_at": iso(self.approved_at),
+            "last_seen_at": iso(self.last_seen_at),
+            "current_version": self.current_version,
+            "rotation_forced": self.rotation_forced,
+            "password_effective_at": iso(self.password_effective_at),
+            "password_expires_at": iso(self.password_expires_at),
+            "certificate_thumbprint": self.certificate_thumbprint,
+        }
+
+
+@dataclass(frozen=True)
+class RegisteredDevice:
+    device_id: str
+    secret: str
+    status: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.device_id}.{self.secret}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "token": self.token, "status": self.status}
+
+
+def _info(device: Device, current: DevicePassword | None) -> DeviceInfo:
+    return DeviceInfo(
+        id=device.id,
+        name=device.name,
+        scope=device.scope,
+        status=device.status,
+        registration_key_id=device.registration_key_id,
+        created_at=device.created_at,
+        approved_at=device.approved_at,
+        last_seen_at=device.last_seen_at,
+        current_version=device.current_version,
+        rotation_forced=device.force_rotation,
+        password_effective_at=current.effective_at if current else None,
+        password_expires_at=current.expires_at if current else None,
+        certificate_thumbprint=current.certificate_thumbprint if current else None,
+    )
+
+
+def _with_current() -> Any:
+    return select(Device, DevicePassword).outerjoin(
+        DevicePassword, and_(DevicePassword.device_id == Device.id, DevicePassword.is_current.is_(True))
+    )
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def _refuse(instance: Instance, key_id: str | None, reason: str) -> None:
+    with instance.transaction() as session:
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DEVICE_REGISTRATION_REFUSED,
+            actor="api",
+            outcome="failure",
+            target=key_id,
+            details={"reason": reason},
+        )
+
+
+def register(
+    instance: Instance, registration_key: str, name: str, *, scope: str = DEFAULT_SCOPE
+) -> RegisteredDevice:
+    """``POST /api/v1/agent/register``: a new device and its token (shown once)."""
+    name = name.strip()
+    if not name or len(name) > 255 or not name.isprintable():
+        raise BadInput("a device needs a name of 1 to 255 printable characters (its host name)")
+    check_scope(scope)
+    key_id, _, secret = registration_key.strip().partition(".")
+    with instance.session() as session:
+        row = session.get(RegistrationKey, key_id) if key_id.startswith("rk_") and secret else None
+        expected = row.secret_hash if row is not None else _DUMMY_HASH
+        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected) and row is not None
+    if not valid:
+        _refuse(instance, key_id if row is not None else None, "unknown or wrong key")
+        raise RegistrationKeyInvalid()
+    assert row is not None
+    device_id = ID_PREFIX + crypto.random_id(16)
+    token_secret = crypto.random_secret(32)
+    now = instance.clock.now()
+    status = PENDING if row.approval_required else ACTIVE
+    with instance.transaction() as session:
+        # One statement checks and counts, so two registrations cannot both take the last use.
+        taken = session.execute(
+            update(RegistrationKey)
+            .where(
+                RegistrationKey.id == key_id,
+                RegistrationKey.disabled_at.is_(None),
+                (RegistrationKey.activation_limit.is_(None))
+                | (RegistrationKey.used_count < RegistrationKey.activation_limit),
+            )
+            .values(used_count=RegistrationKey.used_count + 1)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if taken:
+            session.add(
+                Device(
+                    id=device_id,
+                    name=name,
+                    scope=scope,
+                    registration_key_id=key_id,
+                    token_hash=crypto.hash_token(token_secret),
+                    status=status,
+                    created_at=now,
+                    approved_at=now if status == ACTIVE else None,
+                    force_rotation=False,
+                )
+            )
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.DEVICE_REGISTERED,
+                actor=f"device:{device_id}",
+                target=device_id,
+                details={"name": name, "registration_key": key_id, "status": status, "scope": scope},
+            )
+    if not taken:
+        reason = "disabled" if row.disabled_at is not None else "activation limit reached"
+        _refuse(instance, key_id, reason)
+        raise RegistrationKeyRefused(
+            f"the registration key {key_id} is {reason}: ask an administrator for another one"
+        )
+    return RegisteredDevice(device_id, token_secret, status)
+
+
+# -- device tokens ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthenticatedDevice:
+    id: str
+    name: str
+    scope: str
+
+
+def authenticate(instance: Instance, token: str | None) -> AuthenticatedDevice:
+    """The device a bearer token ``dev_<id>.<secret>`` belongs to, if it may use the password API."""
+    device_id, _, secret = (token or "").partition(".")
+    now = instance.clock.now()
+    with instance.session() as session:
+        row = session.get(Device, device_id) if device_id.startswith(ID_PREFIX) and secret else None
+        expected = row.token_hash if row is not None else _DUMMY_HASH
+        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
+        if row is None or not valid:
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.DEVICE_AUTH_FAILED,
+                actor="api",
+                outcome="failure",
+                target=device_id[:32] if row is not None else None,
+            )
+            session.commit()
+            raise DeviceTokenInvalid()
+        if row.status == PENDING:
+            raise DevicePendingApproval(
+                f"device {row.id} waits for approval: an administrator runs `ams device approve {row.id}`"
+            )
+        if row.status == DISABLED:
+            raise DeviceDisabled(f"device {row.id} is disabled: register it again, or ask an administrator")
+        # Written at most once a minute, so check-ins do not each turn into a write.
+        if row.last_seen_at is None or now - row.last_seen_at > timedelta(minutes=1):
+            row.last_seen_at = now
+            session.commit()
+        return AuthenticatedDevice(row.id, row.name, row.scope)
+
+
+# -- administration -----------------------------------------------------------------------
+
+
+def find(session: Session, ref: str) -> Device:
+    """A device by id, or by name when exactly one device has it."""
+    ref = ref.strip()
+    row = session.get(Device, ref) if ref.startswith(ID_PREFIX) else None
+    if row is not None:
+        return row
+    rows = list(session.scalars(select(Device).where(Device.name == ref).order_by(Device.created_at)))
+    if not rows:
+        raise NotFound(f"no device {ref!r}: see `ams device list`")
+    if len(rows) > 1:
+        ids = ", ".join(r.id for r in rows)
+        raise BadInput(f"{len(rows)} devices are named {ref!r} ({ids}): give the device id instead")
+    return rows[0]
+
+
+def list_devices(instance: Instance, *, scope: str | None = None) -> list[DeviceInfo]:
+    with instance.session() as session:
+        query = _with_current().order_by(Device.name, Device.created_at, Device.id)
+        if scope is not None:
+            query = query.where(Device.scope == scope)
+        return [_info(d, p) for d, p in session.execute(query)]
+
+
+def show(instance: Instance, ref: str) -> DeviceInfo:
+    with instance.session() as session:
+        device = find(session, ref)
+        current = session.scalar(
+            select(DevicePassword).where(
+                DevicePassword.device_id == device.id, DevicePassword.is_current.is_(True)
+            )
+        )
+        return _info(device, current)
+
+
+def approve(instance: Instance, ref: str, actor: str) -> DeviceInfo:
+    with instance.transaction() as session:
+        device = find(session, ref)
+        if device.status == DISABLED:
+            raise Conflict(f"device {device.id} is disabled; it cannot be approved")
+        if device.status == PENDING:
+            device.status = ACTIVE
+            device.approved_at = instance.clock.now()
+            audit.record(session, instance.clock, audit.Event.DEVICE_APPROVED, actor=actor, target=device.id)
+    return show(instance, device.id)
+
+
+def disable(instance: Instance, ref: str, actor: str) -> DeviceInfo:
+    """Shut a device out (a decommissioned or compromised machine); its passwords stay readable."""
+    with instance.transaction() as session:
+        device = find(session, ref)
+        if device.status != DISABLED:
+            device.status = DISABLED
+            audit.record(session, instance.clock, audit.Event.DEVICE_DISABLED, actor=actor, target=device.id)
+    return show(instance, device.id)
+
+
+def expire(
+    instance: Instance,
+    actor: str,
+    *,
+    device: str | None = None,
+    scope: str | None = None,
+    everything: bool = False,
+) -> list[str]:
+    """Make devices rotate at their next check-in with reason ``forced``; their ids."""
+    if sum((device is not None, scope is not None, everything)) != 1:
+        raise BadInput("name exactly one of: a DEVICE, --scope SCOPE, or --all")
+    now = instance.clock.now()
+    with instance.transaction() as session:
+        if device is not None:
+            rows = [find(session, device)]
+        else:
+            query = select(Device).where(Device.status != DISABLED).order_by(Device.id)
+            if scope is not None:
+                query = query.where(Device.scope == check_scope(scope))
+            rows = list(session.scalars(query))
+        for row in rows:
+            row.force_rotation = True
+            row.forced_at = now
+            audit.record(
+                session, instance.clock, audit.Event.DEVICE_ROTATION_FORCED, actor=actor, target=row.id
+            )
+        return [r.id for r in rows]

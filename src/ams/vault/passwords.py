@@ -1,0 +1,462 @@
+"""Device passwords: the rotation decision, accepting a new password, undo, and reading.
+
+The server never sees a password in the clear except to test-decrypt what an agent sends
+(so it refuses what it could not decrypt later) and when an authorised reader asks for it
+(always audited). Blobs are stored exactly as the agent made them.
+
+Versions of a device only grow: a new password must carry a version above every version
+the server holds, and the rotation advice proposes one above both the server's and the
+agent's. When the agent's version differs from the server's current one, one side was
+restored from an older copy: rotate, reason ``rollback``, and record it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+from ams import audit, crypto
+from ams.clock import Clock
+from ams.crypto import blob as password_blob
+from ams.db.models.vault import Device, DevicePassword
+from ams.errors import (
+    Conflict,
+    DecryptionFailed,
+    MasterKeyLocked,
+    NotFound,
+    PasswordUndecryptable,
+    RollbackWindowClosed,
+)
+from ams.instance import Instance
+from ams.vault import certificates, retention
+from ams.vault import devices as devices_service
+from ams.vault.devices import AuthenticatedDevice
+from ams.vault.policy import PasswordPolicy, get_policy
+
+__all__ = [
+    "RotationAdvice",
+    "StoredPassword",
+    "counts_by_certificate",
+    "decide",
+    "expire_current_under",
+    "read",
+    "store",
+    "undo",
+]
+
+REQUEST_PREFIX = "pr_"
+MAX_BLOB_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class RotationAdvice:
+    rotate: bool
+    reason: str | None  # new | expired | forced | rollback
+    current_version: int | None
+    next_version: int
+    certificate_thumbprint: str
+    certificate_pem: str
+    policy: PasswordPolicy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rotate": self.rotate,
+            "reason": self.reason,
+            "current_version": self.current_version,
+            "next_version": self.next_version,
+            "certificate": {"thumbprint": self.certificate_thumbprint, "pem": self.certificate_pem},
+            "policy": self.policy.for_agent(),
+        }
+
+
+@dataclass(frozen=True)
+class StoredPassword:
+    request_id: str
+    version: int
+    effective_at: datetime
+    expires_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "version": self.version,
+            "effective_at": self.effective_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+def _current(session: Session, device_id: str) -> DevicePassword | None:
+    return session.scalar(
+        select(DevicePassword).where(
+            DevicePassword.device_id == device_id, DevicePassword.is_current.is_(True)
+        )
+    )
+
+
+def _highest_version(session: Session, device_id: str) -> int:
+    return (
+        session.scalar(select(func.max(DevicePassword.version)).where(DevicePassword.device_id == device_id))
+        or 0
+    )
+
+
+# -- GET /api/v1/agent/password -----------------------------------------------------------
+
+
+def decide(instance: Instance, device: AuthenticatedDevice, reported_version: int | None) -> RotationAdvice:
+    """Whether the device must rotate now, and why; with the certificate and the policy to use."""
+    actor = f"device:{device.id}"
+    # First, outside our transaction: it may generate the scope's first certificate.
+    certificate = certificates.ensure_active(instance, device.scope, actor)
+    now = instance.clock.now()
+    with instance.transaction() as session:
+        row = session.get(Device, device.id)
+        if row is None:  # removed between authentication and now
+            raise NotFound(f"no device {device.id}")
+        current = _current(session, device.id)
+        server_version = current.version if current is not None else None
+        if reported_version != server_version:
+            # The agent knows a version the server does not hold as current (the database
+            # was restored from an older copy), or the reverse (the device was reverted).
+            reason: str | None = "rollback"
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.PASSWORD_ROLLBACK_DETECTED,
+                actor=actor,
+                target=device.id,
+                details={"device_version": reported_version, "server_version": server_version},
+            )
+        elif current is None:
+            reason = "new"
+        elif row.force_rotation:
+            reason = "forced"
+        elif current.expires_at <= now:
+            reason = "expired"
+        else:
+            reason = None
+        next_version = max(_highest_version(session, device.id), reported_version or 0) + 1
+        policy = get_policy(session, device.scope)
+    return RotationAdvice(
+        rotate=reason is not None,
+        reason=reason,
+        current_version=server_version,
+        next_version=next_version,
+        certificate_thumbprint=certificate.thumbprint,
+        certificate_pem=certificate.pem,
+        policy=policy,
+    )
+
+
+# -- POST /api/v1/agent/password ----------------------------------------------------------
+
+
+def _reject(instance: Instance, device: AuthenticatedDevice, reason: str) -> PasswordUndecryptable:
+    with instance.transaction() as session:
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.PASSWORD_REJECTED,
+            actor=f"device:{device.id}",
+            target=device.id,
+            outcome="failure",
+            details={"reason": reason},
+        )
+    return PasswordUndecryptable()
+
+
+def _test_decrypt(
+    instance: Instance, device: AuthenticatedDevice, raw: bytes, account: str, version: int
+) -> str:
+    """The blob's certificate thumbprint, once the blob is proven to open with the active key."""
+    try:
+        thumbprint = password_blob.blob_thumbprint(raw)
+    except DecryptionFailed:
+        raise _reject(instance, device, "malformed blob") from None
+    active = certificates.active_certificate(instance, device.scope)
+    if active is None or not crypto.constant_time_equal(active.thumbprint, thumbprint):
+        raise _reject(
+            instance, device, f"encrypted to a certificate that is not the active one ({thumbprint})"
+        )
+    private_key = certificates.private_key_der(instance, thumbprint)  # MasterKeyLocked: 503, retry later
+    if private_key is None:
+        raise _reject(instance, device, f"the private key of {thumbprint} is absent")
+    try:
+        document = json.loads(password_blob.decrypt_password(raw, private_key))
+    except DecryptionFailed:
+        raise _reject(instance, device, "does not decrypt") from None
+    except (ValueError, UnicodeDecodeError):
+        raise _reject(instance, device, "the plaintext is not JSON") from None
+    if (
+        not isinstance(document, dict)
+        or not isinstance(document.get("password"), str)
+        or not document["password"]
+        or document.get("account") != account
+        or type(document.get("version")) is not int
+        or document["version"] != version
+    ):
+        raise _reject(
+            instance, device, "the plaintext disagrees with the request (account, version or password)"
+        )
+    return thumbprint
+
+
+def decode_blob(text: str) -> bytes | None:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if 0 < len(raw) <= MAX_BLOB_BYTES else None
+
+
+def store(
+    instance: Instance, device: AuthenticatedDevice, account: str, version: int, blob_b64: str
+) -> StoredPassword:
+    """Accept a new password (as its blob) after test decryption; the previous one becomes history."""
+    raw = decode_blob(blob_b64)
+    if raw is None:
+        raise _reject(instance, device, "not base64, empty or too large")
+    thumbprint = _test_decrypt(instance, device, raw, account, version)
+    actor = f"device:{device.id}"
+    now = instance.clock.now()
+    with instance.transaction() as session:
+        row = session.get(Device, device.id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"no device {device.id}")
+        current = _current(session, device.id)
+        if current is not None and current.version == version and current.blob == raw:
+            # The same report again (the agent retried after losing our answer): same answer.
+            return StoredPassword(
+                current.request_id, current.version, current.effective_at, current.expires_at
+            )
+        highest = _highest_version(session, device.id)
+        if version <= highest:
+            raise Conflict(
+                f"version {version} is not above the server's {highest}: ask GET /api/v1/agent/password again"
+            )
+        policy = get_policy(session, device.scope)
+        if current is not None:
+            current.is_current = False
+            current.superseded_at = now
+        new = DevicePassword(
+            device_id=device.id,
+            version=version,
+            account=account,
+            blob=raw,
+            certificate_thumbprint=thumbprint,
+            request_id=REQUEST_PREFIX + crypto.random_id(32),
+            effective_at=now,
+            expires_at=now + timedelta(days=policy.max_age_days),
+            is_current=True,
+            replaces_id=current.id if current is not None else None,
+            answered_force=row.force_rotation,
+            created_at=now,
+        )
+        session.add(new)
+        row.current_version = version
+        row.force_rotation = False
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.PASSWORD_ROTATED,
+            actor=actor,
+            target=device.id,
+            details={
+                "version": version,
+                "previous_version": current.version if current is not None else None,
+                "certificate": thumbprint,
+                "request_id": new.request_id,
+            },
+        )
+        session.flush()
+        retention.apply(session, instance.clock, device.id, policy, actor)
+        return StoredPassword(new.request_id, version, new.effective_at, new.expires_at)
+
+
+# -- DELETE /api/v1/agent/password/{request_id} --------------------------------------------
+
+
+def undo(instance: Instance, device: AuthenticatedDevice, request_id: str) -> int | None:
+    """Undo the device's last update inside the rollback window; the version current again."""
+    now = instance.clock.now()
+    with instance.transaction() as session:
+        device_row = session.get(Device, device.id, with_for_update=True)
+        row = session.scalar(
+            select(DevicePassword).where(
+                DevicePassword.request_id == request_id, DevicePassword.device_id == device.id
+            )
+        )
+        if device_row is None or row is None:
+            raise NotFound(f"no password update {request_id[:40]!r} of this device")
+        if not row.is_current:
+            raise Conflict(
+                f"the update {request_id} was already replaced by a newer one; it stays in history"
+            )
+        if now - row.created_at > retention.ROLLBACK_WINDOW:
+            raise RollbackWindowClosed(
+                f"the update {request_id} is older than the 60-second rollback window; "
+                "it stays current: report the password the device really has as a new version"
+            )
+        previous = session.get(DevicePassword, row.replaces_id) if row.replaces_id is not None else None
+        if previous is not None:
+            previous.is_current = True
+            previous.superseded_at = None
+        device_row.current_version = previous.version if previous is not None else None
+        if row.answered_force:
+            device_row.force_rotation = True
+        session.delete(row)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.PASSWORD_UPDATE_UNDONE,
+            actor=f"device:{device.id}",
+            target=device.id,
+            details={
+                "request_id": request_id,
+                "removed_version": row.version,
+                "restored_version": previous.version if previous is not None else None,
+            },
+        )
+        return previous.version if previous is not None else None
+
+
+# -- reading (ams password get, REST) -------------------------------------------------------
+
+
+class _Keys:
+    """Private keys by thumbprint for one read: None when lost or unknown."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self._cache: dict[str, bytes | None] = {}
+
+    def get(self, thumbprint: str) -> bytes | None:
+        if thumbprint not in self._cache:
+            try:
+                self._cache[thumbprint] = certificates.private_key_der(self.instance, thumbprint)
+            except NotFound:
+                self._cache[thumbprint] = None
+        return self._cache[thumbprint]
+
+
+def _entry(keys: _Keys, device: Device, row: DevicePassword) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "device_id": device.id,
+        "device_name": device.name,
+        "account": row.account,
+        "password": None,
+        "recoverable": False,
+        "version": row.version,
+        "effective_at": row.effective_at.isoformat(),
+        "expires_at": row.expires_at.isoformat(),
+        "superseded_at": row.superseded_at.isoformat() if row.superseded_at else None,
+        "certificate_thumbprint": row.certificate_thumbprint,
+    }
+    private_key = keys.get(row.certificate_thumbprint)
+    if private_key is None:
+        entry["unrecoverable_reason"] = "the private key of its certificate is lost"
+        return entry
+    try:
+        document = json.loads(password_blob.decrypt_password(row.blob, private_key))
+        password = document["password"]
+    except (DecryptionFailed, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        entry["unrecoverable_reason"] = "it does not decrypt with its certificate's private key"
+        return entry
+    entry["password"] = password
+    entry["recoverable"] = True
+    return entry
+
+
+def read(
+    instance: Instance, ref: str, actor: str, *, history: bool = False, via: str = "cli"
+) -> dict[str, Any]:
+    """A device's current password (and with ``history``, the older ones), decrypted; audited.
+
+    Without history the answer is the current entry; with it, ``{"current", "history"}``
+    (newest first). Entries under a lost key read ``recoverable: false, password: null``.
+    """
+    with instance.session() as session:
+        device = devices_service.find(session, ref)
+        query = select(DevicePassword).where(DevicePassword.device_id == device.id)
+        if not history:
+            query = query.where(DevicePassword.is_current.is_(True))
+        rows = list(session.scalars(query.order_by(DevicePassword.version.desc())))
+    current_rows = [r for r in rows if r.is_current]
+    if not history and not current_rows:
+        raise NotFound(
+            f"device {device.id} ({device.name}) has no password yet: it gets one at its next check-in"
+        )
+    keys = _Keys(instance)
+    try:
+        entries = [_entry(keys, device, r) for r in rows]
+    except MasterKeyLocked:
+        _audit_read(instance, device.id, actor, [], history, via, outcome="failure")
+        raise
+    _audit_read(instance, device.id, actor, [e["version"] for e in entries], history, via)
+    current = next((e for e, r in zip(entries, rows, strict=True) if r.is_current), None)
+    if not history:
+        assert current is not None
+        return current
+    return {
+        "current": current,
+        "history": [e for e, r in zip(entries, rows, strict=True) if not r.is_current],
+    }
+
+
+def _audit_read(
+    instance: Instance,
+    device_id: str,
+    actor: str,
+    versions: list[int],
+    history: bool,
+    via: str,
+    *,
+    outcome: str = "success",
+) -> None:
+    with instance.transaction() as session:
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.PASSWORD_READ,
+            actor=actor,
+            target=device_id,
+            outcome=outcome,
+            details={"versions": versions, "history": history, "via": via},
+        )
+
+
+# -- for the certificates service ----------------------------------------------------------
+
+
+def expire_current_under(session: Session, clock: Clock, thumbprint: str) -> int:
+    """Expire now every current password encrypted to ``thumbprint`` (each device rotates at its
+    next check-in with reason "expired"); how many. Runs inside the caller's transaction."""
+    now = clock.now()
+    under = and_(DevicePassword.is_current.is_(True), DevicePassword.certificate_thumbprint == thumbprint)
+    session.execute(
+        update(DevicePassword)
+        .where(under, DevicePassword.expires_at > now)
+        .values(expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return session.scalar(select(func.count()).select_from(DevicePassword).where(under)) or 0
+
+
+def counts_by_certificate(session: Session) -> dict[str, tuple[int, int]]:
+    """thumbprint -> (current passwords, history passwords) encrypted to it."""
+    counts: dict[str, list[int]] = {}
+    rows = session.execute(
+        select(DevicePassword.certificate_thumbprint, DevicePassword.is_current, func.count()).group_by(
+            DevicePassword.certificate_thumbprint, DevicePassword.is_current
+        )
+    )
+    for thumbprint, is_current, count in rows:
+        counts.setdefault(thumbprint, [0, 0])[0 if is_current else 1] += count
+    return {t: (c[0], c[1]) for t, c in counts.items()}
