@@ -93,6 +93,10 @@ def run(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:
         # Typer's (vendored click) usage errors: unknown option or command, bad value.
         ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            # `ams` or `ams certs` alone: the help, as the user asked for it.
+            sys.stdout.write(ctx.get_help() + "\n")
+            return 0
         where = ctx.command_path if ctx is not None else "ams"
         message = exc.format_message().replace("\n", " ")
         status = getattr(exc, "exit_code", 2)

@@ -37,7 +37,9 @@ def create(
     approval_text = ", each approved by an administrator" if info.approval_required else ""
     console.print(f"Created registration key {info.id} named {info.name!r} ({limit_text}{approval_text}).")
     console.print(f"Key (shown once): {created.key}")
-    console.print(f"On a device:  ams-agent register --server URL --registration-key {created.key}")
+    console.print(
+        "On a device:  echo KEY | ams-agent register --server URL --registration-key-stdin"
+    )
 
 
 @app.command("list")
