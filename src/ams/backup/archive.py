@@ -52,6 +52,7 @@ MEMBERS = (MANIFEST, PAYLOAD, SUMS, SEALED)
 PAYLOAD_ROOTS = ("database", "config", "snapshots")
 _BLOCK = 512
 _COPY = 1 << 20
+_SYNC_EVERY = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -134,31 +135,60 @@ class Manifest:
 # -- writing --------------------------------------------------------------------------------
 
 
-class _BackgroundHash:
-    """SHA-256 computed in a helper thread (hashlib releases the GIL on large updates), so
-    hashing the payload overlaps with reading, encrypting and writing it. At most a few
-    chunks wait in the queue, so memory stays flat."""
+class _Worker:
+    """One helper thread applying ``work`` to each item, in order, from a short queue.
 
-    def __init__(self) -> None:
-        self._digest = hashlib.sha256()
+    ``hashlib`` and file writes release the GIL, so hashing and writing overlap with reading
+    and encrypting. At most a few chunks wait in the queue, so memory stays flat. An error in
+    the thread is raised by the next :meth:`put` or by :meth:`close`.
+    """
+
+    def __init__(self, work: Callable[[bytes], object], name: str) -> None:
+        self._work = work
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._thread = threading.Thread(target=self._run, name="ams-backup-sha256", daemon=True)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        self._result: str | None = None
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            self._digest.update(item)
+            if self._error is None:
+                try:
+                    self._work(item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer
+                    self._error = exc
+
+    def put(self, data: bytes) -> None:
+        if self._closed:
+            raise ValueError("put after close")
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+class _BackgroundHash:
+    """SHA-256 of a stream, computed by a :class:`_Worker`."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._worker = _Worker(self._digest.update, "ams-backup-sha256")
+        self._result: str | None = None
 
     def update(self, data: bytes) -> None:
-        if self._result is not None:
-            raise ValueError("update after hexdigest")
-        self._queue.put(data)
+        self._worker.put(data)
 
     def hexdigest(self) -> str:
         if self._result is None:
-            self._queue.put(None)
-            self._thread.join()
+            self._worker.close()
             self._result = self._digest.hexdigest()
         return self._result
 
@@ -166,18 +196,40 @@ class _BackgroundHash:
 
 
 class _Sink:
-    """Counts and hashes what goes through to the file."""
+    """Writes to the file and hashes what it wrote, each in its own thread.
+
+    Every ``_SYNC_EVERY`` bytes the writer also flushes the file to disk, so the final
+    fsync does not meet a gigabyte of dirty pages at once.
+    """
 
     def __init__(self, handle: BinaryIO) -> None:
         self.handle = handle
         self.digest = _BackgroundHash()
         self.size = 0
+        self._unsynced = 0
+        self._writer = _Worker(self._write, "ams-backup-writer")
 
-    def write(self, data: bytes) -> int:
+    def _write(self, data: bytes) -> None:
         self.handle.write(data)
         self.digest.update(data)
+        self._unsynced += len(data)
+        if self._unsynced >= _SYNC_EVERY:
+            self.handle.flush()
+            os.fdatasync(self.handle.fileno())
+            self._unsynced = 0
+
+    def write(self, data: bytes) -> int:
+        self._writer.put(data)
         self.size += len(data)
         return len(data)
+
+    def close(self) -> str:
+        """Wait for the writes; return the SHA-256 of everything written."""
+        try:
+            self._writer.close()
+        finally:
+            digest = self.digest.hexdigest()
+        return digest
 
 
 def _header(name: str, size: int, mtime: int) -> bytes:
@@ -218,7 +270,7 @@ class ArchiveWriter:
             produce(writer)  # type: ignore[arg-type]
             writer.close()
         finally:
-            digest = sink.digest.hexdigest()
+            digest = sink.close()
         end = self.handle.tell()
         self.handle.seek(start)
         self.handle.write(_header(PAYLOAD, sink.size, self.mtime))

@@ -1,10 +1,11 @@
 """``ams backup create``: an online, consistent, encrypted backup written as a stream.
 
-The database is copied with SQLite's online backup API in one step, inside one read
-transaction: on a WAL database writers keep writing meanwhile, and the copy is exactly the
-database at one commit. The copy is then streamed (with the config folder and the snapshot
-store) through the encrypted payload into the archive, under a temporary name that is
-fsynced and renamed only once complete.
+The database is read in one pass as it stands in one read transaction
+(:mod:`ams.backup.sqlite_image`): on a WAL database writers keep writing meanwhile, and the
+image is exactly the database at one commit. The manifest's counts are read in that same
+transaction. The image, the config folder and the snapshot store go through the encrypted
+payload into the archive, under a temporary name that is fsynced and renamed only once
+complete.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ams import __version__, audit
 from ams.backup import catalog
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter
+from ams.backup.sqlite_image import ImageUnavailable, connection_facts, open_image
 from ams.errors import BackupFailed, BackupUnsupported, NotWritable
 from ams.home import ensure_private_dir, fsync_dir
 from ams.instance import Instance
@@ -36,6 +38,8 @@ __all__ = ["BackupResult", "Progress", "create_backup", "database_facts"]
 
 KINDS = ("manual", "scheduled", "pre-restore")
 _COPY = 1 << 20
+
+_Write = Callable[[bytes | bytearray], None]
 
 # (bytes done, bytes total, phase)
 Progress = Callable[[int, int, str], None]
@@ -69,73 +73,13 @@ class BackupResult:
         }
 
 
-def _utc_text(value: str | None) -> str | None:
-    """SQLite keeps naive UTC text; the manifest carries ISO 8601 with an offset."""
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(str(value))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
-
-
 def database_facts(db_path: Path) -> dict[str, Any]:
-    """What the manifest says about a database copy, read from the copy itself."""
+    """What the manifest says about a database file (a copy, or a staged backup)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-            )
-        ]
-        counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
-        revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-        instance_id, fingerprint = conn.execute("SELECT id, master_key_fingerprint FROM instance").fetchone()
-        row = conn.execute(
-            "SELECT wrapping, created_at FROM master_key_wrappings WHERE kind='recovery'"
-        ).fetchone()
-        certificates: list[dict[str, Any]] = []
-        if "certificates" in tables:
-            columns = {r[1] for r in conn.execute('PRAGMA table_info("certificates")')}
-            key_column = next(
-                (c for c in ("private_key_sealed", "private_key", "key_sealed") if c in columns), None
-            )
-            select = ["thumbprint"]
-            select += [c for c in ("scope", "state") if c in columns]
-            if key_column:
-                select.append(f"{key_column} IS NOT NULL")
-            for values in conn.execute(f'SELECT {", ".join(select)} FROM "certificates" ORDER BY thumbprint'):  # noqa: S608
-                item = dict(zip([c.split(" ")[0] for c in select], values, strict=True))
-                item["has_private_key"] = bool(item.pop(key_column)) if key_column else None
-                certificates.append(item)
+        return connection_facts(conn)
     finally:
         conn.close()
-    return {
-        "schema_revision": revision,
-        "instance_id": instance_id,
-        "master_key_fingerprint": fingerprint,
-        "recovery_wrapping": json.loads(row[0]) if row else None,
-        "recovery_password_set_at": _utc_text(row[1]) if row else None,
-        "certificates": certificates,
-        "counts": counts,
-    }
-
-
-def snapshot_sqlite(source: Path, target: Path) -> None:
-    """Copy a live SQLite database with the online backup API, in one step.
-
-    One step means one read transaction: the copy is one consistent commit, and (WAL)
-    writers are never blocked by it. A multi-step backup would restart whenever another
-    connection writes, and might never finish under steady writes.
-    """
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
-    dst = sqlite3.connect(target)
-    try:
-        src.execute("PRAGMA busy_timeout=30000")
-        src.backup(dst, pages=-1)
-    finally:
-        dst.close()
-        src.close()
-    os.chmod(target, 0o600)
 
 
 def _tree_files(root: Path) -> list[Path]:
@@ -144,48 +88,75 @@ def _tree_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_dir() or p.is_file())
 
 
-def _add_tree(inner: tarfile.TarFile, root: Path, arcroot: str, tick: Callable[[int], None]) -> int:
-    """Regular files and folders only: links and special files are not backed up."""
-    files = 0
-    inner.addfile(_dir_info(arcroot))
-    for path in _tree_files(root):
-        if path.is_symlink():
-            continue
-        name = f"{arcroot}/{path.relative_to(root).as_posix()}"
-        if path.is_dir():
-            inner.addfile(_dir_info(name))
-            continue
-        _add_file(inner, path, name, tick)
-        files += 1
-    return files
+class _TarOut:
+    """The inner tar (POSIX pax), written straight into the encrypted payload.
 
+    :mod:`tarfile` only formats the headers: file data goes through as it is read, so the
+    database image is copied once, from its pages into the encryption.
+    """
 
-def _dir_info(name: str) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = tarfile.DIRTYPE
-    info.mode = 0o700
-    return info
-
-
-def _add_file(inner: tarfile.TarFile, path: Path, name: str, tick: Callable[[int], None]) -> None:
-    with open(path, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        info = tarfile.TarInfo(name)
-        info.size = st.st_size
-        info.mtime = int(st.st_mtime)
-        info.mode = 0o700 if st.st_mode & 0o100 else 0o600
-        inner.addfile(info, _Counting(handle, tick))
-
-
-class _Counting:
-    def __init__(self, handle: BinaryIO, tick: Callable[[int], None]) -> None:
-        self.handle = handle
+    def __init__(self, sink: BinaryIO, tick: Callable[[int], None]) -> None:
+        self.sink = sink
         self.tick = tick
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.handle.read(size)
-        self.tick(len(data))
-        return data
+    def _header(self, info: tarfile.TarInfo) -> None:
+        self.sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def folder(self, name: str) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o700
+        self._header(info)
+
+    def stream(self, name: str, size: int, mtime: int, mode: int, fill: Callable[[_Write], None]) -> None:
+        """A regular file of exactly ``size`` bytes, written by ``fill(write)``."""
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mtime = mtime
+        info.mode = mode
+        self._header(info)
+        written = 0
+
+        def write(data: bytes | bytearray) -> None:
+            nonlocal written
+            written += len(data)
+            if written > size:
+                raise BackupFailed(f"{name} grew while it was being backed up; run the backup again")
+            self.sink.write(data)
+            self.tick(len(data))
+
+        fill(write)
+        if written != size:
+            raise BackupFailed(f"{name} shrank while it was being backed up; run the backup again")
+        if size % tarfile.BLOCKSIZE:
+            self.sink.write(bytes(tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def file(self, path: Path, name: str) -> None:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+
+            def fill(write: _Write) -> None:
+                left = st.st_size
+                while left and (data := handle.read(min(_COPY, left))):
+                    write(data)
+                    left -= len(data)
+
+            self.stream(name, st.st_size, int(st.st_mtime), 0o700 if st.st_mode & 0o100 else 0o600, fill)
+
+    def tree(self, root: Path, arcroot: str) -> None:
+        """Regular files and folders only: links and special files are not backed up."""
+        self.folder(arcroot)
+        for path in _tree_files(root):
+            if path.is_symlink():
+                continue
+            name = f"{arcroot}/{path.relative_to(root).as_posix()}"
+            if path.is_dir():
+                self.folder(name)
+            else:
+                self.file(path, name)
+
+    def close(self) -> None:
+        self.sink.write(bytes(2 * tarfile.BLOCKSIZE))
 
 
 def _tree_size(root: Path) -> int:
@@ -247,68 +218,67 @@ def create_backup(
                 f"cannot write the backup in {target_dir}: permission denied; choose a writable --dest"
             )
         scratch = Path(tempfile.mkdtemp(prefix=f".{backup_id}.", suffix=".work", dir=target_dir))
-        db_copy = scratch / "ams.db"
         if progress:
-            progress(0, 0, "copying the database")
-        snapshot_sqlite(instance.home.sqlite_path, db_copy)
-        facts = database_facts(db_copy)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "backup_id": backup_id,
-            "ams_version": __version__,
-            "created_at": created_at.isoformat(),
-            "kind": kind,
-            "backend": "sqlite",
-            "payload": {
-                "member": "payload.enc",
-                "encryption": "AES-256-GCM, chunked (see docs/formats.md)",
-                "contents": ["database/ams.db", "config/", "snapshots/"],
-            },
-            **facts,
-        }
-        if manifest["recovery_password_set_at"] is None and set_at is not None:
-            manifest["recovery_password_set_at"] = set_at.isoformat()
-        total = (
-            db_copy.stat().st_size
-            + _tree_size(instance.home.config_dir)
-            + _tree_size(instance.home.snapshots_dir)
-        )
-        done = 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(done, total, "encrypting")
-
-        def produce(sink: BinaryIO) -> None:
-            with tarfile.open(
-                fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_COPY, copybufsize=_COPY
-            ) as inner:
-                inner.addfile(_dir_info("database"))
-                _add_file(inner, db_copy, "database/ams.db", tick)
-                _add_tree(inner, instance.home.config_dir, "config", tick)
-                _add_tree(inner, instance.home.snapshots_dir, "snapshots", tick)
-
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target_dir)
-        tmp_file = Path(tmp_name)
-        with os.fdopen(fd, "w+b") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            writer = ArchiveWriter(handle, int(created_at.timestamp()))
-            writer.add_bytes(
-                MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+            progress(0, 0, "reading the database")
+        with open_image(instance.home.sqlite_path, scratch) as image:
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "backup_id": backup_id,
+                "ams_version": __version__,
+                "created_at": created_at.isoformat(),
+                "kind": kind,
+                "backend": "sqlite",
+                "payload": {
+                    "member": "payload.enc",
+                    "encryption": "AES-256-GCM, chunked (see docs/formats.md)",
+                    "contents": ["database/ams.db", "config/", "snapshots/"],
+                },
+                **image.facts,
+            }
+            if manifest["recovery_password_set_at"] is None and set_at is not None:
+                manifest["recovery_password_set_at"] = set_at.isoformat()
+            total = (
+                image.size + _tree_size(instance.home.config_dir) + _tree_size(instance.home.snapshots_dir)
             )
-            writer.write_payload(master_key, produce)
-            writer.finish(master_key, manifest["master_key_fingerprint"])
-            handle.flush()
-            os.fsync(handle.fileno())
-            size = handle.tell()
+            done = 0
+
+            def tick(n: int) -> None:
+                nonlocal done
+                done += n
+                if progress:
+                    progress(done, total, "encrypting")
+
+            def produce(sink: BinaryIO) -> None:
+                inner = _TarOut(sink, tick)
+                inner.folder("database")
+                inner.stream("database/ams.db", image.size, int(created_at.timestamp()), 0o600, image.copy)
+                inner.tree(instance.home.config_dir, "config")
+                inner.tree(instance.home.snapshots_dir, "snapshots")
+                inner.close()
+
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target_dir)
+            tmp_file = Path(tmp_name)
+            with os.fdopen(fd, "w+b") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                writer = ArchiveWriter(handle, int(created_at.timestamp()))
+                writer.add_bytes(
+                    MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+                )
+                writer.write_payload(master_key, produce)
+                writer.finish(master_key, manifest["master_key_fingerprint"])
+                handle.flush()
+                os.fsync(handle.fileno())
+                size = handle.tell()
         os.replace(tmp_file, final)
         tmp_file = None
         fsync_dir(target_dir)
     except NotWritable as exc:
         raise _failure(target_dir, exc) from None
+    except ImageUnavailable as exc:
+        raise BackupFailed(
+            f"the database could not be read consistently ({exc}); run the backup again"
+        ) from None
     except (OSError, sqlite3.Error, tarfile.TarError) as exc:
         raise _failure(target_dir, exc) from exc
     finally:

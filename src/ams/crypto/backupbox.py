@@ -83,20 +83,29 @@ class PayloadWriter:
     def writable(self) -> bool:
         return True
 
-    def _emit(self, data: bytes, final: bool) -> None:
+    def _emit(self, data: bytes | bytearray | memoryview, final: bool) -> None:
         nonce, aad = _nonce_aad(self._header, self._index, final)
         self._sink.write(self._aead.encrypt(nonce, data, aad))
         self._index += 1
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Buffer at most one chunk; whole chunks of ``data`` are encrypted in place."""
         if self._closed:
             raise ValueError("write to a closed payload")
-        self._buffer += data
-        while len(self._buffer) > self._chunk:
-            # Strictly more than a chunk: the last full chunk may turn out to be final.
-            self._emit(bytes(self._buffer[: self._chunk]), False)
-            del self._buffer[: self._chunk]
-        return len(data)
+        view = memoryview(data).cast("B")
+        size = len(view)
+        # A full buffered chunk is emitted only once more data follows: it may be the last.
+        if self._buffer and len(self._buffer) + size > self._chunk:
+            need = self._chunk - len(self._buffer)
+            self._buffer += view[:need]
+            view = view[need:]
+            self._emit(self._buffer, False)
+            self._buffer = bytearray()
+        while len(view) > self._chunk:
+            self._emit(view[: self._chunk], False)
+            view = view[self._chunk :]
+        self._buffer += view
+        return size
 
     def close(self) -> None:
         """Write the final chunk (always shorter than a full chunk)."""
