@@ -97,10 +97,13 @@ def ensure_private_dir(path: Path) -> None:
         raise NotWritable(f"cannot create {path}: {exc.strerror}") from exc
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, replace: bool = True) -> bool:
     """Write ``data`` to ``path`` through a temporary file, fsync, rename, fsync the folder.
 
     A reader sees the old content or the new, never a mix; a crash leaves no partial file.
+    With ``replace=False`` an existing ``path`` is never replaced: the temporary file is
+    hard-linked to ``path``, which fails if it exists, and then nothing changes and False is
+    returned. (On a file system without hard links the check and the rename are two steps.)
     """
     directory = path.parent
     try:
@@ -113,12 +116,32 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        elif not _link_new(tmp, path):
+            os.unlink(tmp)
+            return False
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+    return True
+
+
+def _link_new(tmp: str, path: Path) -> bool:
+    """Give ``tmp`` the name ``path`` unless ``path`` exists; False when it does."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:
+        if path.exists():  # no hard links here (some network and FAT file systems)
+            return False
+        os.replace(tmp, path)
+        return True
+    os.unlink(tmp)
+    return True
 
 
 def fsync_dir(directory: Path) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
+
+from ams.errors import NotWritable
+from ams.home import atomic_write
 
 __all__ = ["ensure_private_folder", "write_private"]
 
@@ -26,38 +26,15 @@ def ensure_private_folder(folder: Path) -> None:
 
 
 def write_private(path: Path, data: bytes, *, replace: bool = True) -> bool:
-    """Write ``data`` to ``path`` 0600, atomically: readers see the old file or the new one.
+    """``ams.home.atomic_write`` at 0600: readers see the old file or the new one; with
+    ``replace=False`` an existing file is kept and False is returned.
 
-    The data goes to a temporary file in the same folder (created 0600 by mkstemp), is
-    fsynced, then renamed over ``path``; the folder is fsynced so the rename survives a crash.
-    With ``replace=False`` the temporary file is hard-linked instead, which fails when
-    ``path`` exists: then nothing changes and False is returned.
+    Every failure stays an ``OSError``: the agent's callers say what it means for them
+    (the password is set but the state is not saved, the file setter failed).
     """
-    folder = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink()
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        return atomic_write(path, data, 0o600, replace=replace)
+    except NotWritable as exc:
+        if isinstance(exc.__cause__, OSError):
+            raise exc.__cause__ from None
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True

@@ -9,10 +9,7 @@ imported again. Every interface (CLI, REST, web) calls these functions.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -33,7 +30,7 @@ from ams.errors import (
     NotFound,
     NotWritable,
 )
-from ams.home import fsync_dir
+from ams.home import atomic_write
 from ams.instance import Instance
 from ams.security.policy import check_password_strength
 from ams.vault import passwords  # it imports this module too: each uses the other only in functions
@@ -408,48 +405,20 @@ def export(instance: Instance, thumbprint: str, password: str, actor: str, *, co
 
 
 def _write_private(path: Path, data: bytes, *, force: bool) -> None:
-    """Write ``data`` to ``path`` 0600 through a temporary file: a reader never sees half a
-    file, and without ``force`` an existing file is never replaced (link fails if it exists)."""
+    """Write ``data`` to ``path`` 0600, atomically: a reader never sees half a file, and
+    without ``force`` an existing file is never replaced."""
     directory = path.parent
     if not directory.is_dir():
         raise NotWritable(f"cannot write {path}: the folder {directory} does not exist")
+    exists = AlreadyExists(f"{path} exists: choose another --out, or pass --force to replace it")
     if path.exists() and not force:
-        raise AlreadyExists(f"{path} exists: choose another --out, or pass --force to replace it")
+        raise exists
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except PermissionError:
-        raise NotWritable(f"cannot write in {directory}: permission denied") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise AlreadyExists(
-                    f"{path} exists: choose another --out, or pass --force to replace it"
-                ) from None
-            except OSError:
-                # A file system without hard links: checked just above, so rename.
-                if path.exists():
-                    raise AlreadyExists(
-                        f"{path} exists: choose another --out, or pass --force to replace it"
-                    ) from None
-                os.replace(tmp, path)
-            else:
-                os.unlink(tmp)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise NotWritable(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
-        raise
-    fsync_dir(directory)
+        written = atomic_write(path, data, 0o600, replace=force)
+    except OSError as exc:
+        raise NotWritable(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+    if not written:
+        raise exists
 
 
 def check_export(instance: Instance, thumbprint: str, out: Path, *, force: bool = False) -> CertificateInfo:
