@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import sys
@@ -17,11 +16,11 @@ from typing import Annotated
 
 import typer
 
-from ams import __version__
 from ams.agent.client import AgentClient, Interrupted, RetryPolicy, normalise_server_url
 from ams.agent.rotation import check_in
 from ams.agent.setters import Setter, parse_setter, valid_account
 from ams.agent.state import DEFAULT_STATE, AgentState, exclusive, load_state, save_state
+from ams.cli._runner import DebugOption, debug_requested, run_app, version_callback
 from ams.errors import AlreadyExists, AMSError, BadInput
 
 __all__ = ["app", "main", "run"]
@@ -52,17 +51,18 @@ MaxDelayOption = Annotated[
 ]
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"ams-agent {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
 def root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    debug: DebugOption = False,
     version: Annotated[
-        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=version_callback("ams-agent"),
+            is_eager=True,
+            help="Print the version.",
+        ),
     ] = False,
 ) -> None:
     global _debug
@@ -231,41 +231,13 @@ def _configure_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _fail(message: str, status: int) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    return status
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run ``ams-agent`` with ``argv``; return the exit status instead of exiting."""
     global _debug
     args = list(sys.argv[1:] if argv is None else argv)
-    _debug = os.environ.get("AMS_DEBUG", "") not in ("", "0") or "--debug" in args
+    _debug = debug_requested(args)  # the run loop logs and goes on; --debug adds the traceback
     _configure_logging()
-    command = typer.main.get_command(app)
-    if not args:
-        args = ["--help"]
-    try:
-        result = command.main(args=args, prog_name="ams-agent", standalone_mode=False)
-    except AMSError as exc:
-        if _debug:
-            traceback.print_exc()
-        return _fail(exc.message, exc.exit_status)
-    except typer.TyperException as exc:
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else "ams-agent"
-        message = exc.format_message().replace("\n", " ")
-        status = getattr(exc, "exit_code", 2)
-        return _fail(f"{message} (see `{where} --help`)" if status == 2 else message, status)
-    except (typer.Abort, KeyboardInterrupt, EOFError):
-        return _fail("interrupted; nothing more was done", 130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback by default
-        if _debug:
-            traceback.print_exc()
-        return _fail(
-            f"internal error ({type(exc).__name__}); run again with --debug to see where, and report it", 1
-        )
-    return result if isinstance(result, int) else 0
+    return run_app(app, "ams-agent", args)
 
 
 def main() -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import traceback
 from typing import Annotated
 
 import typer
 
-from ams import __version__
 from ams.cli import (
     apikey_cmd,
     audit_cmd,
@@ -23,10 +20,10 @@ from ams.cli import (
     security_cmd,
     snapshot_cmd,
 )
+from ams.cli._runner import DebugOption, run_app, version_callback
 from ams.cli.init_cmd import init
 from ams.cli.serve_cmd import serve
 from ams.cli.status_cmd import status
-from ams.errors import AMSError
 
 app = typer.Typer(
     name="ams",
@@ -37,24 +34,17 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_debug = False
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"ams {__version__}")
-        raise typer.Exit()
-
 
 @app.callback()
 def root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    debug: DebugOption = False,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option("--version", callback=version_callback("ams"), is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    global _debug
-    _debug = debug
+    # run_app reads --debug from the arguments before parsing, so it covers usage errors too.
+    del debug, version
 
 
 app.command("init")(init)
@@ -73,44 +63,9 @@ app.add_typer(directory_cmd.app, name="directory")
 app.add_typer(snapshot_cmd.app, name="snapshot")
 
 
-def _fail(message: str, status: int) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    return status
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run ``ams`` with ``argv``; return the exit status instead of exiting."""
-    global _debug
-    args = list(sys.argv[1:] if argv is None else argv)
-    _debug = os.environ.get("AMS_DEBUG", "") not in ("", "0") or "--debug" in args
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(args=args, prog_name="ams", standalone_mode=False)
-    except AMSError as exc:
-        if _debug:
-            traceback.print_exc()
-        return _fail(exc.message, exc.exit_status)
-    except typer.TyperException as exc:
-        # Typer's (vendored click) usage errors: unknown option or command, bad value.
-        ctx = getattr(exc, "ctx", None)
-        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            # `ams` or `ams certs` alone: the help, as the user asked for it.
-            sys.stdout.write(ctx.get_help() + "\n")
-            return 0
-        where = ctx.command_path if ctx is not None else "ams"
-        message = exc.format_message().replace("\n", " ")
-        status = getattr(exc, "exit_code", 2)
-        return _fail(f"{message} (see `{where} --help`)" if status == 2 else message, status)
-    except (typer.Abort, KeyboardInterrupt, EOFError):
-        return _fail("interrupted; nothing more was done", 130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback by default
-        if _debug:
-            traceback.print_exc()
-        return _fail(
-            f"internal error ({type(exc).__name__}); run again with --debug to see where, and report it",
-            1,
-        )
-    return result if isinstance(result, int) else 0
+    return run_app(app, "ams", list(sys.argv[1:] if argv is None else argv))
 
 
 def main() -> None:
