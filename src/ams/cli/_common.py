@@ -1,4 +1,8 @@
-"""What every command shares: the --home and --json options, output, secret input."""
+"""What every command shares: the --home and --json options, output, secret input.
+
+Imported by every command module, so by every ``ams`` start: it stays cheap, and the
+instance (SQLAlchemy, the keyring) is imported only when a command opens one.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,16 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from ams.errors import BadInput
 from ams.home import Home, resolve_home
-from ams.instance import Instance, cli_actor, open_instance
+
+if TYPE_CHECKING:
+    from ams.instance import Instance
 
 __all__ = [
     "HomeOption",
@@ -25,8 +31,10 @@ __all__ = [
     "actor",
     "console",
     "emit_json",
+    "note",
     "opened",
     "read_secret",
+    "when",
 ]
 
 console = Console(highlight=False, soft_wrap=True)
@@ -49,6 +57,8 @@ def home_of(option: Path | None) -> Home:
 @contextlib.contextmanager
 def opened(option: Path | None) -> Iterator[Instance]:
     """Open the instance named by --home / AMS_HOME for the length of a command."""
+    from ams.instance import open_instance
+
     instance = open_instance(resolve_home(option))
     try:
         yield instance
@@ -57,6 +67,8 @@ def opened(option: Path | None) -> Iterator[Instance]:
 
 
 def actor() -> str:
+    from ams.instance import cli_actor
+
     return cli_actor()
 
 
@@ -70,6 +82,18 @@ def _default(value: Any) -> Any:
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=_default) + "\n")
+
+
+def note(text: str) -> None:
+    """A line beside the output (notes, warnings): on stderr, so stdout stays the data."""
+    sys.stderr.write(text + "\n")
+
+
+def when(value: datetime | None, *, seconds: bool = True) -> str:
+    """A time in a table or a listing (UTC, as stored); ``-`` for none."""
+    if value is None:
+        return "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 def read_secret(what: str, *, from_stdin: bool, confirm: bool = False) -> str:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ams import apikeys
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, when
 
 app = typer.Typer(help="API keys for the REST API.", no_args_is_help=True)
 
@@ -21,6 +19,8 @@ def create(
     json_out: JsonOption = False,
 ) -> None:
     """Create an API key; its secret is printed once."""
+    from ams import apikeys
+
     parsed = apikeys.parse_role(role)
     with opened(home) as instance:
         created = apikeys.create(instance, name, parsed, actor())
@@ -39,6 +39,10 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List API keys (never their secrets)."""
+    from rich.table import Table
+
+    from ams import apikeys
+
     with opened(home) as instance:
         keys = apikeys.list_keys(instance, include_revoked=include_revoked)
     if json_out:
@@ -50,9 +54,9 @@ def list_(
             k.id,
             k.name,
             str(k.role),
-            k.created_at.strftime("%Y-%m-%d %H:%M"),
-            k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "-",
-            k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "-",
+            when(k.created_at, seconds=False),
+            when(k.last_used_at, seconds=False),
+            when(k.revoked_at, seconds=False),
         )
     console.print(table)
 
@@ -62,6 +66,8 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (ak_...).")], home: HomeOption = None
 ) -> None:
     """Revoke an API key; requests with it are refused from now on."""
+    from ams import apikeys
+
     with opened(home) as instance:
         info = apikeys.revoke(instance, key_id, actor())
     console.print(f"Revoked API key {info.id} ({info.name}).")

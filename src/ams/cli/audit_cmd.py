@@ -5,11 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ams import audit
-from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened
-from ams.clock import parse_since
+from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened, when
 from ams.errors import BadInput
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
@@ -26,6 +23,11 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List audit events, oldest first (ids in docs/events.md)."""
+    from rich.table import Table
+
+    from ams import audit
+    from ams.clock import parse_since
+
     with opened(home) as instance:
         since_at = None
         if since is not None:
@@ -40,7 +42,5 @@ def list_(
         return
     table = Table("time (UTC)", "id", "event", "actor", "outcome", "target")
     for e in events:
-        table.add_row(
-            e.at.strftime("%Y-%m-%d %H:%M:%S"), str(e.event_id), e.name, e.actor, e.outcome, e.target or ""
-        )
+        table.add_row(when(e.at), str(e.event_id), e.name, e.actor, e.outcome, e.target or "")
     console.print(table)

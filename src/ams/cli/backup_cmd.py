@@ -6,15 +6,10 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ams import backup
-from ams.backup.restore import resolve_interrupted
-from ams.backup.schedule import format_duration
-from ams.backup.verify import verify_and_record
 from ams.cli._common import (
     HomeOption,
     JsonOption,
@@ -27,7 +22,9 @@ from ams.cli._common import (
     read_secret,
 )
 from ams.errors import AMSError, BadInput
-from ams.instance import Instance, open_instance
+
+if TYPE_CHECKING:
+    from ams.instance import Instance
 
 app = typer.Typer(
     help="Backups of the whole instance: create, list, verify, restore, schedule.", no_args_is_help=True
@@ -44,6 +41,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -63,6 +62,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]
 
 def _resume(home: Path | None) -> None:
     """Finish or undo a restore a crash interrupted, before anything else reads the home."""
+    from ams.backup.restore import resolve_interrupted
+
     resolved = resolve_interrupted(home_of(home), actor=actor())
     if resolved:
         console.print(f"An interrupted restore was found and {resolved}.", style="yellow")
@@ -78,6 +79,8 @@ def create(
     json_out: JsonOption = False,
 ) -> None:
     """Write an encrypted, verified-by-seal backup of the database, config folder and snapshots."""
+    from ams import backup
+
     _resume(home)
     with opened(home) as instance, _progress(not json_out) as progress:
         result = backup.create_backup(instance, dest=dest, actor=actor(), progress=progress)
@@ -94,6 +97,8 @@ def create(
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """The backups this instance made, newest first (with the recovery password each needs)."""
+    from ams import backup
+
     _resume(home)
     with opened(home) as instance:
         entries = [e.to_dict() for e in backup.list_backups(instance)]
@@ -120,6 +125,8 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
 
 def _maybe_instance(home: Path | None) -> Instance | None:
     """The instance, when --home / AMS_HOME names one that opens; verify works without."""
+    from ams.instance import open_instance
+
     try:
         return open_instance(home_of(home))
     except (AMSError, OSError):
@@ -146,6 +153,9 @@ def verify(
     json_out: JsonOption = False,
 ) -> None:
     """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill."""
+    from ams import backup
+    from ams.backup.verify import verify_and_record
+
     instance = _maybe_instance(home)
     try:
         can_ask = password_stdin or sys.stdin.isatty()
@@ -193,6 +203,8 @@ def restore(
     json_out: JsonOption = False,
 ) -> None:
     """Replace this instance with a backup (the current state is saved as a pre-restore backup)."""
+    from ams import backup
+
     target = home_of(home)
     if target.looks_initialised() and not yes:
         if not sys.stdin.isatty() or password_stdin:
@@ -227,6 +239,9 @@ def restore(
 
 
 def _schedule_view(instance: Instance) -> dict[str, Any]:
+    from ams import backup
+    from ams.backup.schedule import format_duration
+
     settings = backup.get_settings(instance)
     view = settings.to_dict()
     view["every"] = format_duration(settings.every_seconds) if settings.every_seconds else None
@@ -276,6 +291,8 @@ def schedule_set(
     json_out: JsonOption = False,
 ) -> None:
     """Change the schedule or the retention (what is not given stays)."""
+    from ams import backup
+
     with opened(home) as instance:
         backup.set_settings(
             instance,

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich import box
-from rich.table import Table
 
 from ams.cli._common import (
     HomeOption,
@@ -19,9 +17,7 @@ from ams.cli._common import (
     opened,
     read_secret,
 )
-from ams.crypto.certs import MAX_PFX_BYTES
 from ams.errors import BadInput
-from ams.vault import certificates
 
 app = typer.Typer(
     help="Password encryption certificates: list, new, export, import, lost.", no_args_is_help=True
@@ -45,6 +41,11 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List certificates (expired and lost ones too) with how many passwords each protects."""
+    from rich import box
+    from rich.table import Table
+
+    from ams.vault import certificates
+
     with opened(home) as instance:
         infos = certificates.list_certificates(instance, scope)
         now = instance.clock.now()
@@ -76,6 +77,8 @@ def new(
 ) -> None:
     """Generate a certificate (RSA-4096, 20 years) for a scope; active if asked or if the
     scope has none."""
+    from ams.vault import certificates
+
     certificates.check_scope(scope)
     with opened(home) as instance:
         info = certificates.create(instance, scope, actor(), activate=activate)
@@ -88,6 +91,8 @@ def new(
 @app.command("activate")
 def activate(thumbprint: ThumbprintArg, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Make a certificate the active one of its scope; devices encrypt to it from their next rotation."""
+    from ams.vault import certificates
+
     with opened(home) as instance:
         info = certificates.activate(instance, thumbprint, actor())
     if json_out:
@@ -112,6 +117,8 @@ def export(
 
     The default is PBES2 (AES-256-CBC, PBKDF2-SHA256, 600,000 rounds) with a SHA-256 MAC.
     """
+    from ams.vault import certificates
+
     with opened(home) as instance:
         # Everything that can be refused is refused before the password is asked for.
         info = certificates.check_export(instance, thumbprint, out, force=force)
@@ -139,6 +146,9 @@ def import_(
 
     Importing the PFX of a lost certificate restores its key: its passwords read again.
     """
+    from ams.crypto.certs import MAX_PFX_BYTES
+    from ams.vault import certificates
+
     certificates.check_scope(scope)
     try:
         with file.open("rb") as handle:
@@ -170,6 +180,8 @@ def import_(
 def lost(thumbprint: ThumbprintArg, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Declare a certificate's private key lost: its passwords become unrecoverable, a new
     active certificate is published, and devices under it rotate at their next check-in."""
+    from ams.vault import certificates
+
     with opened(home) as instance:
         result = certificates.lost(instance, thumbprint, actor())
     if json_out:

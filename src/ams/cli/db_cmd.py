@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ams import audit
 from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, home_of
-from ams.db import migrate
-from ams.instance import open_instance
 
 app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
@@ -15,6 +12,10 @@ app = typer.Typer(help="The database schema.", no_args_is_help=True)
 @app.command("upgrade")
 def upgrade(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Migrate the schema forward to this version of AMS (take a backup first)."""
+    from ams import audit
+    from ams.db import migrate
+    from ams.instance import open_instance
+
     instance = open_instance(home_of(home), check_schema=False)
     try:
         before = migrate.current_revision(instance.engine)

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
-from ams.vault import devices
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, when
 
 app = typer.Typer(help="Devices whose administrator password AMS keeps.", no_args_is_help=True)
 
 DeviceArgument = Annotated[str, typer.Argument(help="The device id (dev_...) or its name.")]
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
 @app.command("list")
@@ -27,6 +20,10 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List devices with the state of their password."""
+    from rich.table import Table
+
+    from ams.vault import devices
+
     with opened(home) as instance:
         found = devices.list_devices(instance, scope=scope)
     if json_out:
@@ -40,8 +37,8 @@ def list_(
             d.scope,
             d.status,
             str(d.current_version) if d.current_version is not None else "-",
-            _when(d.password_expires_at),
-            _when(d.last_seen_at),
+            when(d.password_expires_at, seconds=False),
+            when(d.last_seen_at, seconds=False),
             "yes" if d.rotation_forced else "",
         )
     console.print(table)
@@ -50,6 +47,8 @@ def list_(
 @app.command("show")
 def show(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Show one device (never its password: see `ams password get`)."""
+    from ams.vault import devices
+
     with opened(home) as instance:
         info = devices.show(instance, device)
     if json_out:
@@ -62,6 +61,8 @@ def show(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption =
 @app.command("approve")
 def approve(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Approve a pending device, so it may report its password."""
+    from ams.vault import devices
+
     with opened(home) as instance:
         info = devices.approve(instance, device, actor())
     if json_out:
@@ -73,6 +74,8 @@ def approve(device: DeviceArgument, home: HomeOption = None, json_out: JsonOptio
 @app.command("disable")
 def disable(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Disable a device: its token opens nothing any more; its passwords stay readable."""
+    from ams.vault import devices
+
     with opened(home) as instance:
         info = devices.disable(instance, device, actor())
     if json_out:
@@ -90,6 +93,8 @@ def expire(
     json_out: JsonOption = False,
 ) -> None:
     """Make devices rotate their password at the next check-in (reason "forced")."""
+    from ams.vault import devices
+
     with opened(home) as instance:
         ids = devices.expire(instance, actor(), device=device, scope=scope, everything=everything)
     if json_out:

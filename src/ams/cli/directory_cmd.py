@@ -6,45 +6,51 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
-from ams.directory import directories, ldif, objects, restore
-from ams.directory.directories import DirectoryInfo
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, when
 from ams.errors import BadInput, NotWritable
 from ams.home import atomic_write
-from ams.instance import Instance
+
+if TYPE_CHECKING:
+    from ams.directory.directories import DirectoryInfo
+    from ams.directory.restore import RestoreResult
+    from ams.instance import Instance
 
 app = typer.Typer(help="Directories (forests), their entries, LDIF import and export.", no_args_is_help=True)
+
+DirectoryIdArgument = Annotated[str, typer.Argument(help="The directory id (d-...).")]
+
+
+def note_restore(result: RestoreResult) -> None:
+    """Say how a restore that this command ran on the side (not the one asked for) ended."""
+    what = "finished" if result.state == "done" else f"failed ({result.reason})"
+    note(f"note: a waiting restore of {result.snapshot_id} into {result.directory_id} {what}")
 
 
 @contextlib.contextmanager
 def opened_directories(home: Path | None) -> Iterator[Instance]:
     """Open the instance; when no ``ams serve`` runs, first finish any restore a crash (or
     an earlier command) left in the journal, so the stages shown are settled ones."""
+    from ams.directory import restore
+
     with opened(home) as instance:
         if instance.service_pid() is None and restore.pending_count(instance):
             for result in restore.run_pending(instance):
-                what = "finished" if result.state == "done" else f"failed ({result.reason})"
-                sys.stderr.write(
-                    f"note: a waiting restore of {result.snapshot_id} into {result.directory_id} {what}\n"
-                )
+                note_restore(result)
         yield instance
 
 
-def _when(value: object) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if hasattr(value, "strftime") else "-"
-
-
 def _print_directory(info: DirectoryInfo) -> None:
+    from rich.table import Table
+
     console.print(f"Directory {info.id}  {info.dns_name} ({info.short_name})")
     console.print(f"  type       {info.type} {info.edition}")
     console.print(f"  stage      {info.stage}" + (f" — {info.stage_reason}" if info.stage_reason else ""))
-    console.print(f"  since      {_when(info.stage_changed_at)}")
-    console.print(f"  launched   {_when(info.launched_at)}")
+    console.print(f"  since      {when(info.stage_changed_at)}")
+    console.print(f"  launched   {when(info.launched_at)}")
     console.print(f"  entries    {info.entry_count}")
     if info.description:
         console.print(f"  about      {info.description}")
@@ -56,7 +62,7 @@ def _print_directory(info: DirectoryInfo) -> None:
             r.status,
             str(r.data_generation),
             "yes" if r.in_sync else "no",
-            _when(r.last_updated_at),
+            when(r.last_updated_at),
         )
     console.print(table)
 
@@ -79,6 +85,8 @@ def create(
     json_out: JsonOption = False,
 ) -> None:
     """Create a directory; it is Active at once."""
+    from ams.directory import directories
+
     with opened_directories(home) as instance:
         info = directories.create(
             instance,
@@ -102,6 +110,10 @@ def create(
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """List directories."""
+    from rich.table import Table
+
+    from ams.directory import directories
+
     with opened_directories(home) as instance:
         infos = directories.list_directories(instance)
     if json_out:
@@ -124,11 +136,13 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
 
 @app.command("show")
 def show(
-    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    directory_id: DirectoryIdArgument,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Show a directory, its stage and its regions (replicas and whether they are in sync)."""
+    from ams.directory import directories
+
     with opened_directories(home) as instance:
         info = directories.get(instance, directory_id)
     if json_out:
@@ -138,10 +152,10 @@ def show(
 
 
 @app.command("delete")
-def delete(
-    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")], home: HomeOption = None
-) -> None:
+def delete(directory_id: DirectoryIdArgument, home: HomeOption = None) -> None:
     """Delete a directory with its entries and snapshots."""
+    from ams.directory import directories
+
     with opened_directories(home) as instance:
         info = directories.delete(instance, directory_id, actor=actor())
     console.print(f"Deleted directory {info.id} ({info.dns_name}) with its entries and snapshots.")
@@ -149,7 +163,7 @@ def delete(
 
 @app.command("import")
 def import_(
-    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    directory_id: DirectoryIdArgument,
     file: Annotated[
         Path, typer.Argument(help="An LDIF file (content records, as slapcat writes); - for stdin.")
     ],
@@ -157,6 +171,8 @@ def import_(
     json_out: JsonOption = False,
 ) -> None:
     """Import entries from LDIF: all of them, or none when any line is wrong."""
+    from ams.directory import ldif, objects
+
     if str(file) == "-":
         data = sys.stdin.buffer.read()
     else:
@@ -180,13 +196,15 @@ def import_(
 
 @app.command("export")
 def export(
-    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    directory_id: DirectoryIdArgument,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write to this file (0600) instead of stdout.")
     ] = None,
     home: HomeOption = None,
 ) -> None:
     """Export every entry as LDIF (RFC 2849), parents first, ready for slapadd."""
+    from ams.directory import ldif, objects
+
     with opened_directories(home) as instance:
         entries = list(objects.iter_entries(instance, directory_id))
     if out is None:

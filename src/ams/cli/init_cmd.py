@@ -8,7 +8,6 @@ import typer
 
 from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, home_of, read_secret
 from ams.errors import BadInput
-from ams.instance import create_instance
 
 RECOVERY_WARNING = (
     "Keep the recovery password offline (on paper, in a safe). It is the only way to open "
@@ -40,6 +39,8 @@ def init(
     json_out: JsonOption = False,
 ) -> None:
     """Create an instance: its folders, database, master key, service key and recovery password."""
+    from ams.instance import create_instance
+
     if recovery_password_stdin and generate_recovery_password:
         raise BadInput("choose one of --recovery-password-stdin and --generate-recovery-password")
     target = home_of(home)

@@ -1,4 +1,9 @@
-"""The ``ams`` entry point: the command tree and the one place errors become exit statuses."""
+"""The ``ams`` entry point: the command tree and the one place errors become exit statuses.
+
+Start-up time matters (every command, every script, the backup benchmark): the command
+modules import their services inside the commands, so building this tree stays cheap and
+each command loads only what it uses. ``tests/test_cli_imports.py`` holds the line.
+"""
 
 from __future__ import annotations
 

@@ -7,14 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
-from ams.vault import passwords, policy
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened
 
 app = typer.Typer(help="Device administrator passwords.", no_args_is_help=True)
-
-
-def _note(text: str) -> None:
-    sys.stderr.write(text + "\n")
 
 
 @app.command("get")
@@ -27,6 +22,8 @@ def get(
     json_out: JsonOption = False,
 ) -> None:
     """Print a device's password. Every read is recorded in the audit trail (who, when)."""
+    from ams.vault import passwords
+
     with opened(home) as instance:
         answer = passwords.read(instance, device, actor(), history=history)
     if json_out:
@@ -34,14 +31,14 @@ def get(
         return
     if not history:
         # Only the password goes to standard output, so `$(ams password get D)` is the password.
-        _note(
+        note(
             f"{answer['device_name']} ({answer['device_id']}) {answer['account']}, version "
             f"{answer['version']}, effective {answer['effective_at']}, expires {answer['expires_at']}"
         )
         if answer["recoverable"]:
             sys.stdout.write(answer["password"] + "\n")
         else:
-            _note(f"unrecoverable: {answer['unrecoverable_reason']}; the device rotates at its next check-in")
+            note(f"unrecoverable: {answer['unrecoverable_reason']}; the device rotates at its next check-in")
         return
     # Plain lines, not a table: a table would wrap a long password across lines.
     entries: list[dict[str, Any]] = ([answer["current"]] if answer["current"] else []) + answer["history"]
@@ -75,6 +72,8 @@ def policy_(
 
     History passwords are removed only when BOTH limits are exceeded.
     """
+    from ams.vault import policy
+
     with opened(home) as instance:
         result = policy.set_policy(
             instance,

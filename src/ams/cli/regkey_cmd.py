@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened
-from ams.vault import regkeys
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, when
 
 app = typer.Typer(help="Registration keys for ams-agent.", no_args_is_help=True)
 
@@ -27,6 +25,8 @@ def create(
     json_out: JsonOption = False,
 ) -> None:
     """Create a registration key; the key is printed once."""
+    from ams.vault import regkeys
+
     with opened(home) as instance:
         created = regkeys.create(instance, name, actor(), limit=limit, approval=approval)
     if json_out:
@@ -37,14 +37,16 @@ def create(
     approval_text = ", each approved by an administrator" if info.approval_required else ""
     console.print(f"Created registration key {info.id} named {info.name!r} ({limit_text}{approval_text}).")
     console.print(f"Key (shown once): {created.key}")
-    console.print(
-        "On a device:  echo KEY | ams-agent register --server URL --registration-key-stdin"
-    )
+    console.print("On a device:  echo KEY | ams-agent register --server URL --registration-key-stdin")
 
 
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """List registration keys (never their secrets)."""
+    from rich.table import Table
+
+    from ams.vault import regkeys
+
     with opened(home) as instance:
         keys = regkeys.list_keys(instance)
     if json_out:
@@ -59,7 +61,7 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
             str(k.activation_limit) if k.activation_limit else "-",
             "yes" if k.approval_required else "no",
             k.state,
-            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            when(k.created_at, seconds=False),
         )
     console.print(table)
 
@@ -71,6 +73,8 @@ def disable(
     json_out: JsonOption = False,
 ) -> None:
     """Disable a registration key: no more registrations with it (registered devices keep working)."""
+    from ams.vault import regkeys
+
     with opened(home) as instance:
         info = regkeys.disable(instance, key, actor())
     if json_out:

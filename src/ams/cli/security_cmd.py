@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from ams import crypto
 from ams.cli._common import (
     HomeOption,
     JsonOption,
@@ -33,6 +32,8 @@ def set_recovery_password(
     json_out: JsonOption = False,
 ) -> None:
     """Replace the recovery password (the old one stops working at once)."""
+    from ams import crypto
+
     if password_stdin and generate:
         raise BadInput("choose one of --password-stdin and --generate")
     with opened(home) as instance:

@@ -11,10 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ams import audit
 from ams.cli._common import HomeOption, opened
 from ams.errors import BadInput
-from ams.lock import ServiceLock
 
 log = logging.getLogger("ams.serve")
 
@@ -58,10 +56,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
-    # Imported here: every other command starts faster without the web stack.
     import uvicorn
 
+    from ams import audit
     from ams.api import create_app
+    from ams.lock import ServiceLock
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)

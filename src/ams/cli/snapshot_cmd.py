@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json
-from ams.cli.directory_cmd import opened_directories
-from ams.directory import directories, restore, snapshots
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, when
+from ams.cli.directory_cmd import DirectoryIdArgument, note_restore, opened_directories
 from ams.errors import Conflict
 
 app = typer.Typer(help="Directory snapshots: take, list, restore, delete, limits.", no_args_is_help=True)
 
+SnapshotIdArgument = Annotated[str, typer.Argument(help="The snapshot id (s-...).")]
+
 
 @app.command("create")
 def create(
-    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    directory_id: DirectoryIdArgument,
     name: Annotated[str | None, typer.Option("--name", help="A name for the snapshot.")] = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Take a manual snapshot (at most 5 per directory)."""
+    from ams.directory import snapshots
+
     with opened_directories(home) as instance:
         info = snapshots.create(instance, directory_id, name=name, actor=actor())
     if json_out:
@@ -43,6 +44,10 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List snapshots, newest first, with each file's checksum checked."""
+    from rich.table import Table
+
+    from ams.directory import snapshots
+
     with opened_directories(home) as instance:
         infos = snapshots.list_snapshots(instance, directory_id)
     if json_out:
@@ -57,18 +62,18 @@ def list_(
             s.type,
             s.name or "-",
             s.status,
-            s.start_time.strftime("%Y-%m-%d %H:%M:%S"),
+            when(s.start_time),
             "-" if s.entries is None else str(s.entries),
             checksum,
         )
     console.print(table)
     if any(s.checksum_ok is False for s in infos):
-        sys.stderr.write("warning: a snapshot file fails its checksum: it cannot be restored; delete it\n")
+        note("warning: a snapshot file fails its checksum: it cannot be restored; delete it")
 
 
 @app.command("restore")
 def restore_(
-    snapshot_id: Annotated[str, typer.Argument(help="The snapshot id (s-...).")],
+    snapshot_id: SnapshotIdArgument,
     wait: Annotated[
         bool, typer.Option("--wait", help="Show progress until the directory is Active.")
     ] = False,
@@ -79,6 +84,8 @@ def restore_(
     With `ams serve` running, the service does the work: the command returns at once
     (--wait polls until it ends). Without a service, this command does it before it exits.
     """
+    from ams.directory import directories, restore, snapshots
+
     with opened_directories(home) as instance:
         started = snapshots.restore(instance, snapshot_id, actor=actor())
         directory_id = started.id
@@ -108,9 +115,7 @@ def restore_(
 
             for result in restore.run_pending(instance, progress=progress):
                 if result.directory_id != directory_id and result.state == "failed":
-                    sys.stderr.write(
-                        f"note: a waiting restore into {result.directory_id} failed: {result.reason}\n"
-                    )
+                    note_restore(result)
             info = directories.get(instance, directory_id)
     if info.stage == "RestoreFailed":
         raise Conflict(f"the restore of {snapshot_id} into {directory_id} failed: {info.stage_reason}")
@@ -120,10 +125,10 @@ def restore_(
 
 
 @app.command("delete")
-def delete(
-    snapshot_id: Annotated[str, typer.Argument(help="The snapshot id (s-...).")], home: HomeOption = None
-) -> None:
+def delete(snapshot_id: SnapshotIdArgument, home: HomeOption = None) -> None:
     """Delete a snapshot and its file."""
+    from ams.directory import snapshots
+
     with opened_directories(home) as instance:
         info = snapshots.delete(instance, snapshot_id, actor=actor())
     console.print(f"Deleted snapshot {info.id} of {info.directory_id}.")
@@ -131,11 +136,13 @@ def delete(
 
 @app.command("limits")
 def limits(
-    directory_id: Annotated[str, typer.Argument(help="The directory id (d-...).")],
+    directory_id: DirectoryIdArgument,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """How many manual snapshots the directory has, of its limit."""
+    from ams.directory import snapshots
+
     with opened_directories(home) as instance:
         info = snapshots.limits(instance, directory_id)
     if json_out:

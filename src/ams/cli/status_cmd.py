@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened
-from ams.status import instance_status
 
 
 def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Show the instance: database, master key, recovery password, service, counts."""
+    from ams.status import instance_status
+
     with opened(home) as instance:
         data = instance_status(instance)
     if json_out:
