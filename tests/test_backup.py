@@ -284,11 +284,46 @@ def _evil_archive(instance: Instance, path: Path, member: tarfile.TarInfo, data:
             inner.addfile(info, io.BytesIO(db_bytes))
             inner.addfile(member, io.BytesIO(data) if member.isreg() else None)
 
+    salt = bytes.fromhex(json.loads(manifest)["payload"]["salt"])  # the salt the manifest binds
     with open(path, "w+b") as handle:
         writer = ArchiveWriter(handle, 0)
         writer.add_bytes(MANIFEST, manifest)
-        writer.write_payload(mk, produce)
+        writer.write_payload(mk, produce, salt)
         writer.finish(mk, instance.keyring.fingerprint)
+
+
+def test_a_payload_from_another_backup_is_refused(instance: Instance, tmp_path: Path) -> None:
+    """Same master key, another backup's payload under this backup's sealed manifest and sums."""
+    first = backup.create_backup(instance, actor="test", dest=tmp_path / "a").path
+    second = backup.create_backup(instance, actor="test", dest=tmp_path / "b").path
+    with tarfile.open(first) as tar:
+        manifest = tar.extractfile(MANIFEST).read()  # type: ignore[union-attr]
+    with tarfile.open(second) as tar:
+        payload = tar.extractfile("payload.enc").read()  # type: ignore[union-attr]
+    mk = instance.keyring.master_key()
+    forged = tmp_path / "forged.amsbak"
+    with open(forged, "w+b") as handle:
+        writer = ArchiveWriter(handle, 0)
+        writer.add_bytes(MANIFEST, manifest)
+        handle.write(_tar_header("payload.enc", len(payload)))
+        handle.write(payload + bytes(-len(payload) % 512))
+        # The sums and the seal describe this manifest and the swapped-in payload.
+        writer.sums["payload.enc"] = hashlib.sha256(payload).hexdigest()
+        writer.finish(mk, instance.keyring.fingerprint)
+    with pytest.raises(BackupInvalid, match="not the payload manifest.json describes"):
+        backup.verify_backup(forged, instance=instance)
+    instance.close()
+    before = tree_digest(instance.home.root)
+    with pytest.raises(BackupInvalid, match="not the payload manifest.json describes"):
+        backup.restore_backup(forged, instance.home, actor="test", clock=instance.clock)
+    assert tree_digest(instance.home.root) == before
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    return info.tobuf(format=tarfile.GNU_FORMAT)
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 0, link: str = "") -> tarfile.TarInfo:

@@ -16,6 +16,8 @@ for: header checksums, the member list, the zero padding and the end blocks.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -98,6 +100,20 @@ class Manifest:
             return crypto.WrappedKey.from_json(json.dumps(wrapping))
         except (DecryptionFailed, KeyError, TypeError, ValueError):
             raise BackupInvalid("the recovery wrapping in manifest.json is malformed") from None
+
+    def payload_salt(self) -> bytes | None:
+        """The payload's salt as the manifest records it (archives since AMS 0.x record it)."""
+        payload = self.data.get("payload")
+        salt = payload.get("salt") if isinstance(payload, dict) else None
+        if salt is None:
+            return None
+        try:
+            raw = bytes.fromhex(salt) if isinstance(salt, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 16:
+            raise BackupInvalid("manifest.json names a malformed payload salt")
+        return raw
 
     def needs_password_hint(self) -> str:
         when = self.recovery_password_set_at or "an unknown time"
@@ -260,13 +276,15 @@ class ArchiveWriter:
         self._pad(len(data))
         self.sums[name] = hashlib.sha256(data).hexdigest()
 
-    def write_payload(self, master_key: bytes, produce: Callable[[BinaryIO], None]) -> int:
+    def write_payload(
+        self, master_key: bytes, produce: Callable[[BinaryIO], None], salt: bytes | None = None
+    ) -> int:
         """Encrypt what ``produce`` writes into ``payload.enc``; return its size."""
         start = self.handle.tell()
         self.handle.write(_header(PAYLOAD, 0, self.mtime))  # size filled in below
         sink = _Sink(self.handle)
         try:
-            writer = crypto.PayloadWriter(sink, master_key)  # type: ignore[arg-type]
+            writer = crypto.PayloadWriter(sink, master_key, salt=salt)  # type: ignore[arg-type]
             produce(writer)  # type: ignore[arg-type]
             writer.close()
         finally:
@@ -306,20 +324,53 @@ class _Member:
 
 
 class _Window:
-    """A file object over one member's bytes, hashing what is read."""
+    """A file object over one member's bytes, hashing what is read.
 
-    def __init__(self, handle: BinaryIO, member: _Member) -> None:
+    Reads use ``pread`` (no shared file position) and each one starts the next read of the
+    same size in a helper thread, so reading the archive overlaps with decrypting it.
+    """
+
+    def __init__(self, handle: BinaryIO, member: _Member, hashed: bool = True) -> None:
         self.handle = handle
         self.left = member.size
-        self.digest = _BackgroundHash()
-        handle.seek(member.offset)
+        self._offset = member.offset
+        self.digest = _BackgroundHash() if hashed else None
+        self._ahead: concurrent.futures.Future[bytes] | None = None
+        self._ahead_size = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ams-backup-read")
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.handle.fileno(), size, offset)
 
     def read(self, size: int = -1) -> bytes:
         want = self.left if size < 0 else min(size, self.left)
-        data = self.handle.read(want) if want else b""
+        if not want:
+            return b""
+        if self._ahead is not None and self._ahead_size == want:
+            data = self._ahead.result()
+        else:
+            if self._ahead is not None:
+                self._ahead.result()  # a read of another size: drop it
+            data = self._pread(want, self._offset)
+        self._ahead = None
+        self._offset += len(data)
         self.left -= len(data)
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        following = min(want, self.left)
+        if following and len(data) == want:
+            self._ahead_size = following
+            self._ahead = self._pool.submit(self._pread, following, self._offset)
         return data
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            with contextlib.suppress(Exception):
+                self._ahead.result()
+            self._ahead = None
+        self._pool.shutdown(wait=True)
+        if self.digest is not None:
+            self.digest.close()
 
 
 class ArchiveReader:
@@ -443,27 +494,43 @@ class ArchiveReader:
     def payload_size(self) -> int:
         return self.members[PAYLOAD].size
 
-    def payload(self, master_key: bytes) -> _PayloadStream:
-        stream = _PayloadStream(self, master_key)
+    def payload(self, master_key: bytes, *, hashed: bool = True) -> _PayloadStream:
+        """The decrypted payload. Call :meth:`check_seal` first: ``hashed=False`` relies on it."""
+        stream = _PayloadStream(self, master_key, hashed)
         self._streams.append(stream)
         return stream
 
 
 class _PayloadStream:
-    """The decrypted payload as a file object; :meth:`finish` checks the payload's sum."""
+    """The decrypted payload as a file object; :meth:`finish` checks the payload's sum.
 
-    def __init__(self, reader: ArchiveReader, master_key: bytes) -> None:
+    With ``hashed=False`` the SHA-256 of ``payload.enc`` is not computed. That is only
+    offered when the (sealed) manifest names the payload's salt: the payload key is derived
+    from it and every chunk authenticates its index and whether it is the last, so a payload
+    that opens under that salt and ends on its final chunk is exactly the one the backup
+    wrote, with no need to hash it again.
+    """
+
+    def __init__(self, reader: ArchiveReader, master_key: bytes, hashed: bool = True) -> None:
         self._reader = reader
-        self._window = _Window(reader.handle, reader.members[PAYLOAD])
+        salt = reader.manifest.payload_salt()
+        self._hashed = hashed or salt is None
+        self._window = _Window(reader.handle, reader.members[PAYLOAD], self._hashed)
         try:
             self._plain = crypto.PayloadReader(self._window, master_key)  # type: ignore[arg-type]
         except DecryptionFailed as exc:
             self.close()
             raise BackupInvalid(f"payload.enc: {exc.message}") from None
+        if salt is not None and self._plain.salt != salt:
+            self.close()
+            raise BackupInvalid(
+                "payload.enc is not the payload manifest.json describes (another salt): the archive "
+                "was altered"
+            )
 
     def close(self) -> None:
-        """Stop the hashing thread (also when the stream was abandoned on an error)."""
-        self._window.digest.close()
+        """Stop the helper threads (also when the stream was abandoned on an error)."""
+        self._window.close()
 
     @property
     def encrypted_bytes_read(self) -> int:
@@ -475,10 +542,19 @@ class _PayloadStream:
         except DecryptionFailed as exc:
             raise BackupInvalid(f"payload.enc: {exc.message}") from None
 
+    def chunks(self) -> Iterator[bytes]:
+        """The decrypted payload, chunk by chunk (no copies)."""
+        try:
+            yield from self._plain.chunks()
+        except DecryptionFailed as exc:
+            raise BackupInvalid(f"payload.enc: {exc.message}") from None
+
     def finish(self) -> None:
         """Drain what is left and compare the payload's SHA-256 with SHA256SUMS."""
         while self.read(_COPY):
             pass
+        if self._window.digest is None:
+            return  # bound to the sealed manifest by its salt (see the class)
         if self._window.digest.hexdigest() != self._reader.expected_sums()[PAYLOAD]:
             raise BackupInvalid("payload.enc does not match its SHA256SUMS entry: the archive was altered")
 
@@ -500,28 +576,166 @@ def _safe_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+class _Pieces:
+    """The decrypted payload as views into its chunks, handed out in exact amounts."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._view = memoryview(b"")
+
+    def _more(self) -> bool:
+        while not self._view:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self._view = memoryview(chunk)
+        return True
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        while size:
+            if not self._more():
+                raise BackupInvalid("the payload's inner archive is truncated")
+            piece = self._view[:size]
+            self._view = self._view[len(piece) :]
+            size -= len(piece)
+            yield piece
+
+    def take(self, size: int) -> bytes:
+        return b"".join(self.pieces(size))
+
+    def rest_is_zero(self) -> bool:
+        zero = True
+        while self._more():
+            zero = zero and not any(self._view)
+            self._view = memoryview(b"")
+        return zero
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header: ``"%d %s=%s\n"``, the length counting itself."""
+    records: dict[str, str] = {}
+    at = 0
+    try:
+        while at < len(data) and data[at] != 0:
+            space = data.index(b" ", at)
+            length = int(data[at:space])
+            record = data[space + 1 : at + length]
+            if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+                raise ValueError(record)
+            key, _, value = record[:-1].partition(b"=")
+            records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+            at += length
+    except (ValueError, UnicodeDecodeError):
+        raise BackupInvalid("the payload's inner archive holds a malformed pax header") from None
+    return records
+
+
+def _refuse_kind(member: tarfile.TarInfo) -> None:
+    what = (
+        "a symbolic link"
+        if member.issym()
+        else "a hard link"
+        if member.islnk()
+        else "a device file"
+        if member.ischr() or member.isblk()
+        else "a special file"
+        if member.isfifo()
+        else f"a member of unexpected type {member.type!r}"
+    )
+    raise BackupUnsafe(f"the backup holds {what} ({member.name!r}); it was refused")
+
+
 def iter_payload_members(
     stream: BinaryIO,
-) -> Iterator[tuple[tarfile.TarInfo, tuple[str, ...], tarfile.TarFile]]:
-    """Every member of the inner tar, checked for safety before it is handed out."""
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY, copybufsize=_COPY) as inner:
-            for member in inner:
-                kind = "file" if member.isreg() else "folder" if member.isdir() else None
-                if kind is None:
-                    what = (
-                        "a symbolic link"
-                        if member.issym()
-                        else "a hard link"
-                        if member.islnk()
-                        else "a device file"
-                        if member.ischr() or member.isblk()
-                        else "a special file"
-                    )
-                    raise BackupUnsafe(f"the backup holds {what} ({member.name!r}); it was refused")
-                yield member, _safe_parts(member.name), inner
-    except tarfile.TarError as exc:
-        raise BackupInvalid(f"the payload's inner archive is damaged ({exc})") from None
+) -> Iterator[tuple[tarfile.TarInfo, tuple[str, ...], Iterator[memoryview]]]:
+    """Every member of the inner tar, checked for safety before it is handed out, with its data.
+
+    The inner tar is read here, strictly: regular files and folders only (pax extended
+    headers may name them), then two zero blocks and nothing but zeros. A member's data
+    comes as views into the decrypted chunks; what the caller leaves unread is skipped.
+    """
+    pieces = _Pieces(stream.chunks())  # type: ignore[attr-defined]
+    pax: dict[str, str] = {}
+    while True:
+        header = pieces.take(_BLOCK)
+        if header == bytes(_BLOCK):
+            if pieces.take(_BLOCK) != bytes(_BLOCK) or not pieces.rest_is_zero():
+                raise BackupInvalid("the payload's inner archive has data after its end")
+            if pax:
+                raise BackupInvalid("the payload's inner archive ends inside a member")
+            return
+        try:
+            member = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise BackupInvalid(f"the payload's inner archive is damaged ({exc})") from None
+        if member.type == tarfile.XHDTYPE and not pax:
+            if member.size > 1 << 20:
+                raise BackupInvalid("the payload's inner archive holds an implausibly large pax header")
+            pax = _pax_records(pieces.take(member.size))
+            pieces.take(-member.size % _BLOCK)
+            continue
+        if pax:
+            if "path" in pax:
+                member.name = pax["path"].rstrip("/") if member.type == tarfile.DIRTYPE else pax["path"]
+            if "size" in pax:
+                try:
+                    member.size = int(pax["size"])
+                except ValueError:
+                    raise BackupInvalid("the payload's inner archive holds a malformed size") from None
+            pax = {}
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+            _refuse_kind(member)
+        parts = _safe_parts(member.name)
+        data = pieces.pieces(member.size) if member.isreg() else iter(())
+        yield member, parts, data
+        for _ in data:  # whatever the caller did not read
+            pass
+        if member.isreg():
+            pieces.take(-member.size % _BLOCK)
+
+
+class _FileWriter:
+    """Writes extracted files from a helper thread, syncing as it goes (see ``_Sink``)."""
+
+    def __init__(self) -> None:
+        self._unsynced = 0
+        self._open: set[int] = set()
+        self._worker = _Worker(self._do, "ams-restore-writer")  # type: ignore[arg-type]
+
+    def _do(self, item: tuple[int, memoryview | None]) -> None:
+        fd, data = item
+        if data is None:
+            os.fsync(fd)
+            os.close(fd)
+            self._open.discard(fd)
+            return
+        view = data
+        while view:
+            view = view[os.write(fd, view) :]
+        self._unsynced += len(data)
+        if self._unsynced >= _SYNC_EVERY:
+            os.fdatasync(fd)
+            self._unsynced = 0
+
+    def track(self, fd: int) -> None:
+        self._open.add(fd)
+
+    def write(self, fd: int, data: memoryview) -> None:
+        self._worker.put((fd, data))  # type: ignore[arg-type]
+
+    def done(self, fd: int) -> None:
+        """Sync and close ``fd`` once its writes are through."""
+        self._worker.put((fd, None))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Wait for the writes; after a failure, close what is still open."""
+        try:
+            self._worker.close()
+        finally:
+            for fd in list(self._open):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._open.clear()
 
 
 def extract_payload(stream: BinaryIO, target: Path, progress: Callable[[int], None] | None = None) -> int:
@@ -532,32 +746,35 @@ def extract_payload(stream: BinaryIO, target: Path, progress: Callable[[int], No
     """
     root = target.resolve()
     files = 0
-    for member, parts, inner in iter_payload_members(stream):
-        dest = root.joinpath(*parts)
-        parent = dest.parent
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if root != parent.resolve() and root not in parent.resolve().parents:
-            raise BackupUnsafe(
-                f"the backup holds a path leaving its folder ({member.name!r}); it was refused"
-            )
-        if member.isdir():
-            if dest.is_symlink():
-                raise BackupUnsafe(f"the backup path {member.name!r} collides with a link; it was refused")
-            dest.mkdir(mode=0o700, exist_ok=True)
-            continue
-        mode = 0o700 if member.mode & stat.S_IXUSR else 0o600
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        except FileExistsError:
-            raise BackupUnsafe(f"the backup holds {member.name!r} twice; it was refused") from None
-        source = inner.extractfile(member)
-        assert source is not None
-        with os.fdopen(fd, "wb") as handle:
-            while chunk := source.read(_COPY):
-                handle.write(chunk)
+    writer = _FileWriter()
+    try:
+        for member, parts, data in iter_payload_members(stream):
+            dest = root.joinpath(*parts)
+            parent = dest.parent
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if root != parent.resolve() and root not in parent.resolve().parents:
+                raise BackupUnsafe(
+                    f"the backup holds a path leaving its folder ({member.name!r}); it was refused"
+                )
+            if member.isdir():
+                if dest.is_symlink():
+                    raise BackupUnsafe(
+                        f"the backup path {member.name!r} collides with a link; it was refused"
+                    )
+                dest.mkdir(mode=0o700, exist_ok=True)
+                continue
+            mode = 0o700 if member.mode & stat.S_IXUSR else 0o600
+            try:
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            except FileExistsError:
+                raise BackupUnsafe(f"the backup holds {member.name!r} twice; it was refused") from None
+            writer.track(fd)
+            for piece in data:
+                writer.write(fd, piece)
                 if progress:
-                    progress(len(chunk))
-            handle.flush()
-            os.fsync(handle.fileno())
-        files += 1
+                    progress(len(piece))
+            writer.done(fd)
+            files += 1
+    finally:
+        writer.close()
     return files

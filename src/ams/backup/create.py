@@ -217,6 +217,7 @@ def create_backup(
             raise BackupFailed(
                 f"cannot write the backup in {target_dir}: permission denied; choose a writable --dest"
             )
+        salt = secrets.token_bytes(16)  # the payload key's salt, recorded in the manifest
         scratch = Path(tempfile.mkdtemp(prefix=f".{backup_id}.", suffix=".work", dir=target_dir))
         if progress:
             progress(0, 0, "reading the database")
@@ -232,6 +233,7 @@ def create_backup(
                 "payload": {
                     "member": "payload.enc",
                     "encryption": "AES-256-GCM, chunked (see docs/formats.md)",
+                    "salt": salt.hex(),
                     "contents": ["database/ams.db", "config/", "snapshots/"],
                 },
                 **image.facts,
@@ -265,7 +267,7 @@ def create_backup(
                 writer.add_bytes(
                     MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
                 )
-                writer.write_payload(master_key, produce)
+                writer.write_payload(master_key, produce, salt)
                 writer.finish(master_key, manifest["master_key_fingerprint"])
                 handle.flush()
                 os.fsync(handle.fileno())

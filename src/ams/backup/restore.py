@@ -6,7 +6,7 @@ Order of work, and why:
 2. Find the backup's master key: the instance's own when it is the same key, else the
    recovery password (checked before anything is written).
 3. Unpack into ``.restore/staging``: seal, sums, every payload chunk, safe paths, the
-   database's integrity, instance id and fingerprint; migrate the staged copy forward.
+   database's instance id, fingerprint and schema; migrate the staged copy forward.
 4. Wrap the master key for this machine's service key (a new key when the recovery
    password was needed), write a ``pre-restore`` backup of the current state, and record
    both in the staged database.
@@ -273,7 +273,7 @@ def _restore(
         work.mkdir(mode=0o700)
         staging = work / "staging"
         staging.mkdir(mode=0o700)
-        staged = stage_archive(reader, master_key, staging, progress)
+        staged = stage_archive(reader, master_key, staging, progress, check_pages=False)
         migrated_from = _migrate_staged(staged.db_path, staged.revision)
 
         new_key = via != "instance"

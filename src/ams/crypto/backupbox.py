@@ -68,12 +68,21 @@ def _nonce_aad(header: bytes, index: int, final: bool) -> tuple[bytes, bytes]:
 class PayloadWriter:
     """A write-only file object: plaintext in, encrypted chunks out to ``sink``."""
 
-    def __init__(self, sink: BinaryIO, master_key: bytes, chunk_bytes: int = PAYLOAD_CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        sink: BinaryIO,
+        master_key: bytes,
+        chunk_bytes: int = PAYLOAD_CHUNK_BYTES,
+        salt: bytes | None = None,
+    ) -> None:
         if not 4096 <= chunk_bytes <= 64 << 20:
             raise ValueError("chunk size out of range")
+        salt = os.urandom(16) if salt is None else salt
+        if len(salt) != 16:
+            raise ValueError("the payload salt is 16 bytes")
         self._sink = sink
         self._chunk = chunk_bytes
-        self._header = _HEADER.pack(_MAGIC, _VERSION, chunk_bytes, os.urandom(16))
+        self._header = _HEADER.pack(_MAGIC, _VERSION, chunk_bytes, salt)
         self._aead = _payload_key(master_key, self._header[-16:])
         self._buffer = bytearray()
         self._index = 0
@@ -135,6 +144,7 @@ class PayloadReader:
             raise DecryptionFailed("the payload header names an impossible chunk size")
         self._source = source
         self._header = header
+        self.salt = salt
         self._chunk = chunk
         self._aead = _payload_key(master_key, salt)
         self._chunks = self._decrypt_all()
