@@ -7,7 +7,8 @@ during a backup never blocked longer than 100 ms at p99; peak memory of create a
 below 200 MB whatever the database size.
 
 Parameters (environment or arguments): ``AMS_BENCH_DEVICES`` / ``--devices N`` (default
-100000), ``AMS_BENCH_HISTORY`` / ``--history N`` (default 10). Blobs are random bytes of the
+100000), ``AMS_BENCH_HISTORY`` / ``--history N`` (default 10), ``AMS_BENCH_ROUNDS`` / ``--rounds N``
+(default 3: each side runs N times, alternating, and the medians are compared). Blobs are random bytes of the
 real size (a backup never decrypts them), so generating a large instance stays fast.
 
 Run: ``python -m bench backup`` or ``python bench/backup_bench.py --devices 10000``.
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=int(os.environ.get("AMS_BENCH_DEVICES", "100000")))
     parser.add_argument("--history", type=int, default=int(os.environ.get("AMS_BENCH_HISTORY", "10")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("AMS_BENCH_ROUNDS", "3")))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     root = Path(tempfile.mkdtemp(prefix="ams-backup-bench-"))
     try:
@@ -192,29 +194,52 @@ def main(argv: list[str] | None = None) -> int:
             f" in {time.perf_counter() - t0:.1f} s"
         )
 
+        # Each side runs `rounds` times, alternating, and the medians are compared: the
+        # machine is shared, and one slow fsync must not decide the ratio.
         copy = root / "sqlite-copy.db"
-        sq_backup, _, _ = _child_peak(["sqlite3", str(home.sqlite_path), f".backup {copy}"])
+        sq_backups: list[float] = []
+        creates: list[tuple[float, float]] = []
         latencies: list[float] = []
-        stop = threading.Event()
-        writer = threading.Thread(target=writer_latencies, args=(home.sqlite_path, stop, latencies))
-        writer.start()
-        try:
-            create_s, create_mb, out = _child_peak(
-                [str(AMS), "backup", "create", "--json", "--home", str(home.root)]
-            )
-        finally:
-            stop.set()
-            writer.join()
-        archive = Path(json.loads(out)["path"])
+        archive = None
+        for _ in range(args.rounds):
+            copy.unlink(missing_ok=True)
+            sq_backups.append(_child_peak(["sqlite3", str(home.sqlite_path), f".backup {copy}"])[0])
+            stop = threading.Event()
+            writer = threading.Thread(target=writer_latencies, args=(home.sqlite_path, stop, latencies))
+            writer.start()
+            try:
+                create_s, create_mb, out = _child_peak(
+                    [str(AMS), "backup", "create", "--json", "--home", str(home.root)]
+                )
+            finally:
+                stop.set()
+                writer.join()
+            creates.append((create_s, create_mb))
+            if archive is not None:
+                archive.unlink()
+            archive = Path(json.loads(out)["path"])
+        assert archive is not None
+        sq_backup = statistics.median(sq_backups)
+        create_s = statistics.median(t for t, _ in creates)
+        create_mb = max(m for _, m in creates)
 
+        sq_restores: list[float] = []
+        restores: list[tuple[float, float]] = []
         target = root / "sqlite-restored.db"
-        sqlite3.connect(target).close()
-        sq_restore, _, _ = _child_peak(["sqlite3", str(target), f".restore {copy}"])
         new_home = root / "restored"
-        restore_s, restore_mb, _ = _child_peak(
-            [str(AMS), "backup", "restore", str(archive), "--password-stdin", "--home", str(new_home)],
-            RECOVERY + "\n",
-        )
+        for _ in range(args.rounds):
+            target.unlink(missing_ok=True)
+            sqlite3.connect(target).close()
+            sq_restores.append(_child_peak(["sqlite3", str(target), f".restore {copy}"])[0])
+            shutil.rmtree(new_home, ignore_errors=True)
+            restore_s, restore_mb, _ = _child_peak(
+                [str(AMS), "backup", "restore", str(archive), "--password-stdin", "--home", str(new_home)],
+                RECOVERY + "\n",
+            )
+            restores.append((restore_s, restore_mb))
+        sq_restore = statistics.median(sq_restores)
+        restore_s = statistics.median(t for t, _ in restores)
+        restore_mb = max(m for _, m in restores)
         inplace_s, inplace_mb, _ = _child_peak(
             [str(AMS), "backup", "restore", str(archive), "--yes", "--home", str(home.root)]
         )
@@ -223,10 +248,15 @@ def main(argv: list[str] | None = None) -> int:
             statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else max(latencies, default=0)
         )
         results = {
+            "rounds (medians below)": args.rounds,
             "devices": args.devices,
             "history": args.history,
             "database_mb": round(size_mb, 1),
             "archive_mb": round(archive.stat().st_size / 1e6, 1),
+            "sqlite3_backup_s (each round)": " ".join(f"{t:.2f}" for t in sq_backups),
+            "ams_create_s (each round)": " ".join(f"{t:.2f}" for t, _ in creates),
+            "sqlite3_restore_s (each round)": " ".join(f"{t:.2f}" for t in sq_restores),
+            "ams_restore_s (each round)": " ".join(f"{t:.2f}" for t, _ in restores),
             "sqlite3_backup_s": round(sq_backup, 2),
             "ams_create_s": round(create_s, 2),
             "create_ratio": round(create_s / sq_backup, 2),

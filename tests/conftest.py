@@ -15,6 +15,7 @@ import pytest
 from ams.clock import ManualClock
 from ams.home import Home
 from ams.instance import Instance, create_instance, open_instance
+from pg import PostgresServer, find_bindir, missing_reason
 
 AMS = Path(sys.executable).parent / "ams"
 RECOVERY_PASSWORD = "Tangerine-Orbit-Lantern-4471"
@@ -85,3 +86,40 @@ def instance(home: Home, clock: ManualClock) -> Iterator[Instance]:
         yield inst
     finally:
         inst.close()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+def postgres_required() -> bool:
+    """CI installs PostgreSQL: there a missing server is a failure, not a skip."""
+    return any(
+        os.environ.get(name, "").lower() not in ("", "0", "false")
+        for name in ("AMS_TEST_REQUIRE_POSTGRES", "CI")
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the whole session (tests/pg.py), removed at the end."""
+    bindir = find_bindir()
+    if bindir is None:
+        if postgres_required():
+            pytest.fail(missing_reason())
+        pytest.skip(missing_reason())
+    server = PostgresServer(bindir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh empty database for one test: postgresql://ams@127.0.0.1:PORT/NAME."""
+    url = pg_server.create_database()
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(url)

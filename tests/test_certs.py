@@ -529,23 +529,6 @@ def test_cli_bad_scope_is_one_line(home: Home, instance: Instance) -> None:
 # -- PostgreSQL ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[Any]:
-    from pg import PostgresServer, find_bindir, missing_reason
-
-    bindir = find_bindir()
-    if bindir is None:
-        if os.environ.get("AMS_TEST_REQUIRE_POSTGRES") or os.environ.get("CI"):
-            pytest.fail(missing_reason())
-        pytest.skip(missing_reason())
-    server = PostgresServer(bindir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.postgres
 def test_one_active_per_scope_on_postgresql(pg_server: Any, tmp_path: Path, clock: ManualClock) -> None:
     from ams.instance import create_instance

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from psycopg import sql
 
 from ams.db.migrate import head_revision
 from ams.errors import DatabaseUnreadable, InstanceExists
-from pg import PostgresServer, find_bindir, free_port, missing_reason
+from pg import PostgresServer, free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -32,39 +31,6 @@ RECOVERY_PASSWORD = "correct-Horse-battery-staple-91"
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-def _postgres_required() -> bool:
-    return any(
-        os.environ.get(name, "").lower() not in ("", "0", "false")
-        for name in ("AMS_TEST_REQUIRE_POSTGRES", "CI")
-    )
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL cluster for the whole session, stopped and removed at the end."""
-    bindir = find_bindir()
-    if bindir is None:
-        if _postgres_required():
-            pytest.fail(missing_reason())
-        pytest.skip(missing_reason())
-    server = PostgresServer(bindir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def pg_url(pg_server: PostgresServer) -> Iterator[str]:
-    """A fresh empty database for one test: postgresql://ams@127.0.0.1:PORT/NAME."""
-    url = pg_server.create_database()
-    try:
-        yield url
-    finally:
-        pg_server.drop_database(url)
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ams.clock import ManualClock
 from ams.errors import BadInput
 from ams.instance import Instance
 from ams.status import instance_status
+from conftest import run_ams
 
 
 def _at(day: int, hour: int = 0, minute: int = 0) -> datetime:
@@ -77,6 +78,13 @@ def test_a_failed_scheduled_backup_is_audited_shown_and_counted_and_the_next_run
     assert status["last_scheduled_run"]["result"] == "failure"
     assert status["failures_total"] == 1 and status["consecutive_failures"] == 1
     assert status["next_scheduled"] == _at(2, 2).isoformat()
+    shown = run_ams("status", home=instance.home.root)
+    assert shown.returncode == 0, shown.stderr
+    assert "last backup:       FAILED" in shown.stdout and "not a folder" in shown.stdout
+    assert (
+        "last good backup:  none yet" in shown.stdout and "1 scheduled run(s) in a row failed" in shown.stdout
+    )
+    assert "next backup:" in shown.stdout
 
     from ams.api.metrics import Metrics
 
@@ -89,6 +97,7 @@ def test_a_failed_scheduled_backup_is_audited_shown_and_counted_and_the_next_run
     status = instance_status(instance)["backup"]
     assert status["last_backup"]["result"] == "success" and status["consecutive_failures"] == 0
     assert status["failures_total"] == 1
+    assert "last backup:       ok" in run_ams("status", home=instance.home.root).stdout
     assert (
         metrics.registry.get_sample_value("ams_backup_last_success_timestamp_seconds")
         == _at(2, 2).timestamp()

@@ -3,7 +3,6 @@ take engine-specific paths)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,27 +14,9 @@ from ams.directory.entry import Entry
 from ams.home import Home
 from ams.instance import Instance, create_instance, open_instance
 from conftest import RECOVERY_PASSWORD
-from pg import PostgresServer, find_bindir, missing_reason
+from pg import PostgresServer
 
 BASE = "dc=corp,dc=example,dc=com"
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    bindir = find_bindir()
-    if bindir is None:
-        if any(
-            os.environ.get(n, "").lower() not in ("", "0", "false")
-            for n in ("AMS_TEST_REQUIRE_POSTGRES", "CI")
-        ):
-            pytest.fail(missing_reason())
-        pytest.skip(missing_reason())
-    server = PostgresServer(bindir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ unless AMS_TEST_REQUIRE_POSTGRES or CI is set.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,29 +20,10 @@ from ams.home import Home
 from ams.instance import Instance, create_instance, open_instance
 from ams.vault import certificates, devices, passwords, policy, regkeys
 from conftest import RECOVERY_PASSWORD
-from pg import PostgresServer, find_bindir, missing_reason
+from pg import PostgresServer
 from test_vault_support import _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PostgresServer]:
-    bindir = find_bindir()
-    if bindir is None:
-        required = any(
-            os.environ.get(n, "").lower() not in ("", "0", "false")
-            for n in ("AMS_TEST_REQUIRE_POSTGRES", "CI")
-        )
-        if required:
-            pytest.fail(missing_reason())
-        pytest.skip(missing_reason())
-    server = PostgresServer(bindir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

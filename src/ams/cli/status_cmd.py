@@ -30,3 +30,26 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     console.print(f"service:           {running}")
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data["counts"].items())
     console.print(f"holds:             {counts}")
+    _print_backups(data.get("backup"))
+
+
+def _print_backups(backup: dict[str, object] | None) -> None:
+    """The last backup and its result, the last good one, and the next scheduled run."""
+    if not backup:
+        return
+    last = backup.get("last_backup")
+    if isinstance(last, dict):
+        if last["result"] == "success":
+            console.print(f"last backup:       [green]ok[/] {last['at']} ({last['kind']}) {last['path']}")
+        else:
+            console.print(f"last backup:       [red]FAILED[/] {last['at']} ({last['kind']}): {last['error']}")
+            good = backup.get("last_success_at")
+            console.print(f"last good backup:  {good or 'none yet'}")
+    else:
+        console.print("last backup:       [yellow]none yet[/]: run `ams backup create`")
+    failures = backup.get("consecutive_failures") or 0
+    if failures:
+        console.print(
+            f"                   {failures} scheduled run(s) in a row failed: see `ams backup list`"
+        )
+    console.print(f"next backup:       {backup.get('next_scheduled')}  ({backup.get('schedule')})")
