@@ -26,7 +26,7 @@ from ams.errors import (
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock
-from conftest import tree_digest
+from conftest import run_ams, tree_digest
 from test_backup_support import (
     RECOVERY,
     Fleet,
@@ -288,6 +288,46 @@ def test_a_crash_midway_is_rolled_back_at_the_next_start(
     assert tree_digest(home.root) == before
     again = open_instance(home, populated.clock)
     again.close()
+
+
+def test_the_next_command_resolves_a_crashed_restore_before_it_opens_the_instance(
+    populated: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = backup.create_backup(populated, actor="test")
+    _changed(populated)
+    home = populated.home
+    populated.close()
+    before = tree_digest(home.root)
+    calls = {"n": 0}
+    original = journal.step
+
+    class Crash(BaseException):
+        pass
+
+    def crashing(home: Home, move: str, name: str) -> None:
+        calls["n"] += 1
+        original(home, move, name)
+        if calls["n"] == 4:
+            raise Crash()
+
+    monkeypatch.setattr(journal, "step", crashing)
+    monkeypatch.setattr(restore_module, "_undo", lambda *a, **k: None)  # a crash cleans nothing up
+    with pytest.raises(Crash):
+        backup.restore_backup(result.path, home, actor="test", clock=populated.clock)
+    monkeypatch.undo()
+    for p in home.backups_dir.iterdir():  # the crash left its pre-restore backup behind
+        if "pre-restore" in p.name:
+            p.unlink()
+    shown = run_ams("status", home=home.root)
+    assert shown.returncode == 0, shown.stderr
+    assert "interrupted has been rolled back" in shown.stderr
+
+    def outside_data(digest: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in digest.items() if not k.startswith("data/")}
+
+    # Everything as before the restore (the database gained only the audit event 1506).
+    assert outside_data(tree_digest(home.root)) == outside_data(before)
+    assert not journal.work_dir(home).exists()
 
 
 def test_a_crash_after_the_commit_point_is_finished(

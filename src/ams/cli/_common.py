@@ -59,11 +59,28 @@ def opened(option: Path | None) -> Iterator[Instance]:
     """Open the instance named by --home / AMS_HOME for the length of a command."""
     from ams.instance import open_instance
 
-    instance = open_instance(resolve_home(option))
+    home = resolve_home(option)
+    finish_interrupted_restore(home)
+    instance = open_instance(home)
     try:
         yield instance
     finally:
         instance.close()
+
+
+def finish_interrupted_restore(home: Home) -> None:
+    """Before anything opens the instance, finish or undo a restore that a crash interrupted.
+
+    Cheap when there is none (one stat); a restore still at work holds the service lock and
+    is left alone (ams.backup.restore.resolve_interrupted).
+    """
+    if not (home.root / ".restore").exists():
+        return
+    from ams.backup.restore import resolve_interrupted
+
+    action = resolve_interrupted(home, actor=actor())
+    if action:
+        note(f"note: a restore that was interrupted has been {action} (event 1506)")
 
 
 def actor() -> str:

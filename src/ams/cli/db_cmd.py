@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, home_of
+from ams.cli._common import (
+    HomeOption,
+    JsonOption,
+    actor,
+    console,
+    emit_json,
+    finish_interrupted_restore,
+    home_of,
+)
 
 app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
@@ -16,7 +24,9 @@ def upgrade(home: HomeOption = None, json_out: JsonOption = False) -> None:
     from ams.db import migrate
     from ams.instance import open_instance
 
-    instance = open_instance(home_of(home), check_schema=False)
+    where = home_of(home)
+    finish_interrupted_restore(where)
+    instance = open_instance(where, check_schema=False)
     try:
         before = migrate.current_revision(instance.engine)
         migrate.upgrade(instance.engine)
