@@ -1,16 +1,20 @@
 """Directory snapshots against OpenLDAP's offline tools (issue 5, "Speed").
 
 On a generated AD-like directory (organizational units, users, computers, groups with
-members), measured in one run on one machine:
+members), measured in one run on one machine, on the same data:
 
 - ``ams snapshot create`` (the service function) against ``slapcat`` of the same data to LDIF;
-- a snapshot restore (request + worker, until the directory is Active again) against
-  ``slapadd -q`` of that LDIF into an empty mdb database.
+- a snapshot restore (request + worker, until the directory is Active again and the replaced
+  entries are gone) against ``slapadd -q`` of that LDIF into an empty mdb database.
 
-A ratio above 1 means AMS is faster. Usage::
+Both sides run once untimed first (so both read from a warm page cache), then ``--repeat``
+times each, interleaved (AMS first on odd rounds, the peer first on even ones), so a burst
+of load on the shared machine hits both. Each side is timed end to end, and the ratio is
+the peer's median time over AMS's median time: above 1 means AMS is faster. The best times
+and their ratio are printed too. Usage::
 
-    python -m bench.directory_bench [--entries 100000] [--keep DIR]
-    BENCH_DIRECTORY_ENTRIES=20000 python -m bench        # through `make bench`
+    python -m bench.directory_bench [--entries 100000] [--repeat 5] [--keep DIR]
+    BENCH_DIRECTORY_ENTRIES=20000 python -m bench directory      # through `make bench`
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ams.directory import directories, ldif, objects, restore, snapshots
@@ -107,6 +113,11 @@ def slapd_config(folder: Path) -> Path:
     return conf
 
 
+def empty_database(folder: Path) -> None:
+    shutil.rmtree(folder / "db")
+    (folder / "db").mkdir()
+
+
 def timed(argv: list[str]) -> float:
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -116,7 +127,40 @@ def timed(argv: list[str]) -> float:
     return elapsed
 
 
-def run(entries: int, work: Path) -> dict[str, float]:
+def interleaved(
+    repeat: int, ams: Callable[[], float], peer: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    """One untimed run of each (warm caches), then ``repeat`` timed rounds, the order
+    alternating so that neither side always runs right after the other."""
+    ams()
+    peer()
+    ams_times, peer_times = [], []
+    for i in range(repeat):
+        if i % 2 == 0:
+            ams_times.append(ams())
+            peer_times.append(peer())
+        else:
+            peer_times.append(peer())
+            ams_times.append(ams())
+    return ams_times, peer_times
+
+
+@dataclass(frozen=True)
+class Result:
+    entries: int
+    repeat: int
+    load: tuple[float, float]  # the 1-minute load average before and after
+    snapshot_bytes: int
+    slapcat_bytes: int
+    # Seconds, one per timed round.
+    snapshot_create: list[float]
+    slapcat: list[float]
+    snapshot_restore: list[float]
+    snapshot_restore_active: list[float]  # until the switch: the directory is Active
+    slapadd: list[float]
+
+
+def run(entries: int, work: Path, repeat: int = 5) -> Result:
     slapadd, slapcat = _tool("slapadd"), _tool("slapcat")
     generated = work / "generated.ldif"
     with open(generated, "w", encoding="utf-8") as out:
@@ -124,9 +168,9 @@ def run(entries: int, work: Path) -> dict[str, float]:
             out.write(chunk)
     first = slapd_config(work / "ldap1")
     timed([slapadd, "-q", "-f", str(first), "-l", str(generated)])
-
     cat = work / "slapcat.ldif"
-    t_slapcat = timed([slapcat, "-f", str(first), "-l", str(cat)])
+    timed([slapcat, "-f", str(first), "-l", str(cat)])
+    load_before = os.getloadavg()[0]
 
     home = Home(work / "ams")
     create_instance(home, recovery_password="Bench-Orbit-Lantern-4471-x", actor="bench")  # noqa: S106 - throwaway
@@ -137,54 +181,87 @@ def run(entries: int, work: Path) -> dict[str, float]:
         ).id
         count = objects.import_entries(instance, directory_id, ldif.parse(cat.read_bytes()), actor="bench")
 
-        started = time.perf_counter()
+        # Create: snapshot (deleted after each round, for the 5-snapshot limit) vs slapcat.
+        sizes: list[int] = []
+
+        def ams_create() -> float:
+            started = time.perf_counter()
+            snap = snapshots.create(instance, directory_id, actor="bench")
+            elapsed = time.perf_counter() - started
+            sizes.append(snap.size or 0)
+            snapshots.delete(instance, snap.id, actor="bench")
+            return elapsed
+
+        def peer_create() -> float:
+            out = work / "slapcat-round.ldif"
+            elapsed = timed([slapcat, "-f", str(first), "-l", str(out)])
+            out.unlink()
+            return elapsed
+
+        create_ams, create_peer = interleaved(repeat, ams_create, peer_create)
+
+        # Restore: one snapshot restored again and again vs slapadd into an emptied database.
         snap = snapshots.create(instance, directory_id, actor="bench")
-        t_snapshot = time.perf_counter() - started
-
         second = slapd_config(work / "ldap2")
-        t_slapadd = timed([slapadd, "-q", "-f", str(second), "-l", str(cat)])
+        until_active: list[float] = []
 
-        active_at: list[float] = []
+        def ams_restore() -> float:
+            active_at: list[float] = []
 
-        def note(stage: str, _count: int) -> None:
-            if stage == "switched":  # the directory is Active with the snapshot's entries
-                active_at.append(time.perf_counter())
+            def note(stage: str, _count: int) -> None:
+                if stage == "switched":  # the directory is Active with the snapshot's entries
+                    active_at.append(time.perf_counter())
 
-        started = time.perf_counter()
-        snapshots.restore(instance, snap.id, actor="bench")
-        [result] = restore.run_pending(instance, hook=note)
-        t_restore = time.perf_counter() - started
-        t_active = active_at[0] - started
-        assert result.state == "done", result.reason
+            started = time.perf_counter()
+            snapshots.restore(instance, snap.id, actor="bench")
+            [result] = restore.run_pending(instance, hook=note)
+            elapsed = time.perf_counter() - started
+            assert result.state == "done", result.reason
+            until_active.append(active_at[0] - started)
+            return elapsed
+
+        def peer_restore() -> float:
+            empty_database(second.parent)
+            return timed([slapadd, "-q", "-f", str(second), "-l", str(cat)])
+
+        restore_ams, restore_peer = interleaved(repeat, ams_restore, peer_restore)
         assert directories.get(instance, directory_id).entry_count == count
     finally:
         instance.close()
-    return {
-        "entries": float(count),
-        "snapshot_bytes": float(snap.size or 0),
-        "slapcat_bytes": float(cat.stat().st_size),
-        "slapcat_s": t_slapcat,
-        "snapshot_create_s": t_snapshot,
-        "slapadd_s": t_slapadd,
-        "snapshot_restore_s": t_restore,
-        "snapshot_restore_active_s": t_active,
-    }
+    return Result(
+        entries=count,
+        repeat=repeat,
+        load=(load_before, os.getloadavg()[0]),
+        snapshot_bytes=sizes[-1],
+        slapcat_bytes=cat.stat().st_size,
+        snapshot_create=create_ams,
+        slapcat=create_peer,
+        snapshot_restore=restore_ams,
+        snapshot_restore_active=until_active[1:],  # the first was the untimed round
+        slapadd=restore_peer,
+    )
 
 
-def report(r: dict[str, float]) -> str:
-    create_ratio = r["slapcat_s"] / r["snapshot_create_s"]
-    restore_ratio = r["slapadd_s"] / r["snapshot_restore_s"]
+def _line(what: str, ams: list[float], peer_name: str, peer: list[float]) -> str:
+    med_ams, med_peer = statistics.median(ams), statistics.median(peer)
+    ratio = med_peer / med_ams
+    return (
+        f"{what:<26} median {med_ams:.2f} s (best {min(ams):.2f}, worst {max(ams):.2f})  vs  "
+        f"{peer_name} median {med_peer:.2f} s (best {min(peer):.2f}, worst {max(peer):.2f})\n"
+        f"{'':<26} -> ratio {ratio:.2f} at the median, {min(peer) / min(ams):.2f} best to best  "
+        f"({'ok' if ratio >= 1 else 'SLOWER'})"
+    )
+
+
+def report(r: Result) -> str:
     return "\n".join(
         [
-            f"entries: {int(r['entries'])} (AD-like: OUs, users, computers, groups)",
-            f"snapshot create {r['snapshot_create_s']:.2f} s  vs  slapcat {r['slapcat_s']:.2f} s  "
-            f"-> ratio {create_ratio:.2f} ({'ok' if create_ratio >= 1 else 'SLOWER'})",
-            f"snapshot restore {r['snapshot_restore_s']:.2f} s  vs  slapadd -q {r['slapadd_s']:.2f} s  "
-            f"-> ratio {restore_ratio:.2f} ({'ok' if restore_ratio >= 1 else 'SLOWER'})",
-            f"  of which until Active {r['snapshot_restore_active_s']:.2f} s (ratio "
-            f"{r['slapadd_s'] / r['snapshot_restore_active_s']:.2f}); the rest removes the replaced entries",
-            f"files: snapshot {r['snapshot_bytes'] / 1e6:.1f} MB, "
-            f"slapcat LDIF {r['slapcat_bytes'] / 1e6:.1f} MB",
+            f"entries: {r.entries} (AD-like: OUs, users, computers, groups); {r.repeat} timed rounds "
+            f"each, interleaved, after one untimed; load average {r.load[0]:.1f} -> {r.load[1]:.1f}",
+            _line("snapshot create", r.snapshot_create, "slapcat", r.slapcat),
+            _line("snapshot restore (total)", r.snapshot_restore, "slapadd -q", r.slapadd),
+            _line("restore until Active", r.snapshot_restore_active, "slapadd -q", r.slapadd),
+            f"files: snapshot {r.snapshot_bytes / 1e6:.1f} MB, slapcat LDIF {r.slapcat_bytes / 1e6:.1f} MB",
         ]
     )
 
@@ -199,16 +276,24 @@ def main() -> int:
         default=int(os.environ.get("BENCH_DIRECTORY_ENTRIES", "100000")),
         help="directory size",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=int(os.environ.get("BENCH_DIRECTORY_REPEAT", "5")),
+        help="timed rounds of each side (the median counts)",
+    )
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
     args = parser.parse_args(sys.argv[1:])
     if args.entries < 10:
         parser.error("--entries must be 10 or more")
+    if args.repeat < 1:
+        parser.error("--repeat must be 1 or more")
     if args.keep:
         args.keep.mkdir(parents=True)
-        print(report(run(args.entries, args.keep)), flush=True)
+        print(report(run(args.entries, args.keep, args.repeat)), flush=True)
         return 0
     with tempfile.TemporaryDirectory(prefix="ams-directory-bench-") as tmp:
-        print(report(run(args.entries, Path(tmp))), flush=True)
+        print(report(run(args.entries, Path(tmp), args.repeat)), flush=True)
     return 0
 
 
