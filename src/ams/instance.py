@@ -28,6 +28,7 @@ from ams.config import Settings, default_config_text, load_settings
 from ams.db import migrate
 from ams.db.engine import describe_url, engine_name, make_engine, sqlite_url
 from ams.db.models import InstanceRow
+from ams.db.revision import HEAD_REVISION, current_revision
 from ams.errors import (
     BadInput,
     DatabaseUnreadable,
@@ -114,7 +115,7 @@ def open_instance(home: Home, clock: Clock | None = None, *, check_schema: bool 
         )
     engine = make_engine(url)
     try:
-        revision = migrate.current_revision(engine)
+        revision = current_revision(engine)
         if revision is None:
             raise DatabaseUnreadable(
                 f"the database {describe_url(url)} holds no AMS schema: check database.url, "
@@ -133,9 +134,10 @@ def open_instance(home: Home, clock: Clock | None = None, *, check_schema: bool 
 
 
 def _check_revision(revision: str) -> None:
-    head = migrate.head_revision()
+    head = HEAD_REVISION
     if revision == head:
         return
+    # Only a mismatch reads the migration scripts (and loads Alembic).
     if revision not in migrate.known_revisions():
         raise SchemaMismatch(
             f"the database has schema revision {revision}, written by a newer AMS than "
@@ -257,7 +259,7 @@ def create_instance(
             pg_engine = engine
         try:
             migrate.upgrade(engine)
-            revision = migrate.head_revision()
+            revision = HEAD_REVISION
             master_key = crypto.generate_master_key()
             instance_id = str(uuid.uuid4())
             fingerprint = crypto.fingerprint(master_key)

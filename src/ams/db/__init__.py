@@ -1,8 +1,7 @@
-"""The database: SQLAlchemy models, engines for SQLite and PostgreSQL, Alembic migrations."""
+"""The database: SQLAlchemy models, engines for SQLite and PostgreSQL, Alembic migrations.
 
-from __future__ import annotations
-
-from ams.db.engine import describe_url, make_engine
-from ams.db.migrate import current_revision, head_revision, upgrade
-
-__all__ = ["current_revision", "describe_url", "head_revision", "make_engine", "upgrade"]
+Modules: ``engine`` (engines and URLs), ``models`` (the tables), ``revision`` (the schema
+revision needed and the one a database holds, without Alembic), ``migrate`` (Alembic,
+loaded only to migrate). Import from them directly: this package imports nothing, so that
+loading the models does not load the rest.
+"""
