@@ -26,11 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ams import __version__, audit
 from ams.backup import catalog
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter
 from ams.backup.sqlite_image import ImageUnavailable, connection_facts, open_image
-from ams.errors import BackupFailed, BackupUnsupported, NotWritable
+from ams.errors import BackupFailed, NotWritable
 from ams.home import ensure_private_dir, fsync_dir
 from ams.instance import Instance
 
@@ -193,11 +195,6 @@ def create_backup(
     """Write one ``.amsbak`` archive; with ``record``, add a catalog row and an audit event."""
     if kind not in KINDS:
         raise ValueError(kind)
-    if instance.engine_name != "sqlite":
-        raise BackupUnsupported(
-            "backups of a PostgreSQL instance are not yet supported by `ams backup`: back the "
-            "database up with pg_dump, and the config folder with a file backup"
-        )
     master_key = instance.keyring.master_key()  # MasterKeyLocked before anything is written
     set_at = instance.keyring.recovery_password_set_at()
     target_dir = (dest or catalog.default_destination(instance)).expanduser().absolute()
@@ -221,7 +218,13 @@ def create_backup(
         scratch = Path(tempfile.mkdtemp(prefix=f".{backup_id}.", suffix=".work", dir=target_dir))
         if progress:
             progress(0, 0, "reading the database")
-        with open_image(instance.home.sqlite_path, scratch) as image:
+        if instance.engine_name == "postgresql":
+            from ams.backup.pg import open_pg_image
+
+            reading = open_pg_image(instance.engine, scratch)
+        else:
+            reading = open_image(instance.home.sqlite_path, scratch)
+        with reading as image:
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -229,7 +232,7 @@ def create_backup(
                 "ams_version": __version__,
                 "created_at": created_at.isoformat(),
                 "kind": kind,
-                "backend": "sqlite",
+                "backend": instance.engine_name,
                 "payload": {
                     "member": "payload.enc",
                     "encryption": "AES-256-GCM, chunked (see docs/formats.md)",
@@ -283,6 +286,11 @@ def create_backup(
         ) from None
     except (OSError, sqlite3.Error, tarfile.TarError) as exc:
         raise _failure(target_dir, exc) from exc
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise BackupFailed(
+            f"the database could not be read ({reason}); check it with `ams status`, nothing was left behind"
+        ) from None
     finally:
         if tmp_file is not None:
             with contextlib.suppress(OSError):

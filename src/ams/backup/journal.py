@@ -12,8 +12,10 @@ system are atomic, and each is followed by an fsync of the folders involved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,11 @@ def journal_path(home: Home) -> Path:
     return work_dir(home) / "journal.json"
 
 
-def _write(home: Home, state: str, items: list[dict[str, Any]]) -> None:
-    atomic_write(journal_path(home), json.dumps({"version": 1, "state": state, "items": items}).encode())
+def _write(home: Home, state: str, items: list[dict[str, Any]], marker: str | None = None) -> None:
+    data: dict[str, Any] = {"version": 1, "state": state, "items": items}
+    if marker:
+        data["marker"] = marker
+    atomic_write(journal_path(home), json.dumps(data).encode())
 
 
 def _rename(src: Path, dst: Path) -> None:
@@ -52,8 +57,12 @@ def step(home: Home, move: str, name: str) -> None:
         _rename(work / "staging" / name, home.root / name)
 
 
-def swap(home: Home) -> None:
+def swap(home: Home, db_commit: Callable[[], None] | None = None, marker: str | None = None) -> None:
     """Swap every staged folder in; on an exception the caller calls :func:`rollback`.
+
+    With ``db_commit`` (a restore onto PostgreSQL), the database transaction commits after
+    every folder is in, under state ``db-pending`` naming ``marker``: a row that exists in
+    the database only once that transaction committed. :func:`resume` looks for it.
 
     Every live folder is moved aside first, ``data`` first of all, and the staged ones are
     moved in with ``data`` last: in every intermediate state ``data/`` is absent, so no
@@ -69,6 +78,12 @@ def swap(home: Home) -> None:
             step(home, "aside", item["name"])
     for item in reversed(items):
         step(home, "in", item["name"])
+    if db_commit is not None:
+        _write(home, "db-pending", items, marker)
+        db_commit()
+        with contextlib.suppress(OSError):  # "db-pending" with the marker present is finished too
+            _write(home, "committed", items)
+        return
     _write(home, "committed", items)
 
 
@@ -115,15 +130,41 @@ def resume(home: Home) -> str | None:
         return None
     path = journal_path(home)
     state = None
+    data: dict[str, Any] = {}
     if path.exists():
         try:
-            state = json.loads(path.read_text()).get("state")
+            data = json.loads(path.read_text())
+            state = data.get("state")
         except (OSError, ValueError):
             state = None
-    items = json.loads(path.read_text())["items"] if state in ("swapping", "committed") else []
-    if state == "committed" or (state == "swapping" and _all_in(home, items)):
+    items = data.get("items", []) if state in ("swapping", "committed", "db-pending") else []
+    if state == "db-pending":
+        state = "committed" if _database_committed(home, str(data.get("marker", ""))) else "swapping"
+        if state == "swapping":
+            items = [dict(i, db_pending=True) for i in items]
+    if state == "committed" or (state == "swapping" and _all_in(home, items) and not _pending(items)):
         # Every staged folder is in place: the instance could already be opened as restored.
         finish(home)
         return "finished"
     rollback(home)
     return "rolled back"
+
+
+def _pending(items: list[dict[str, Any]]) -> bool:
+    return any(i.get("db_pending") for i in items)
+
+
+def _database_committed(home: Home, marker: str) -> bool:
+    """Whether the restore's database transaction committed (its marker row is there)."""
+    from ams.backup.pg import marker_present
+    from ams.config import load_settings
+    from ams.errors import DatabaseUnreadable
+
+    url = load_settings(home.config_file).database.url
+    try:
+        return bool(marker) and bool(url) and marker_present(url, marker)
+    except Exception as exc:  # noqa: BLE001 - the database is unreachable: decide later
+        raise DatabaseUnreadable(
+            "a restore onto PostgreSQL was interrupted and the database cannot be reached to see "
+            f"whether it committed ({type(exc).__name__}); run the command again once it is reachable"
+        ) from None

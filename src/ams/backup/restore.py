@@ -19,11 +19,15 @@ written, so the instance is exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import secrets
 import shutil
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -40,11 +44,11 @@ from ams.backup.staging import (
     stage_service_key,
 )
 from ams.clock import Clock, clock_from_env
+from ams.config import load_settings
 from ams.db import migrate
-from ams.db.engine import make_engine, sqlite_url
+from ams.db.engine import describe_url, make_engine, sqlite_url
 from ams.errors import (
     AMSError,
-    BackupUnsupported,
     BadInput,
     DatabaseUnreadable,
     RestoreFailed,
@@ -55,6 +59,9 @@ from ams.home import Home, ensure_private_dir, fsync_dir
 from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock, service_pid
 from ams.security.keyring import ServiceKeySource
+
+if TYPE_CHECKING:
+    from ams.backup.pg import PostgresRestore
 
 __all__ = ["RestoreResult", "resolve_interrupted", "restore_backup"]
 
@@ -72,6 +79,7 @@ class RestoreResult:
     migrated_from: str | None
     new_service_key: bool
     resolved_interrupted: str | None
+    database: str = "sqlite"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +94,7 @@ class RestoreResult:
             "migrated_from": self.migrated_from,
             "new_service_key": self.new_service_key,
             "resolved_interrupted_restore": self.resolved_interrupted,
+            "database": self.database,
         }
 
 
@@ -139,15 +148,70 @@ def _open_current(home: Home, clock: Clock) -> tuple[Instance | None, str | None
         instance = open_instance(home, clock, check_schema=False)
     except (DatabaseUnreadable, SchemaMismatch) as exc:
         return None, f"the current database cannot be opened ({exc.message})"
-    if instance.engine_name != "sqlite":
-        instance.close()
-        raise BackupUnsupported(
-            "restoring into an instance on PostgreSQL is not yet supported: restore into an "
-            "embedded (SQLite) home"
-        )
     if instance.keyring.try_service_unlock() != "unlocked":
         return instance, "the current instance's master key is locked, so its state could not be encrypted"
     return instance, None
+
+
+def _check_target_url(home: Home, url: str) -> str:
+    """``--database-url``: only for an empty home; "" or "sqlite" is the embedded database."""
+    if home.looks_initialised():
+        raise BadInput(
+            f"{home.root} holds an instance: its database is where it keeps it; --database-url is "
+            "for restoring into an empty home"
+        )
+    if url in ("", "sqlite"):
+        return ""
+    if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        raise BadInput("--database-url takes a postgresql:// URL, or `sqlite` for the embedded database")
+    return url
+
+
+def _keep_database_setting(home: Home, staged_toml: Path, option: str | None) -> str:
+    """The restored config keeps the home's own ``[database] url`` (not the backup's).
+
+    Returns the url now written in the staged config: the current config's, or for an empty
+    home ``option`` ("" for the embedded database).
+    """
+    url = option or ""
+    if home.config_file.is_file():
+        try:
+            url = str(tomllib.loads(home.config_file.read_text("utf-8")).get("database", {}).get("url", ""))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError, AttributeError):
+            url = ""
+    text = staged_toml.read_text("utf-8")
+    if load_settings(staged_toml).database.url == url and "AMS_DATABASE__URL" not in os.environ:
+        return url  # already so: the file stays byte for byte as backed up
+    line = f"url = {_toml_string(url)}"
+    section = re.search(r"(?m)^\[database\][ \t]*$", text)
+    if section is None:
+        text = text.rstrip("\n") + f"\n\n[database]\n{line}\n"
+    else:
+        end = re.search(r"(?m)^\[", text[section.end() :])
+        body_end = section.end() + (end.start() if end else len(text) - section.end())
+        body = text[section.end() : body_end]
+        if re.search(r"(?m)^[ \t]*url[ \t]*=", body):
+            body = re.sub(r"(?m)^[ \t]*url[ \t]*=.*$", lambda _m: line, body, count=1)
+        else:
+            body = "\n" + line + body
+        text = text[: section.end()] + body + text[body_end:]
+    staged_toml.write_text(text, "utf-8")
+    load_settings(staged_toml)  # still valid TOML and settings
+    return url
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _target_url(home: Home, config_url: str) -> str:
+    """Where the database goes: a PostgreSQL URL, or "" for the embedded database.
+
+    The environment's AMS_DATABASE__URL wins over the file, as when the instance is opened.
+    """
+    if home.config_file.is_file():
+        return load_settings(home.config_file).database.url
+    return config_url
 
 
 def _record_in_staged(
@@ -159,6 +223,7 @@ def _record_in_staged(
     pre: BackupResult | None,
     migrated_from: str | None,
     new_key: bool,
+    restore_id: str,
 ) -> None:
     engine = make_engine(sqlite_url(db_path, create=False))
     try:
@@ -188,6 +253,7 @@ def _record_in_staged(
                 actor=actor,
                 target=backup_id,
                 details={
+                    "restore_id": restore_id,
                     "file": str(archive),
                     "pre_restore": pre.backup_id if pre else None,
                     "migrated_from": migrated_from,
@@ -217,9 +283,17 @@ def restore_backup(
     password: PasswordSource | None = None,
     clock: Clock | None = None,
     progress: Callable[[int], None] | None = None,
+    database_url: str | None = None,
 ) -> RestoreResult:
+    """Restore ``archive`` into ``home``.
+
+    The database goes where the home's instance keeps it (its ``database.url``). Into an
+    empty home it goes into the embedded database, or onto PostgreSQL at ``database_url``.
+    """
     clock = clock or clock_from_env()
     _refuse_if_running(home)
+    if database_url is not None:
+        database_url = _check_target_url(home, database_url)
     lock: ServiceLock | None = None
     created_lock = False
     if home.run_dir.is_dir():
@@ -238,7 +312,18 @@ def restore_backup(
                     current.close()
                 raise
             return _restore(
-                reader, archive, home, current, skipped, master_key, via, actor, clock, progress, resolved
+                reader,
+                archive,
+                home,
+                current,
+                skipped,
+                master_key,
+                via,
+                actor,
+                clock,
+                progress,
+                resolved,
+                database_url,
             )
     finally:
         if lock is not None:
@@ -260,12 +345,17 @@ def _restore(
     clock: Clock,
     progress: Callable[[int], None] | None,
     resolved: str | None,
+    database_url: str | None,
 ) -> RestoreResult:
     manifest = reader.manifest
     created_root = not home.root.exists()
     pre: BackupResult | None = None
     abort_key: Callable[[], None] = lambda: None  # noqa: E731
     committed = False
+    onto_pg: PostgresRestore | None = None
+    db_committed = False  # past it, only going forward is right (the journal finishes it)
+    target_url = ""
+    restore_id = "rs_" + secrets.token_hex(8)
     try:
         if created_root:
             ensure_private_dir(home.root)
@@ -277,6 +367,7 @@ def _restore(
         migrated_from = _migrate_staged(staged.db_path, staged.revision)
 
         new_key = via != "instance"
+        commit_key: Callable[[], None] = lambda: None  # noqa: E731
         if new_key:
             service_key, key_kind, commit_key, abort_key = stage_service_key(home)
         else:
@@ -300,17 +391,41 @@ def _restore(
             current.close()
             current = None
         _record_in_staged(
-            staged.db_path, clock, actor, manifest.backup_id, archive, pre, migrated_from, new_key
+            staged.db_path, clock, actor, manifest.backup_id, archive, pre, migrated_from, new_key, restore_id
         )
-        journal.swap(home)
+        config_url = _keep_database_setting(home, staged.root / "config" / "ams.toml", database_url)
+        target_url = _target_url(home, config_url)
+        if target_url:
+            from ams.backup.pg import PostgresRestore
+
+            onto_pg = PostgresRestore(staged.db_path, target_url)
+            for leftover in staged.db_path.parent.iterdir():  # the rows are in PostgreSQL now
+                leftover.unlink()
+            pg = onto_pg
+
+            def commit_database() -> None:
+                nonlocal db_committed
+                pg.commit()
+                db_committed = True
+
+            journal.swap(home, commit_database, restore_id)
+        else:
+            journal.swap(home)
         committed = True
         commit_key()
         journal.finish(home)
         for folder in home.layout():
             ensure_private_dir(folder)
     except BaseException as exc:
-        if not committed:
+        if onto_pg is not None and not db_committed:
+            onto_pg.rollback()
+        if not committed and not db_committed:
             _undo(home, created_root, abort_key, pre)
+        elif not committed:
+            # The database already holds the backup: finish the rest rather than undo it.
+            with contextlib.suppress(Exception):
+                commit_key()
+                journal.finish(home)
         if isinstance(exc, AMSError) or not isinstance(exc, Exception):
             raise
         raise RestoreFailed(
@@ -331,6 +446,7 @@ def _restore(
         migrated_from=migrated_from,
         new_service_key=new_key,
         resolved_interrupted=resolved,
+        database=f"postgresql {describe_url(target_url)}" if target_url else "sqlite",
     )
 
 

@@ -2,16 +2,20 @@
 
 It wakes at most every ``poll`` seconds (sooner when the next run is due), asks
 :func:`ams.backup.schedule.run_due` and goes back to sleep. Tests drive ``run_due`` with a
-ManualClock instead of sleeping. With PostgreSQL and several nodes, each run would take a
-PostgreSQL advisory lock so only one node backs up; PostgreSQL backups are not supported
-yet, so for now the thread does nothing on PostgreSQL but log once.
+ManualClock instead of sleeping. With PostgreSQL and several nodes sharing one database,
+each run first takes a PostgreSQL advisory lock (without waiting): only the node that gets
+it backs up, and the others find the run recorded as done when they look next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
+
+from sqlalchemy import text
 
 from ams import audit
 from ams.backup import journal
@@ -49,9 +53,6 @@ class BackupScheduler:
             # In-process tests (a TestClient around an app) move a ManualClock for their own
             # reasons; a backup thread must not act on it behind their back. They call tick().
             return
-        if self.instance.engine_name != "sqlite":
-            log.warning("scheduled backups are not yet supported on PostgreSQL: use pg_dump")
-            return
         self._thread = threading.Thread(target=self._loop, name="ams-backup-scheduler", daemon=True)
         self._thread.start()
 
@@ -61,14 +62,17 @@ class BackupScheduler:
             self._thread.join(timeout=30)
 
     def tick(self) -> dict[str, Any] | None:
-        result = run_due(self.instance)
-        if result is not None:
-            self.last = result
-            if result["ok"]:
-                log.info("scheduled backup written: %s", result["backup"]["path"])
-            else:
-                log.error("scheduled backup failed: %s", result["error"])
-        return result
+        with _one_node(self.instance) as mine:
+            if not mine:
+                return None
+            result = run_due(self.instance)
+            if result is not None:
+                self.last = result
+                if result["ok"]:
+                    log.info("scheduled backup written: %s", result["backup"]["path"])
+                else:
+                    log.error("scheduled backup failed: %s", result["error"])
+            return result
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -79,3 +83,23 @@ class BackupScheduler:
                 log.exception("the backup scheduler met an error; it tries again later")
                 wait = self.poll
             self._stop.wait(max(1.0, min(self.poll, wait)))
+
+
+# Any constant shared by every node; "AMSB" in ASCII.
+ADVISORY_LOCK = 0x414D5342
+
+
+@contextlib.contextmanager
+def _one_node(instance: Instance) -> Iterator[bool]:
+    """On PostgreSQL, whether this node holds the backup lock (held until the block ends)."""
+    if instance.engine_name != "postgresql":
+        yield True
+        return
+    with instance.engine.connect() as conn:
+        mine = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK}).scalar())
+        try:
+            yield mine
+        finally:
+            if mine:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK})
+            conn.commit()

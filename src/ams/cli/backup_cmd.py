@@ -200,6 +200,14 @@ def restore(
     home: HomeOption = None,
     password_stdin: PasswordStdinOption = False,
     yes: Annotated[bool, typer.Option("--yes", help="Replace the current instance without asking.")] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Restoring into an empty home: a postgresql:// URL to restore onto (its password "
+            "from PGPASSWORD or ~/.pgpass), or `sqlite` (the default) for the embedded database.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Replace this instance with a backup (the current state is saved as a pre-restore backup)."""
@@ -220,13 +228,17 @@ def restore(
         target,
         actor=actor(),
         password=_password_source(password_stdin) if can_ask else None,
+        database_url=database_url,
     )
     if json_out:
         emit_json(result.to_dict())
         return
     if result.resolved_interrupted:
         console.print(f"An interrupted restore was found first and {result.resolved_interrupted}.")
-    console.print(f"Restored backup {result.backup_id} (made {result.created_at}) into {result.home}.")
+    console.print(
+        f"Restored backup {result.backup_id} (made {result.created_at}) into {result.home} "
+        f"({result.database})."
+    )
     if result.pre_restore:
         console.print(f"The previous state was saved as {result.pre_restore}.")
     elif result.pre_restore_skipped:
