@@ -3,21 +3,24 @@ consistency under writes, checksums, replicas, the daily automatic snapshots."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from ams import apikeys
 from ams.api import create_app
 from ams.apikeys import Role
 from ams.clock import ManualClock
-from ams.db.models.directory import DirectoryObject, DirectoryRestore
+from ams.db.models.directory import DirectoryObject, DirectoryRestore, Snapshot
 from ams.directory import directories, objects, restore, snapfile, snapshots
 from ams.directory.background import DirectoryJobs
 from ams.directory.entry import Entry
@@ -210,6 +213,40 @@ def test_corrupt_snapshot_is_reported_and_refused(instance: Instance) -> None:
         snapshots.restore(instance, other.id, actor="t")
 
 
+def test_scrub_finds_damage_that_left_size_and_time_alone(instance: Instance, clock: ManualClock) -> None:
+    d = make(instance)
+    objects.import_entries(instance, d, people(5), actor="t")
+    s = snapshots.create(instance, d, actor="t")
+    path = instance.home.snapshots_dir / d / f"{s.id}.snap"
+    assert snapshots.scrub(instance) == []  # read whole: it passes
+    times = path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes().replace(b"user3", b"userX"))  # a failing disk, say
+    os.utime(path, ns=(times, times))
+    assert snapshots.get(instance, s.id).checksum_ok is True  # listing trusts size and time
+    clock.advance(timedelta(hours=1))
+    assert snapshots.scrub(instance) == []  # read an hour ago: not yet again
+    clock.advance(snapshots.SCRUB_INTERVAL)
+    [damaged] = snapshots.scrub(instance)
+    assert damaged.id == s.id and damaged.checksum_ok is False
+    assert snapshots.get(instance, s.id).checksum_ok is False
+    with pytest.raises(SnapshotCorrupt, match="fails its checksum"):
+        snapshots.restore(instance, s.id, actor="t")
+
+
+def test_the_service_jobs_scrub_and_warn(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = make(instance, type="ADConnector")  # no automatic snapshots
+    bad = snapshots.SnapshotInfo(
+        id="s-0123456789", directory_id=d, type="Manual", name=None, status="Completed",
+        start_time=instance.clock.now(), checksum_ok=False,
+    )  # fmt: skip
+    monkeypatch.setattr(snapshots, "scrub", lambda _instance: [bad])
+    with caplog.at_level("WARNING", logger="ams.directory"):
+        DirectoryJobs(instance).tick()
+    assert f"snapshot s-0123456789 of {d} fails its checksum" in caplog.text
+
+
 class SimulatedCrash(BaseException):
     """Stands for the process dying: nothing catches it, nothing cleans up."""
 
@@ -357,9 +394,13 @@ def test_replicas_converge_after_restore(instance: Instance) -> None:
         assert f"cn=later,{BASE}" not in dns(instance, d, region=region)
 
 
-def test_snapshot_under_concurrent_writes_is_one_point_in_time(instance: Instance) -> None:
+def test_snapshot_under_concurrent_writes_is_one_point_in_time(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A writer adds entries in pairs (one transaction each pair) while snapshots are taken:
-    every snapshot holds whole pairs only, and a gap-free prefix of them."""
+    every snapshot holds whole pairs only, and a gap-free prefix of them. Small blocks, so
+    each snapshot reads its entries in many statements, which the writer goes between."""
+    monkeypatch.setattr(snapshots, "_BLOCK_ENTRIES", 7)
     d = make(instance)
     objects.add(instance, d, Entry(BASE, ["domain"], {"dc": ["corp"]}), actor="t")
     stop = threading.Event()
@@ -399,6 +440,47 @@ def test_snapshot_under_concurrent_writes_is_one_point_in_time(instance: Instanc
         assert s.entries == 1 + 2 * len(a)
         counts.append(len(a))
     assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_snapshot_while_every_entry_changes_in_one_transaction(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer rewrites every entry in each of its transactions while snapshots are taken
+    (in blocks of 7 entries, so many statements): each snapshot holds one version of all."""
+    monkeypatch.setattr(snapshots, "_BLOCK_ENTRIES", 7)
+    d = make(instance)
+    objects.import_entries(instance, d, people(60), actor="t")
+    stop = threading.Event()
+    commits = [0]
+
+    def writer() -> None:
+        while not stop.is_set():
+            commits[0] += 1
+            with instance.transaction() as session:
+                session.execute(
+                    update(DirectoryObject)
+                    .where(DirectoryObject.directory_id == d)
+                    .values(attributes=json.dumps({"v": [str(commits[0])]}))
+                )
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    versions = []
+    try:
+        for _ in range(12):
+            seen = commits[0]
+            while commits[0] == seen:  # at least one commit between two snapshots
+                threading.Event().wait(0.001)
+            s = snapshots.create(instance, d, actor="t")
+            _header, rows = snapfile.read_entries(instance.home.snapshots_dir / d / f"{s.id}.snap")
+            found = {attributes for *_, attributes in rows}
+            assert len(found) == 1, "a snapshot mixes two transactions"
+            versions.append(found.pop())
+            snapshots.delete(instance, s.id, actor="t")
+    finally:
+        stop.set()
+        thread.join()
+    assert len(set(versions)) > 1  # the writer did change the entries meanwhile
 
 
 def test_daily_automatic_snapshots_keep_five(instance: Instance, clock: ManualClock) -> None:
@@ -499,9 +581,123 @@ def test_snapshot_file_format(instance: Instance) -> None:
     path = instance.home.snapshots_dir / d / f"{s.id}.snap"
     assert path.stat().st_mode & 0o777 == 0o600
     lines = path.read_bytes().split(b"\n")
-    assert lines[0] == b"AMS-DIRECTORY-SNAPSHOT 1"
+    assert lines[0] == b"AMS-DIRECTORY-SNAPSHOT 2"
     header = json.loads(lines[1])
     assert header["directory_id"] == d and header["snapshot_id"] == s.id
+    body = b"\n".join(lines[3:11]) + b"\n"  # 2 DN columns, 3 lines of classes, 3 of attributes
+    assert lines[2] == b"#BLOCK 3 %d" % len(body)
+    names = [BASE, f"cn=user0,{BASE}", f"cn=user1,{BASE}"]
+    assert json.loads(lines[3]) == names
+    assert json.loads(lines[4]) == names
+    assert [json.loads(x) for x in lines[5:8]] == [["top", "domain"], ["person"], ["person"]]
+    assert [json.loads(x) for x in lines[8:11]] == [
+        {"dc": ["corp"]},
+        {"cn": ["user0"], "sn": ["0"]},
+        {"cn": ["user1"], "sn": ["1"]},
+    ]
     assert lines[-3] == b"#END 3"
     assert lines[-2] == b"#SHA256 " + s.sha256.encode()  # type: ignore[union-attr]
     assert not [p for p in Path(path.parent).iterdir() if p.name.startswith(".")]  # no temp files
+    # The file's time is the moment the snapshot completed, as recorded.
+    assert s.completed_at is not None
+    assert path.stat().st_mtime_ns == int(s.completed_at.timestamp() * 1_000_000) * 1000
+
+
+def test_awkward_values_survive_a_snapshot_and_restore(instance: Instance) -> None:
+    """Quotes, backslashes, line feeds and TABs in DNs and values, non-ASCII text, binary
+    values, and more entries than one block holds."""
+    d = make(instance)
+    entries = people(12000)
+    entries += [
+        Entry(
+            f'cn=Zoë "Q" \\, a\tb\nc {i},{BASE}',
+            ["person"],
+            {"cn": [f"Zoë\n{i}"], "photo": [b"\xff\x00\t\n"]},
+        )
+        for i in range(3)
+    ]
+    objects.import_entries(instance, d, entries, actor="t")
+    before = [e.to_dict() for e in objects.list_entries(instance, d, limit=10000, offset=5000)]
+    s = snapshots.create(instance, d, actor="t")
+    assert s.entries == 12004
+    path = instance.home.snapshots_dir / d / f"{s.id}.snap"
+    assert path.read_bytes().count(b"\n#BLOCK ") >= 2
+    objects.delete(instance, d, f"cn=user7,{BASE}", actor="t")
+    snapshots.restore(instance, s.id, actor="t")
+    assert restore.run_pending(instance)[0].state == "done"
+    assert [e.to_dict() for e in objects.list_entries(instance, d, limit=10000, offset=5000)] == before
+    got = objects.get(instance, d, entries[-1].dn)
+    assert got.attributes == {"cn": ["Zoë\n2"], "photo": [b"\xff\x00\t\n"]}
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite a snapshot file in format 1 (one TAB-separated line per entry), as AMS wrote it
+    before format 2."""
+    header, rows = snapfile.read_entries(path)
+    lines = [b"AMS-DIRECTORY-SNAPSHOT 1\n", json.dumps(header, sort_keys=True).encode() + b"\n"]
+    count = 0
+    for dn, norm, classes, attributes in rows:
+        quoted = [json.dumps(dn, ensure_ascii=False), json.dumps(norm, ensure_ascii=False)]
+        lines.append("\t".join([*quoted, classes, attributes]).encode() + b"\n")
+        count += 1
+    lines.append(b"#END %d\n" % count)
+    data = b"".join(lines)
+    path.write_bytes(data + b"#SHA256 " + hashlib.sha256(data).hexdigest().encode() + b"\n")
+
+
+def test_a_format_1_snapshot_still_restores(instance: Instance, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapfile, "_LEGACY_BATCH", 4)  # 9 entries: batches of 4, 4 and 1
+    d = make(instance)
+    objects.import_entries(instance, d, people(7), actor="t")
+    objects.add(instance, d, Entry(f'cn=Zoë "Q",{BASE}', ["person"], {"cn": ["Zoë"]}), actor="t")
+    before = [e.to_dict() for e in objects.list_entries(instance, d)]
+    s = snapshots.create(instance, d, actor="t")
+    path = instance.home.snapshots_dir / d / f"{s.id}.snap"
+    _as_format_1(path)
+    with instance.transaction() as session:
+        row = session.get(Snapshot, s.id)
+        assert row is not None
+        row.sha256 = snapfile.verify(path, None)
+        row.size = path.stat().st_size
+    assert snapshots.get(instance, s.id).checksum_ok is True  # read whole, once
+    objects.delete(instance, d, f"cn=user3,{BASE}", actor="t")
+    snapshots.restore(instance, s.id, actor="t")
+    [result] = restore.run_pending(instance)
+    assert result.state == "done" and result.entries == 9
+    assert [e.to_dict() for e in objects.list_entries(instance, d)] == before
+
+
+def test_listing_reads_a_file_only_when_it_changed(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = make(instance)
+    objects.import_entries(instance, d, people(5), actor="t")
+    s = snapshots.create(instance, d, actor="t")
+    path = instance.home.snapshots_dir / d / f"{s.id}.snap"
+    reads: list[Path] = []
+    real_verify = snapfile.verify
+
+    def counting_verify(p: Path, expected: str | None) -> str:
+        reads.append(p)
+        return real_verify(p, expected)
+
+    real_read_blocks = snapfile.read_blocks
+
+    def counting_read_blocks(p: Path, expected: str | None) -> Any:
+        reads.append(p)
+        return real_read_blocks(p, expected)
+
+    monkeypatch.setattr(snapfile, "verify", counting_verify)
+    monkeypatch.setattr(snapfile, "read_blocks", counting_read_blocks)
+    assert [x.checksum_ok for x in snapshots.list_snapshots(instance, d)] == [True]
+    assert reads == []  # as written: not read
+    os.utime(path)  # the same bytes, a new time (a copy, a restored backup)
+    assert snapshots.get(instance, s.id).checksum_ok is True
+    assert reads == [path]  # read whole once, and its time set back
+    assert snapshots.get(instance, s.id).checksum_ok is True
+    assert reads == [path]
+    # The explicit check and the restore worker always read the file.
+    snapshots.verify(instance, s.id)
+    snapshots.restore(instance, s.id, actor="t")
+    assert restore.run_pending(instance)[0].state == "done"
+    assert reads == [path, path, path, path]  # the worker: a check, then the load

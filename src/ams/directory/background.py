@@ -1,8 +1,10 @@
-"""The directory jobs ``ams serve`` runs: the restore worker and the daily automatic snapshots.
+"""The directory jobs ``ams serve`` runs: the restore worker, the daily automatic snapshots
+and the scrub of snapshot files.
 
 One thread. It carries out queued restores as soon as :func:`ams.directory.restore.notify`
 wakes it (and every ``poll`` seconds in any case, for restores queued by another process),
-and checks every ``auto_check`` seconds whether a directory is due its daily snapshot.
+and every ``auto_check`` seconds checks whether a directory is due its daily snapshot and
+reads one snapshot file not read for a day (:func:`ams.directory.snapshots.scrub`).
 Tests call :meth:`DirectoryJobs.tick` themselves instead of starting the thread, with a
 ManualClock, so nothing sleeps.
 """
@@ -34,7 +36,7 @@ class DirectoryJobs:
         self._next_auto: datetime | None = None
 
     def tick(self) -> None:
-        """One round: pending restores, then the automatic snapshots when their check is due."""
+        """One round: pending restores, then the automatic snapshots and the scrub when due."""
         for result in restore.run_pending(self.instance):
             if result.state == "failed":
                 log.warning(
@@ -52,6 +54,12 @@ class DirectoryJobs:
             self._next_auto = now + self.auto_check
             for taken in snapshots.run_auto_snapshots(self.instance):
                 log.info("automatic snapshot %s of %s taken", taken.id, taken.directory_id)
+            for damaged in snapshots.scrub(self.instance):
+                log.warning(
+                    "snapshot %s of %s fails its checksum: it cannot be restored; delete it",
+                    damaged.id,
+                    damaged.directory_id,
+                )
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -28,6 +28,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 
 from sqlalchemy import Connection, delete, select, update
 
@@ -216,44 +217,36 @@ def _load(
         path = snapshot_path(instance, snap)
         expected = snap.sha256
     snapfile.verify(path, expected)
-    header, rows = snapfile.read_entries(path)
+    header, blocks = snapfile.read_blocks(path, expected)
     if header.get("directory_id") != job.directory_id:
         raise ValueError(f"snapshot file {path.name} belongs to directory {header.get('directory_id')}")
     # Leftovers of an interrupted attempt: this generation was never live, so drop it whole.
     _drop_generation(instance, job.directory_id, job.target_generation)
     count = 0
-    batch: list[tuple[str, int, str, str, str, str]] = []
     directory_id, generation = job.directory_id, job.target_generation
+
+    def batches() -> Iterator[list[tuple[str, int, str, str, str, str]]]:
+        pending: list[tuple[str, int, str, str, str, str]] = []
+        for dns, norms, classes, attributes in blocks:
+            pending.extend(zip(repeat(directory_id), repeat(generation), dns, norms, classes, attributes))
+            while len(pending) >= _BATCH:
+                yield pending[:_BATCH]
+                del pending[:_BATCH]
+        if pending:
+            yield pending
 
     with _loading_connection(instance) as conn:
         sql = _INSERT_QMARK if conn.dialect.paramstyle == "qmark" else _INSERT_FORMAT
-
-        def flush() -> None:
-            nonlocal count, batch
+        # The file is parsed in a thread, a batch ahead, while the database inserts the last one.
+        for batch in prefetched(batches(), depth=2):
             # Straight to the driver: at 100,000 entries the ORM's per-row work would dominate.
             with conn.begin():
                 conn.exec_driver_sql(sql, batch)  # type: ignore[arg-type]
             count += len(batch)
-            batch = []
             if progress is not None:
                 progress(directory_id, count)
             if hook is not None:
                 hook("loaded", count)
-
-        def batches() -> Iterator[list[tuple[str, int, str, str, str, str]]]:
-            chunk: list[tuple[str, int, str, str, str, str]] = []
-            for dn, dn_norm, classes, attrs in rows:
-                chunk.append((directory_id, generation, dn, dn_norm, classes, attrs))
-                if len(chunk) >= _BATCH:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
-
-        # The file is parsed in a thread, a batch ahead, while SQLite inserts the last one.
-        for ready in prefetched(batches(), depth=2):
-            batch = ready
-            flush()
     return count
 
 

@@ -1,6 +1,6 @@
 """Snapshots of a directory: take, list, delete, restore (queued), limits, automatic ones.
 
-A snapshot is the directory's entries at one point in time, read by ONE database statement
+A snapshot is the directory's entries at one point in time, read in ONE read transaction
 (a consistent read, whatever writers do meanwhile) and streamed into a checksummed file in
 the snapshot store (:mod:`ams.directory.snapfile`). Manual snapshots are limited to
 :data:`MANUAL_LIMIT` per directory; automatic ones (``ams serve``, daily) are kept apart,
@@ -50,6 +50,7 @@ __all__ = [
     "AUTO_KEEP",
     "MANUAL_LIMIT",
     "MAX_RESTORE_AGE",
+    "SCRUB_INTERVAL",
     "SnapshotInfo",
     "SnapshotLimits",
     "create",
@@ -59,6 +60,7 @@ __all__ = [
     "list_snapshots",
     "restore",
     "run_auto_snapshots",
+    "scrub",
     "snapshot_path",
     "verify",
 ]
@@ -69,6 +71,7 @@ MANUAL_LIMIT = 5
 AUTO_KEEP = 5
 AUTO_INTERVAL = timedelta(days=1)
 MAX_RESTORE_AGE = timedelta(days=180)
+SCRUB_INTERVAL = timedelta(days=1)
 _NAME_MAX = 128
 
 
@@ -122,25 +125,50 @@ def snapshot_path(instance: Instance, row: Snapshot) -> Path:
     return instance.home.snapshots_dir / (row.file or f"{row.directory_id}/{row.id}.snap")
 
 
-# Checking a file means reading it whole; remember the answer while the file is unchanged.
+# Full checks (the whole file read) in this process: the answer, while the file stays as
+# it was; and when the scrub last checked each snapshot.
 _verified: dict[tuple[str, int, int, int, str], bool] = {}
+_scrubbed: dict[str, datetime] = {}
 
 
-def _checksum_ok(instance: Instance, row: Snapshot) -> bool | None:
-    if row.status != "Completed":
-        return None
-    path = snapshot_path(instance, row)
+def _file_key(path: Path, row: Snapshot) -> tuple[str, int, int, int, str] | None:
     try:
         st = path.stat()
     except OSError:
+        return None
+    return (str(path), st.st_ino, st.st_size, st.st_mtime_ns, row.sha256 or "")
+
+
+def _full_check(row: Snapshot, path: Path, key: tuple[str, int, int, int, str]) -> bool:
+    try:
+        snapfile.verify(path, row.sha256)
+    except SnapshotCorrupt:
+        _verified[key] = False
         return False
-    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, row.sha256 or "")
+    _verified[key] = True
+    if row.completed_at is not None:
+        snapfile.stamp(path, row.completed_at)  # the quick check holds again
+    return True
+
+
+def _checksum_ok(instance: Instance, row: Snapshot) -> bool | None:
+    """Does the snapshot's file pass its checksum? Without reading it when its size and
+    modification time are still those it was written with (:func:`snapfile.unchanged`) and
+    no full check in this process found it damaged; otherwise by reading it whole, once
+    while it stays as it is. Whatever this says, the restore worker checks the whole file
+    in the pass that loads it, and :func:`scrub` reads every file now and then."""
+    if row.status != "Completed":
+        return None
+    path = snapshot_path(instance, row)
+    key = _file_key(path, row)
+    if key is None:
+        return False
+    if _verified.get(key) is False:
+        return False
+    if snapfile.unchanged(path, row.size, row.completed_at):
+        return True
     if key not in _verified:
-        try:
-            snapfile.verify(path, row.sha256)
-            _verified[key] = True
-        except SnapshotCorrupt:
-            _verified[key] = False
+        _full_check(row, path, key)
     return _verified[key]
 
 
@@ -197,43 +225,72 @@ def _check_snapshottable(directory: Directory) -> None:
         )
 
 
-_ROWS_PER_CHUNK = 5000
+_BLOCK_ENTRIES = 5000
+
+# One block of the snapshot file, built by SQLite: each column with one aggregate over a
+# range of ids (no work per entry in Python, and the GIL is released while SQLite builds
+# it). The aggregates step over the same rows, so the columns line up; the index named
+# makes that the order entries were added in (SQLite has no ORDER BY inside an aggregate
+# before 3.44).
+_SQLITE_ROWS = "FROM directory_objects INDEXED BY ix_directory_objects_generation WHERE directory_id = ? "
+_SQLITE_BLOCK_END = f"SELECT id {_SQLITE_ROWS} AND generation = ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?"
+_SQLITE_BLOCK = (
+    "SELECT count(*), CAST(json_group_array(dn) AS BLOB), CAST(json_group_array(dn_norm) AS BLOB), "
+    "CAST(group_concat(object_classes, char(10)) AS BLOB), CAST(group_concat(attributes, char(10)) AS BLOB) "
+    f"{_SQLITE_ROWS} AND generation = ? AND id > ? AND id <= ?"
+)
+_LAST_ID = 2**63 - 1
+_POSTGRES_ROWS = (
+    "SELECT o.dn, o.dn_norm, o.object_classes, o.attributes "
+    "FROM directory_objects o JOIN directories d "
+    "ON d.id = o.directory_id AND d.generation = o.generation "
+    "WHERE o.directory_id = %s ORDER BY o.id"
+)
 
 
-def _consistent_chunks(instance: Instance, directory_id: str) -> Iterator[tuple[bytes, int]]:
-    """The live entries of the directory as snapshot lines (with how many each chunk holds),
-    read by ONE statement: one point in time, whatever writers do meanwhile (SQLite WAL and
-    PostgreSQL both give a statement a consistent view). The database formats each line,
-    as bytes; Python only joins them."""
+def _consistent_blocks(instance: Instance, directory_id: str) -> Iterator[snapfile.Block]:
+    """The live entries of the directory as snapshot blocks, read at one point in time
+    whatever writers do meanwhile: on SQLite by one read transaction (WAL gives it one
+    snapshot of the database from its first read to its end), on PostgreSQL by one
+    statement through a server-side cursor."""
     with instance.engine.connect() as conn:
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
-        if conn.dialect.name == "sqlite":
-            sql = (
-                "SELECT CAST(json_quote(o.dn) || char(9) || json_quote(o.dn_norm) || char(9) || "
-                "o.object_classes || char(9) || o.attributes || char(10) AS BLOB) "
-                "FROM directory_objects o JOIN directories d "
-                "ON d.id = o.directory_id AND d.generation = o.generation "
-                "WHERE o.directory_id = ? ORDER BY o.id"
-            )
-            # Read the database file through a memory map: no copy through read() calls.
-            dbapi.execute("PRAGMA mmap_size=1073741824")
-            cursor = dbapi.cursor()
-        else:
-            sql = (
-                "SELECT convert_to(to_json(o.dn)::text || chr(9) || to_json(o.dn_norm)::text || chr(9) || "
-                "o.object_classes || chr(9) || o.attributes || chr(10), 'UTF8') "
-                "FROM directory_objects o JOIN directories d "
-                "ON d.id = o.directory_id AND d.generation = o.generation "
-                "WHERE o.directory_id = %s ORDER BY o.id"
-            )
+        if conn.dialect.name != "sqlite":
             cursor = dbapi.cursor(name=f"snapshot_{directory_id.replace('-', '_')}")  # server-side: streams
+            try:
+                cursor.execute(_POSTGRES_ROWS, (directory_id,))
+                while rows := cursor.fetchmany(_BLOCK_ENTRIES):
+                    yield snapfile.encode_block(rows)
+            finally:
+                cursor.close()
+            return
+        # Read the database file through a memory map: no copy through read() calls.
+        dbapi.execute("PRAGMA mmap_size=1073741824")
+        cursor = dbapi.cursor()
         try:
-            cursor.execute(sql, (directory_id,))
-            while rows := cursor.fetchmany(_ROWS_PER_CHUNK):
-                yield b"".join([r[0] for r in rows]), len(rows)
+            cursor.execute("BEGIN")
+            found = cursor.execute(
+                "SELECT generation FROM directories WHERE id = ?", (directory_id,)
+            ).fetchone()
+            if found is None:
+                return
+            generation, last = found[0], -1
+            while last < _LAST_ID:
+                # The block's last id: an index-only step over the next _BLOCK_ENTRIES ids.
+                end = cursor.execute(
+                    _SQLITE_BLOCK_END, (directory_id, generation, last, _BLOCK_ENTRIES - 1)
+                ).fetchone()
+                upto = _LAST_ID if end is None else end[0]
+                entries, dns, norms, classes, attributes = cursor.execute(
+                    _SQLITE_BLOCK, (directory_id, generation, last, upto)
+                ).fetchone()
+                if entries:
+                    yield snapfile.Block(entries, dns, norms, classes, attributes)
+                last = upto
         finally:
             cursor.close()
+            dbapi.rollback()  # the read transaction: it changed nothing
 
 
 def prefetched(chunks: Iterator[T], depth: int = 8) -> Iterator[T]:
@@ -341,7 +398,9 @@ def _take(
         }
     path = instance.home.snapshots_dir / relative
     try:
-        written = snapfile.write(path, header, prefetched(_consistent_chunks(instance, directory_id)))
+        written = snapfile.write(
+            path, header, prefetched(_consistent_blocks(instance, directory_id)), now=instance.clock.now
+        )
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"[:500]
         with instance.transaction() as session:
@@ -367,7 +426,7 @@ def _take(
                 os.unlink(path)
             raise SnapshotNotFound(f"directory {directory_id} was deleted while its snapshot was taken")
         row.status = "Completed"
-        row.completed_at = instance.clock.now()
+        row.completed_at = written.completed  # the file's modification time too
         row.size = written.size
         row.sha256 = written.sha256
         row.entries = written.entries
@@ -447,7 +506,8 @@ def list_snapshots(
     directory_id: str | None = None,
     snapshot_ids: list[str] | None = None,
 ) -> list[SnapshotInfo]:
-    """Snapshots, newest first, with each file's checksum checked."""
+    """Snapshots, newest first, each with whether its file passes its checksum (a file
+    unchanged since it was written or last verified is not read again)."""
     with instance.session() as session:
         query = select(Snapshot).order_by(Snapshot.start_time.desc(), Snapshot.id.desc())
         if directory_id is not None:
@@ -477,8 +537,37 @@ def verify(instance: Instance, snapshot_id: str) -> SnapshotInfo:
         row = _load(session, snapshot_id)
         if row.status != "Completed":
             raise Conflict(f"snapshot {snapshot_id} is {row.status}: only Completed snapshots have a file")
-        snapfile.verify(snapshot_path(instance, row), row.sha256)
+        path = snapshot_path(instance, row)
+        snapfile.verify(path, row.sha256)
+        if row.completed_at is not None:
+            snapfile.stamp(path, row.completed_at)
         return _info(instance, row)
+
+
+def scrub(instance: Instance, *, limit: int = 1) -> list[SnapshotInfo]:
+    """Read whole up to ``limit`` snapshot files that this process has not checked for
+    :data:`SCRUB_INTERVAL` (the longest unchecked first), and return those that fail.
+
+    Listing snapshots trusts a file whose size and time are as written; damage that leaves
+    both alone (a failing disk) is found here. ``ams serve`` runs this every round of its
+    directory jobs, so such a file shows as ``checksum_ok: false`` (and a restore from it
+    is refused at the request) within about a day.
+    """
+    now = instance.clock.now()
+    with instance.session() as session:
+        rows = session.scalars(select(Snapshot).where(Snapshot.status == "Completed")).all()
+    for gone in set(_scrubbed) - {r.id for r in rows}:
+        del _scrubbed[gone]
+    due = [r for r in rows if r.id not in _scrubbed or now - _scrubbed[r.id] >= SCRUB_INTERVAL]
+    due.sort(key=lambda r: (r.id in _scrubbed, _scrubbed.get(r.id, now)))
+    damaged = []
+    for row in due[:limit]:
+        _scrubbed[row.id] = now
+        path = snapshot_path(instance, row)
+        key = _file_key(path, row)
+        if key is None or not _full_check(row, path, key):
+            damaged.append(_info(instance, row))
+    return damaged
 
 
 def _delete(instance: Instance, snapshot_id: str, *, actor: str, event: audit.Event) -> SnapshotInfo:
@@ -558,7 +647,7 @@ def restore(instance: Instance, snapshot_id: str, *, region: str | None = None, 
                 f"snapshot {snapshot_id} was taken {age.days} days ago; snapshots older than 180 days "
                 "cannot be restored: choose a newer snapshot"
             )
-        if not _checksum_ok(instance, row):  # remembered while the file is unchanged
+        if not _checksum_ok(instance, row):  # and the worker checks the whole file as it loads
             snapfile.verify(snapshot_path(instance, row), row.sha256)  # raises, with the reason
     with instance.transaction() as session:
         directory = directories.load(session, row.directory_id, for_update=True)
