@@ -123,3 +123,19 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(url)
+
+
+@pytest.fixture
+def pg_instance(pg_server: PostgresServer, tmp_path: Path, clock: ManualClock) -> Iterator[Instance]:
+    """An initialised instance on a fresh PostgreSQL database, with the test's clock."""
+    url = pg_server.create_database()
+    home = Home(tmp_path / "home")
+    create_instance(
+        home, recovery_password=RECOVERY_PASSWORD, database_url_option=url, actor="test", clock=clock
+    )
+    instance = open_instance(home, clock)
+    try:
+        yield instance
+    finally:
+        instance.close()
+        pg_server.drop_database(url)

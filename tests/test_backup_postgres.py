@@ -8,7 +8,6 @@ transaction) or onto the embedded database of a machine without PostgreSQL.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,10 @@ from ams import apikeys, audit, backup
 from ams.api import create_app
 from ams.backup import journal, pg
 from ams.backup.restore import resolve_interrupted
-from ams.clock import ManualClock
 from ams.db.models import Base
 from ams.errors import RestoreFailed
 from ams.home import Home
-from ams.instance import Instance, create_instance, open_instance
+from ams.instance import Instance, open_instance
 from ams.vault import passwords
 from conftest import RECOVERY_PASSWORD, run_ams, tree_digest
 from pg import PostgresServer
@@ -33,21 +31,6 @@ from test_vault_support import Agent, _small_keys, register  # noqa: F401 - _sma
 pytestmark = pytest.mark.postgres
 
 CHANGING = {"audit_events", "backups"}  # a restore adds its own events and pre-restore row
-
-
-@pytest.fixture
-def pg_instance(pg_server: PostgresServer, tmp_path: Path, clock: ManualClock) -> Iterator[Instance]:
-    url = pg_server.create_database()
-    home = Home(tmp_path / "home")
-    create_instance(
-        home, recovery_password=RECOVERY_PASSWORD, database_url_option=url, actor="test", clock=clock
-    )
-    instance = open_instance(home, clock)
-    try:
-        yield instance
-    finally:
-        instance.close()
-        pg_server.drop_database(url)
 
 
 def _rows(instance: Instance) -> dict[str, list[str]]:

@@ -253,37 +253,69 @@ def test_a_failure_injected_midway_leaves_the_instance_unchanged(
     assert tree_digest(home.root) == before
 
 
+class Crash(BaseException):
+    """The power goes: raised from inside the restore, nothing cleaned up after it."""
+
+
+def _crash_restore(
+    populated: Instance,
+    archive: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    after_step: int | None = None,
+    at_state: str | None = None,
+    at_finish: bool = False,
+) -> Home:
+    """Run a restore that dies after journal rename ``after_step``, when the journal is about
+    to say ``at_state``, or when it would ``finish``; return the home, as the crash left it."""
+    home = populated.home
+    with monkeypatch.context() as patch:
+        patch.setattr(restore_module, "_undo", lambda *a, **k: None)  # a crash cleans nothing up
+        if after_step is not None:
+            original_step, calls = journal.step, {"n": 0}
+
+            def step(home: Home, move: str, name: str) -> None:
+                calls["n"] += 1
+                original_step(home, move, name)
+                if calls["n"] == after_step:
+                    raise Crash()
+
+            patch.setattr(journal, "step", step)
+        if at_state is not None:
+            original_write = journal._write
+
+            def write(home: Home, state: str, items: list, marker: str | None = None) -> None:  # type: ignore[type-arg]
+                if state == at_state:
+                    raise Crash()
+                original_write(home, state, items, marker)
+
+            patch.setattr(journal, "_write", write)
+        if at_finish:
+            patch.setattr(journal, "finish", lambda home: (_ for _ in ()).throw(Crash()))
+        with pytest.raises(Crash):
+            backup.restore_backup(archive, home, actor="test", clock=populated.clock)
+    return home
+
+
+def _drop_pre_restore_backups(home: Home) -> None:
+    """A crash leaves its pre-restore backup behind: harmless, and set aside here."""
+    for p in home.backups_dir.iterdir():
+        if "pre-restore" in p.name:
+            p.unlink()
+
+
 def test_a_crash_midway_is_rolled_back_at_the_next_start(
     populated: Instance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = backup.create_backup(populated, actor="test")
     _changed(populated)
-    home = populated.home
-    before = tree_digest(home.root)
-
-    class Crash(BaseException):
-        pass
-
-    original = journal.step
-    calls = {"n": 0}
-
-    def crashing(home: Home, move: str, name: str) -> None:
-        calls["n"] += 1
-        original(home, move, name)
-        if calls["n"] == 5:  # all moved aside, snapshots and config moved in ... the power goes
-            raise Crash()
-
-    monkeypatch.setattr(journal, "step", crashing)
-    monkeypatch.setattr(restore_module, "_undo", lambda *a, **k: None)  # a crash cleans nothing up
-    with pytest.raises(Crash):
-        backup.restore_backup(result.path, home, actor="test", clock=populated.clock)
+    before = tree_digest(populated.home.root)
+    # All moved aside, snapshots and config moved in ... the power goes.
+    home = _crash_restore(populated, result.path, monkeypatch, after_step=5)
     assert tree_digest(home.root) != before
     with pytest.raises(DatabaseUnreadable, match="ams backup restore"):
         open_instance(home, populated.clock)  # half-swapped: nothing opens it
-    monkeypatch.undo()
-    pre = [p for p in home.backups_dir.iterdir() if "pre-restore" in p.name]
-    for p in pre:  # the crash left its pre-restore backup behind: harmless, and set aside here
-        p.unlink()
+    _drop_pre_restore_backups(home)
     assert journal.resume(home) == "rolled back"
     assert tree_digest(home.root) == before
     again = open_instance(home, populated.clock)
@@ -295,29 +327,10 @@ def test_the_next_command_resolves_a_crashed_restore_before_it_opens_the_instanc
 ) -> None:
     result = backup.create_backup(populated, actor="test")
     _changed(populated)
-    home = populated.home
     populated.close()
-    before = tree_digest(home.root)
-    calls = {"n": 0}
-    original = journal.step
-
-    class Crash(BaseException):
-        pass
-
-    def crashing(home: Home, move: str, name: str) -> None:
-        calls["n"] += 1
-        original(home, move, name)
-        if calls["n"] == 4:
-            raise Crash()
-
-    monkeypatch.setattr(journal, "step", crashing)
-    monkeypatch.setattr(restore_module, "_undo", lambda *a, **k: None)  # a crash cleans nothing up
-    with pytest.raises(Crash):
-        backup.restore_backup(result.path, home, actor="test", clock=populated.clock)
-    monkeypatch.undo()
-    for p in home.backups_dir.iterdir():  # the crash left its pre-restore backup behind
-        if "pre-restore" in p.name:
-            p.unlink()
+    before = tree_digest(populated.home.root)
+    home = _crash_restore(populated, result.path, monkeypatch, after_step=4)
+    _drop_pre_restore_backups(home)
     shown = run_ams("status", home=home.root)
     assert shown.returncode == 0, shown.stderr
     assert "interrupted has been rolled back" in shown.stderr
@@ -336,19 +349,7 @@ def test_a_crash_after_the_commit_point_is_finished(
     result = backup.create_backup(populated, actor="test")
     at_backup = table_dump(populated.home.sqlite_path, skip=_GROWS)
     _changed(populated)
-    home = populated.home
-
-    class Crash(BaseException):
-        pass
-
-    def crash(home: Home) -> None:
-        raise Crash()
-
-    monkeypatch.setattr(journal, "finish", crash)
-    monkeypatch.setattr(restore_module, "_undo", lambda *a, **k: None)
-    with pytest.raises(Crash):
-        backup.restore_backup(result.path, home, actor="test", clock=populated.clock)
-    monkeypatch.undo()
+    home = _crash_restore(populated, result.path, monkeypatch, at_finish=True)
     assert journal.resume(home) == "finished"
     assert not journal.work_dir(home).exists()
     assert table_dump(home.sqlite_path, skip=_GROWS) == at_backup
@@ -396,23 +397,7 @@ def test_a_crash_after_the_last_rename_is_finished_not_undone(
     result = backup.create_backup(populated, actor="test")
     at_backup = table_dump(populated.home.sqlite_path, skip=_GROWS)
     _changed(populated)
-    home = populated.home
-
-    class Crash(BaseException):
-        pass
-
-    original = journal._write
-
-    def write(home: Home, state: str, items: list) -> None:  # type: ignore[type-arg]
-        if state == "committed":
-            raise Crash()
-        original(home, state, items)
-
-    monkeypatch.setattr(journal, "_write", write)
-    monkeypatch.setattr(restore_module, "_undo", lambda *a, **k: None)
-    with pytest.raises(Crash):
-        backup.restore_backup(result.path, home, actor="test", clock=populated.clock)
-    monkeypatch.undo()
+    home = _crash_restore(populated, result.path, monkeypatch, at_state="committed")
     assert journal.resume(home) == "finished"
     assert table_dump(home.sqlite_path, skip=_GROWS) == at_backup
     assert not journal.work_dir(home).exists()
@@ -426,19 +411,7 @@ def test_resolving_an_interrupted_restore_is_audited_and_waits_for_the_lock(
 
     result = backup.create_backup(populated, actor="test")
     _changed(populated)
-    home = populated.home
-
-    class Crash(BaseException):
-        pass
-
-    def crash(home: Home) -> None:
-        raise Crash()
-
-    monkeypatch.setattr(journal, "finish", crash)
-    monkeypatch.setattr(restore_module, "_undo", lambda *a, **k: None)
-    with pytest.raises(Crash):
-        backup.restore_backup(result.path, home, actor="test", clock=populated.clock)
-    monkeypatch.undo()
+    home = _crash_restore(populated, result.path, monkeypatch, at_finish=True)
     lock = ServiceLock(home.lock_file)
     lock.acquire()  # a restore (or the service) at work: leave its folder alone
     try:

@@ -6,9 +6,7 @@ unless AMS_TEST_REQUIRE_POSTGRES or CI is set.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,29 +14,11 @@ from fastapi.testclient import TestClient
 from ams import audit
 from ams.api import create_app
 from ams.clock import ManualClock
-from ams.home import Home
-from ams.instance import Instance, create_instance, open_instance
+from ams.instance import Instance
 from ams.vault import certificates, devices, passwords, policy, regkeys
-from conftest import RECOVERY_PASSWORD
-from pg import PostgresServer
 from test_vault_support import _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_instance(pg_server: PostgresServer, tmp_path: Path, clock: ManualClock) -> Iterator[Instance]:
-    url = pg_server.create_database()
-    home = Home(tmp_path / "home")
-    create_instance(
-        home, recovery_password=RECOVERY_PASSWORD, database_url_option=url, actor="test", clock=clock
-    )
-    instance = open_instance(home, clock)
-    try:
-        yield instance
-    finally:
-        instance.close()
-        pg_server.drop_database(url)
 
 
 def test_the_vault_on_postgresql(pg_instance: Instance, clock: ManualClock) -> None:
