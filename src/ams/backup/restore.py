@@ -429,7 +429,7 @@ def _restore(
         if isinstance(exc, AMSError) or not isinstance(exc, Exception):
             raise
         raise RestoreFailed(
-            f"the restore failed ({type(exc).__name__}: {exc}); the instance was left exactly as it was"
+            f"the restore failed ({_reason(exc)}); the instance was left exactly as it was"
         ) from exc
     finally:
         if current is not None:
@@ -448,6 +448,14 @@ def _restore(
         resolved_interrupted=resolved,
         database=f"postgresql {describe_url(target_url)}" if target_url else "sqlite",
     )
+
+
+def _reason(exc: BaseException) -> str:
+    """One line about a failure; for a database error the driver's message only (SQLAlchemy's
+    own text would repeat the statement and its parameters, blobs and all)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 def _undo(home: Home, created_root: bool, abort_key: Callable[[], None], pre: BackupResult | None) -> None:
