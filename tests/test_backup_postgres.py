@@ -8,6 +8,7 @@ transaction) or onto the embedded database of a machine without PostgreSQL.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ams import apikeys, audit, backup
 from ams.api import create_app
 from ams.backup import journal, pg
 from ams.backup.restore import resolve_interrupted
+from ams.clock import ManualClock
 from ams.db.models import Base
 from ams.errors import RestoreFailed
 from ams.home import Home
@@ -229,3 +231,24 @@ def test_a_crash_between_the_folders_and_the_database_commit_is_resolved(
             assert _steady(rows) == _steady(before)
     finally:
         again.close()
+
+
+def test_only_the_node_holding_the_advisory_lock_runs_the_scheduled_backup(
+    pg_instance: Instance, clock: ManualClock, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from ams.backup.scheduler import ADVISORY_LOCK, BackupScheduler
+
+    backup.set_settings(pg_instance, actor="test", destination=tmp_path / "shared")
+    clock.advance(timedelta(days=2))  # the daily run is due
+    url = pg_instance.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as other_node:
+        other_node.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK,))  # another node is at it
+        assert BackupScheduler(pg_instance).tick() is None
+        assert backup.list_backups(pg_instance) == []
+        other_node.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK,))
+    ran = BackupScheduler(pg_instance).tick()
+    assert ran is not None and ran["ok"], ran
+    assert [e.kind for e in backup.list_backups(pg_instance)] == ["scheduled"]
+    assert BackupScheduler(pg_instance).tick() is None  # done for today, whichever node asks
