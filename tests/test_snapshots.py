@@ -190,6 +190,37 @@ def test_file_corrupted_after_the_request_fails_the_restore(instance: Instance) 
     assert f"cn=later,{BASE}" in dns(instance, d)
 
 
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: data.replace(b"user7", b"userX"), "fails its checksum"),  # still parses
+        (lambda data: data.replace(b'["dc=corp', b"[\x00dc=corp", 1), "fails its checksum"),  # does not parse
+        (lambda data: data[: len(data) // 2], "checksum trailer"),
+        (lambda data: data[:-75] + b"#END 3\n" + data[-73:], "fails its checksum"),
+    ],
+)
+def test_the_worker_checks_the_file_as_it_loads(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch, damage: Any, reason: str
+) -> None:
+    """Damaged after the request: the worker, which checks the file in the pass that loads
+    it, fails before the switch and leaves the data as it was."""
+    monkeypatch.setattr(restore, "_BATCH", 4)  # batches are staged before the end is read
+    d = make(instance)
+    objects.import_entries(instance, d, people(20), actor="t")
+    s = snapshots.create(instance, d, actor="t")
+    objects.add(instance, d, Entry(f"cn=later,{BASE}", ["person"], {"cn": ["later"]}), actor="t")
+    before = dns(instance, d)
+    snapshots.restore(instance, s.id, actor="t")
+    path = instance.home.snapshots_dir / d / f"{s.id}.snap"
+    path.write_bytes(damage(path.read_bytes()))
+    [result] = restore.run_pending(instance)
+    assert result.state == "failed" and reason in (result.reason or "")
+    info = directories.get(instance, d)
+    assert info.stage == "RestoreFailed"
+    assert dns(instance, d) == before
+    assert generations(instance, d) == {info.generation}
+
+
 def test_corrupt_snapshot_is_reported_and_refused(instance: Instance) -> None:
     d = make(instance)
     objects.import_entries(instance, d, people(5), actor="t")
@@ -696,8 +727,8 @@ def test_listing_reads_a_file_only_when_it_changed(
     assert reads == [path]  # read whole once, and its time set back
     assert snapshots.get(instance, s.id).checksum_ok is True
     assert reads == [path]
-    # The explicit check and the restore worker always read the file.
+    # The explicit check and the restore worker (checking as it loads) always read the file.
     snapshots.verify(instance, s.id)
     snapshots.restore(instance, s.id, actor="t")
     assert restore.run_pending(instance)[0].state == "done"
-    assert reads == [path, path, path, path]  # the worker: a check, then the load
+    assert reads == [path, path, path]
