@@ -43,7 +43,8 @@ def list_(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """List snapshots, newest first, with each file's checksum checked."""
+    """List snapshots, newest first, with each file's checksum state (a file whose size or time
+    changed is read whole again; the service checks every file daily)."""
     from rich.table import Table
 
     from ams.directory import snapshots
