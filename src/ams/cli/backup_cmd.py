@@ -17,6 +17,7 @@ from ams.cli._common import (
     actor,
     console,
     emit_json,
+    finish_interrupted_restore,
     home_of,
     opened,
     read_secret,
@@ -60,15 +61,6 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int, str], None] | None]
         yield update
 
 
-def _resume(home: Path | None) -> None:
-    """Finish or undo a restore a crash interrupted, before anything else reads the home."""
-    from ams.backup.restore import resolve_interrupted
-
-    resolved = resolve_interrupted(home_of(home), actor=actor())
-    if resolved:
-        console.print(f"An interrupted restore was found and {resolved}.", style="yellow")
-
-
 @app.command("create")
 def create(
     home: HomeOption = None,
@@ -81,7 +73,7 @@ def create(
     """Write an encrypted, verified-by-seal backup of the database, config folder and snapshots."""
     from ams import backup
 
-    _resume(home)
+    finish_interrupted_restore(home_of(home))
     with opened(home) as instance, _progress(not json_out) as progress:
         result = backup.create_backup(instance, dest=dest, actor=actor(), progress=progress)
     if json_out:
@@ -99,7 +91,7 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """The backups this instance made, newest first (with the recovery password each needs)."""
     from ams import backup
 
-    _resume(home)
+    finish_interrupted_restore(home_of(home))
     with opened(home) as instance:
         entries = [e.to_dict() for e in backup.list_backups(instance)]
     if json_out:
@@ -266,7 +258,7 @@ def _schedule_view(instance: Instance) -> dict[str, Any]:
 @schedule_app.command("show")
 def schedule_show(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """The schedule, the retention, the last run and the next."""
-    _resume(home)
+    finish_interrupted_restore(home_of(home))
     with opened(home) as instance:
         view = _schedule_view(instance)
     if json_out:
