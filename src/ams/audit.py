@@ -101,21 +101,17 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.API_KEY_REVOKED: "an API key was revoked (target: key id)",
     Event.API_AUTH_FAILED: "an API request presented an unknown, revoked or wrong key",
     Event.CERTIFICATE_CREATED: (
-        "a certificate and its private key were generated (target: thumbprint;"
-        " details: scope)"
+        "a certificate and its private key were generated (target: thumbprint; details: scope)"
     ),
     Event.CERTIFICATE_ACTIVATED: "a certificate became the active one of its scope (target: thumbprint)",
     Event.CERTIFICATE_EXPORTED: (
-        "a certificate was exported with its private key to a PFX file"
-        " (target: thumbprint)"
+        "a certificate was exported with its private key to a PFX file (target: thumbprint)"
     ),
     Event.CERTIFICATE_IMPORTED: (
-        "a certificate was imported from a PFX file (target: thumbprint;"
-        " details: scope)"
+        "a certificate was imported from a PFX file (target: thumbprint; details: scope)"
     ),
     Event.CERTIFICATE_LOST: (
-        "a certificate's private key was declared lost (target: thumbprint;"
-        " details: expired)"
+        "a certificate's private key was declared lost (target: thumbprint; details: expired)"
     ),
     Event.REGISTRATION_KEY_CREATED: "a registration key was created (target: key id; details: name, limit)",
     Event.REGISTRATION_KEY_DISABLED: "a registration key was disabled (target: key id)",

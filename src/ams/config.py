@@ -82,6 +82,4 @@ def load_settings(config_file: Path) -> Settings:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         env_name = "AMS_" + "__".join(str(p) for p in first["loc"]).upper()
-        raise BadInput(
-            f"setting {where} (from {config_file} or {env_name}): {first['msg']}; fix it"
-        ) from exc
+        raise BadInput(f"setting {where} (from {config_file} or {env_name}): {first['msg']}; fix it") from exc
