@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -37,12 +37,14 @@ from ams.vault import passwords  # it imports this module too: each uses the oth
 
 __all__ = [
     "KEY_PURPOSE",
+    "ActiveKey",
     "CertificateInfo",
     "CertificateState",
     "ImportResult",
     "LostResult",
     "activate",
     "active_certificate",
+    "active_key",
     "check_export",
     "check_scope",
     "create",
@@ -54,6 +56,7 @@ __all__ = [
     "list_certificates",
     "lost",
     "private_key_der",
+    "unseal_private_key",
 ]
 
 KEY_PURPOSE = "certificate-private-key"
@@ -227,6 +230,28 @@ def active_certificate(instance: Instance, scope: str) -> CertificateInfo | None
         return _info(row) if row is not None else None
 
 
+class ActiveKey(NamedTuple):
+    thumbprint: str
+    sealed_private_key: bytes | None  # None when lost; open it with unseal_private_key
+
+
+def active_key(instance: Instance, scope: str) -> ActiveKey | None:
+    """The scope's active certificate's thumbprint and sealed private key, in one query (a
+    rotation's report needs both, and nothing else of the certificate); None when it has none."""
+    with instance.session() as session:
+        row = session.execute(
+            select(CertificateRow.thumbprint, CertificateRow.private_key_sealed)
+            .where(CertificateRow.scope == scope, CertificateRow.state == CertificateState.ACTIVE.value)
+            .limit(1)
+        ).first()
+    return ActiveKey(row.thumbprint, row.private_key_sealed) if row is not None else None
+
+
+def unseal_private_key(instance: Instance, thumbprint: str, sealed: bytes) -> bytes:
+    """The PKCS#8 DER private key of a certificate's sealed key; MasterKeyLocked while locked."""
+    return instance.keyring.box.open(KEY_PURPOSE, _context(thumbprint), sealed)
+
+
 def private_key_der(instance: Instance, thumbprint: str) -> bytes | None:
     """The PKCS#8 DER private key; None when lost. NotFound for an unknown thumbprint;
     MasterKeyLocked while the master key is locked."""
@@ -235,7 +260,7 @@ def private_key_der(instance: Instance, thumbprint: str) -> bytes | None:
         tp, sealed = row.thumbprint, row.private_key_sealed
     if sealed is None:
         return None
-    return instance.keyring.box.open(KEY_PURPOSE, _context(tp), sealed)
+    return unseal_private_key(instance, tp, sealed)
 
 
 # -- creating and activating -----------------------------------------------------------------

@@ -180,14 +180,15 @@ def _test_decrypt(
         thumbprint = password_blob.blob_thumbprint(raw)
     except DecryptionFailed:
         raise _reject(instance, device, "malformed blob") from None
-    active = certificates.active_certificate(instance, device.scope)
+    active = certificates.active_key(instance, device.scope)
     if active is None or not crypto.constant_time_equal(active.thumbprint, thumbprint):
         raise _reject(
             instance, device, f"encrypted to a certificate that is not the active one ({thumbprint})"
         )
-    private_key = certificates.private_key_der(instance, thumbprint)  # MasterKeyLocked: 503, retry later
-    if private_key is None:
+    if active.sealed_private_key is None:
         raise _reject(instance, device, f"the private key of {thumbprint} is absent")
+    # MasterKeyLocked: 503, retry later
+    private_key = certificates.unseal_private_key(instance, active.thumbprint, active.sealed_private_key)
     try:
         document = json.loads(password_blob.decrypt_password(raw, private_key))
     except DecryptionFailed:
