@@ -47,3 +47,22 @@ def test_busy_port_is_a_clear_error(home: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in result.stderr
     status = json.loads(run_ams("status", "--json", home=home).stdout)
     assert status["service"]["running"] is False
+
+
+def test_the_listening_socket_is_tcp_so_responses_are_not_delayed() -> None:
+    """asyncio sets TCP_NODELAY on accepted connections only when the listening socket says
+    IPPROTO_TCP; otherwise each kept-alive response waits for the client's delayed ACK."""
+    import asyncio.base_events
+
+    from ams.cli.serve_cmd import _listen
+
+    sock = _listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        client = socket.create_connection(sock.getsockname()[:2])
+        accepted, _ = sock.accept()
+        with client, accepted:
+            asyncio.base_events._set_nodelay(accepted)  # what asyncio does for each connection
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
