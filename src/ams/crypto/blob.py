@@ -13,6 +13,7 @@ failure to open raises one opaque :class:`ams.errors.DecryptionFailed`.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -86,13 +87,18 @@ def blob_thumbprint(blob: bytes) -> str:
     return _split(blob)[0].hex()
 
 
-def decrypt_password(blob: bytes, private_key_der: bytes) -> bytes:
-    """The plaintext; :class:`DecryptionFailed` for a malformed, altered or foreign blob."""
-    _thumb, wrapped, nonce, header, ciphertext = _split(blob)
+@functools.lru_cache(maxsize=8)
+def _private_key(private_key_der: bytes) -> rsa.RSAPrivateKey:
+    """The loaded key, kept for the next blobs of the same certificate.
+
+    Loading an RSA-4096 key and its first private operation cost about as much as the
+    decryption itself (OpenSSL sets up per-key data once); the rotation path decrypts every
+    report with the same active key. Keys reach here only from AMS's own sealed store,
+    where they were fully checked when generated or imported, so they are not validated
+    again (that costs ~100x the decryption). A few keys stay loaded in the process, which
+    holds the master key that unseals them all anyway (docs/security.md).
+    """
     try:
-        # Keys reach this function only from AMS's own sealed store, where they were fully
-        # checked when generated or imported; re-validating an RSA-4096 key costs ~100x the
-        # decryption itself, and the rotation path must be bound by the RSA operation.
         key = serialization.load_der_private_key(
             private_key_der, password=None, unsafe_skip_rsa_key_validation=True
         )
@@ -100,6 +106,13 @@ def decrypt_password(blob: bytes, private_key_der: bytes) -> bytes:
         raise DecryptionFailed("the private key to decrypt with is not readable") from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise DecryptionFailed("the private key to decrypt with is not an RSA key")
+    return key
+
+
+def decrypt_password(blob: bytes, private_key_der: bytes) -> bytes:
+    """The plaintext; :class:`DecryptionFailed` for a malformed, altered or foreign blob."""
+    _thumb, wrapped, nonce, header, ciphertext = _split(blob)
+    key = _private_key(private_key_der)
     try:
         aes_key = key.decrypt(wrapped, _oaep())
     except ValueError:
