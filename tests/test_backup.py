@@ -8,7 +8,6 @@ import json
 import os
 import tarfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,22 +19,7 @@ from ams.errors import BackupFailed, BackupInvalid, BackupUnsafe, MasterKeyLocke
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from conftest import tree_digest
-from test_backup_support import RECOVERY, Fleet, copy_home, golden_once
-
-
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, Fleet, object]:
-    return golden_once(tmp_path_factory)
-
-
-@pytest.fixture
-def populated(golden: tuple[Home, Fleet, object], tmp_path: Path) -> Iterator[Instance]:
-    home, _fleet, now = golden
-    instance = open_instance(copy_home(home, tmp_path / "home"), ManualClock(now))  # type: ignore[arg-type]
-    try:
-        yield instance
-    finally:
-        instance.close()
+from test_backup_support import RECOVERY, Fleet
 
 
 def _members(path: Path) -> list[tarfile.TarInfo]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,27 +30,9 @@ from test_backup_support import (
     RECOVERY,
     Fleet,
     audit_until,
-    copy_home,
-    golden_once,
     max_audit_seq,
     table_dump,
 )
-
-
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, Fleet, object]:
-    return golden_once(tmp_path_factory)
-
-
-@pytest.fixture
-def populated(golden: tuple[Home, Fleet, object], tmp_path: Path) -> Iterator[Instance]:
-    home, _fleet, now = golden
-    instance = open_instance(copy_home(home, tmp_path / "home"), ManualClock(now))  # type: ignore[arg-type]
-    try:
-        yield instance
-    finally:
-        instance.close()
-
 
 # Tables a restore adds to (its own audit events and the pre-restore catalog row).
 _GROWS = ("audit_events", "backups")
