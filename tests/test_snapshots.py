@@ -732,3 +732,24 @@ def test_listing_reads_a_file_only_when_it_changed(
     snapshots.restore(instance, s.id, actor="t")
     assert restore.run_pending(instance)[0].state == "done"
     assert reads == [path, path, path]
+
+
+def test_snapshot_verify_reads_the_whole_file_now(instance: Instance) -> None:
+    """`ams snapshot verify`: the check that listing skips when size and time are unchanged."""
+    from conftest import run_ams
+
+    d = make(instance)
+    objects.import_entries(instance, d, people(5), actor="t")
+    s = snapshots.create(instance, d, actor="t")
+    good = run_ams("snapshot", "verify", s.id, "--json", home=instance.home.root)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["id"] == s.id
+    path = instance.home.snapshots_dir / d / f"{s.id}.snap"
+    times = path.stat().st_mtime_ns
+    path.write_bytes(path.read_bytes().replace(b"user3", b"userX"))  # a failing disk, say
+    os.utime(path, ns=(times, times))
+    bad = run_ams("snapshot", "verify", s.id, home=instance.home.root)
+    assert bad.returncode != 0 and "fails its checksum" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    missing = run_ams("snapshot", "verify", "s-0000000000", home=instance.home.root)
+    assert missing.returncode != 0 and "s-0000000000" in missing.stderr

@@ -11,7 +11,9 @@ from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, n
 from ams.cli.directory_cmd import DirectoryIdArgument, note_restore, opened_directories
 from ams.errors import Conflict
 
-app = typer.Typer(help="Directory snapshots: take, list, restore, delete, limits.", no_args_is_help=True)
+app = typer.Typer(
+    help="Directory snapshots: take, list, verify, restore, delete, limits.", no_args_is_help=True
+)
 
 SnapshotIdArgument = Annotated[str, typer.Argument(help="The snapshot id (s-...).")]
 
@@ -133,6 +135,19 @@ def delete(snapshot_id: SnapshotIdArgument, home: HomeOption = None) -> None:
     with opened_directories(home) as instance:
         info = snapshots.delete(instance, snapshot_id, actor=actor())
     console.print(f"Deleted snapshot {info.id} of {info.directory_id}.")
+
+
+@app.command("verify")
+def verify(snapshot_id: SnapshotIdArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Read the snapshot's whole file now and check it against its recorded SHA-256."""
+    from ams.directory import snapshots
+
+    with opened_directories(home) as instance:
+        info = snapshots.verify(instance, snapshot_id)
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    console.print(f"Snapshot {info.id} of {info.directory_id}: its file matches sha256 {info.sha256}.")
 
 
 @app.command("limits")
