@@ -127,7 +127,7 @@ class Manifest:
             raise BackupInvalid("the recovery wrapping in manifest.json is malformed") from None
 
     def payload_salt(self) -> bytes | None:
-        """The payload's salt as the manifest records it (archives since AMS 0.x record it)."""
+        """The payload's salt as the manifest records it; None for archives written before it was recorded."""
         payload = self.data.get("payload")
         salt = payload.get("salt") if isinstance(payload, dict) else None
         if salt is None:
@@ -516,9 +516,6 @@ class ArchiveReader:
                 "this master key"
             )
 
-    def payload_size(self) -> int:
-        return self.members[PAYLOAD].size
-
     def payload(self, master_key: bytes, *, hashed: bool = True) -> _PayloadStream:
         """The decrypted payload. Call :meth:`check_seal` first: ``hashed=False`` relies on it."""
         stream = _PayloadStream(self, master_key, hashed)
@@ -556,10 +553,6 @@ class _PayloadStream:
     def close(self) -> None:
         """Stop the helper threads (also when the stream was abandoned on an error)."""
         self._window.close()
-
-    @property
-    def encrypted_bytes_read(self) -> int:
-        return self._reader.members[PAYLOAD].size - self._window.left
 
     def read(self, size: int = -1) -> bytes:
         try:

@@ -30,7 +30,7 @@ from ams.db.engine import make_engine, sqlite_url
 from ams.db.models import Base
 from ams.errors import BackupUnsupported
 
-__all__ = ["copy_to_postgres", "marker_present", "open_pg_image"]
+__all__ = ["PostgresRestore", "marker_present", "open_pg_image"]
 
 _BATCH = 2000
 
@@ -143,10 +143,6 @@ class PostgresRestore:
                 self._conn.close()
             self._conn = None
         self.engine.dispose()
-
-
-def copy_to_postgres(staged_db: Path, url: str) -> PostgresRestore:
-    return PostgresRestore(staged_db, url)
 
 
 def marker_present(url: str, marker: str) -> bool:
