@@ -13,7 +13,7 @@ from ams.instance import Instance
 
 # Heavy, and not needed to build the command tree or print help. (Typer itself may load
 # pydantic to convert option values: that is not ours to avoid.)
-DATABASE = ("sqlalchemy", "alembic", "pydantic_settings", "ams.instance")
+DATABASE = ("sqlalchemy", "alembic", "ams.instance")
 SERVICES = (*DATABASE, "cryptography", "ams.backup", "ams.vault")
 WEB = ("fastapi", "starlette", "uvicorn", "ams.api", "ams.web")
 OTHER_COMMANDS = ("ams.directory", "ams.apikeys", "botocore", "boto3")

@@ -1,56 +1,45 @@
 """Settings of an instance: ``$AMS_HOME/config/ams.toml``, overridable by ``AMS_*`` variables.
 
 Environment variables win over the file, with ``__`` between section and key:
-``AMS_DATABASE__URL``, ``AMS_SERVER__PORT``.
+``AMS_DATABASE__URL``, ``AMS_SERVER__HOST``, ``AMS_SERVER__PORT`` (docs/formats.md section
+2). Every command that opens an instance reads this, so it is plain Python: a validation
+library would cost more at start-up than the rest of a small command.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ams.errors import BadInput
 
 __all__ = ["DatabaseSettings", "ServerSettings", "Settings", "default_config_text", "load_settings"]
 
 
-class DatabaseSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+@dataclass(frozen=True)
+class DatabaseSettings:
     # Empty means the embedded SQLite database at data/ams.db.
     url: str = ""
 
 
-class ServerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+@dataclass(frozen=True)
+class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="AMS_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
-    )
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
-    database: DatabaseSettings = DatabaseSettings()
-    server: ServerSettings = ServerSettings()
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values arrive as init arguments; the environment overrides them.
-        return (env_settings, init_settings)
+# section -> key -> the type its value must have
+_KEYS: dict[str, dict[str, type]] = {"database": {"url": str}, "server": {"host": str, "port": int}}
 
 
 def default_config_text(database_url: str = "") -> str:
@@ -67,7 +56,56 @@ def default_config_text(database_url: str = "") -> str:
     )
 
 
-def load_settings(config_file: Path) -> Settings:
+class _Invalid(Exception):
+    def __init__(self, section: str, key: str | None, problem: str) -> None:
+        super().__init__(problem)
+        self.where = f"{section}.{key}" if key else section
+        self.known = key in _KEYS.get(section, {})
+        self.env_name = f"AMS_{section}__{key}".upper()
+        self.problem = problem
+
+
+def _value(section: str, key: str, raw: Any, from_env: bool) -> Any:
+    wanted = _KEYS[section][key]
+    if wanted is int:
+        if from_env and isinstance(raw, str) and raw.strip().isdigit():
+            raw = int(raw.strip())
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise _Invalid(section, key, "must be a whole number")
+        if key == "port" and not 0 <= raw <= 65535:
+            raise _Invalid(section, key, "must be a port number from 0 to 65535")
+        return raw
+    if not isinstance(raw, str):
+        raise _Invalid(section, key, "must be a string")
+    return raw
+
+
+def _from_file(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    values: dict[str, dict[str, Any]] = {}
+    for section, body in data.items():
+        if section not in _KEYS:
+            raise _Invalid(section, None, "is not a section AMS knows (docs/formats.md lists them)")
+        if not isinstance(body, dict):
+            raise _Invalid(section, None, "must be a table ([section])")
+        for key, raw in body.items():
+            if key not in _KEYS[section]:
+                raise _Invalid(section, key, "is not a setting AMS knows (docs/formats.md lists them)")
+            values.setdefault(section, {})[key] = _value(section, key, raw, from_env=False)
+    return values
+
+
+def _from_environment(environ: Mapping[str, str], values: dict[str, dict[str, Any]]) -> None:
+    # Names are matched without regard to case, as on the shells that set them.
+    for name, raw in environ.items():
+        upper = name.upper()
+        if not upper.startswith("AMS_"):
+            continue
+        section, _, key = upper.removeprefix("AMS_").lower().partition("__")
+        if key in _KEYS.get(section, {}):
+            values.setdefault(section, {})[key] = _value(section, key, raw, from_env=True)
+
+
+def load_settings(config_file: Path, environ: Mapping[str, str] | None = None) -> Settings:
     data: dict[str, Any] = {}
     if config_file.exists():
         try:
@@ -77,9 +115,12 @@ def load_settings(config_file: Path) -> Settings:
         except OSError as exc:
             raise BadInput(f"cannot read {config_file}: {exc.strerror}") from exc
     try:
-        return Settings(**data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        env_name = "AMS_" + "__".join(str(p) for p in first["loc"]).upper()
-        raise BadInput(f"setting {where} (from {config_file} or {env_name}): {first['msg']}; fix it") from exc
+        values = _from_file(data)
+        _from_environment(os.environ if environ is None else environ, values)
+    except _Invalid as exc:
+        source = f"{config_file} or {exc.env_name}" if exc.known else str(config_file)
+        raise BadInput(f"setting {exc.where} (from {source}) {exc.problem}; fix it") from None
+    return Settings(
+        database=DatabaseSettings(**values.get("database", {})),
+        server=ServerSettings(**values.get("server", {})),
+    )

@@ -28,7 +28,7 @@ from ams.backup.staging import (
     stage_service_key,
 )
 from ams.clock import Clock, clock_from_env
-from ams.config import DatabaseSettings, ServerSettings, Settings
+from ams.config import Settings
 from ams.db import migrate
 from ams.db.engine import make_engine, sqlite_url
 from ams.errors import AMSError, BackupInvalid
@@ -150,7 +150,7 @@ def _drill(
         install_service_wrapping(staged.db_path, master_key, instance_id, key, kind, clock.now())
         # The scratch copy is opened with default settings: never the environment's
         # database URL, which would point the drill at a live database.
-        settings = Settings.model_construct(database=DatabaseSettings(), server=ServerSettings())
+        settings = Settings()
         drill = Instance(staged.home, settings, engine, clock)
         drill.keyring.master_key()
         return _certificate_checks(drill, staged.db_path, sample)
