@@ -8,18 +8,19 @@ document and this enum agree.
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from ams.clock import Clock, as_utc
-from ams.db.models import AuditEvent
+from ams.db.sqlite import db_time
 
-__all__ = ["Event", "EventRecord", "list_events", "record"]
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+__all__ = ["Event", "EventRecord", "list_events", "record", "record_sqlite"]
 
 
 class Event(IntEnum):
@@ -187,6 +188,8 @@ def record(
     details: dict[str, Any] | None = None,
 ) -> None:
     """Add an audit event to the session; it commits with the change it describes."""
+    from ams.db.models import AuditEvent  # here: the event ids above load no database layer
+
     session.add(
         AuditEvent(
             event_id=int(event),
@@ -196,6 +199,24 @@ def record(
             target=target,
             details=json.dumps(details or {}, sort_keys=True),
         )
+    )
+
+
+def record_sqlite(
+    conn: sqlite3.Connection,
+    clock: Clock,
+    event: Event,
+    *,
+    actor: str,
+    target: str | None = None,
+    outcome: str = "success",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """:func:`record` for a plain :mod:`sqlite3` connection to the embedded database, inside
+    the caller's transaction (see :mod:`ams.db.sqlite` for who writes without SQLAlchemy)."""
+    conn.execute(
+        "INSERT INTO audit_events (event_id, at, actor, outcome, target, details) VALUES (?, ?, ?, ?, ?, ?)",
+        (int(event), db_time(clock.now()), actor, outcome, target, json.dumps(details or {}, sort_keys=True)),
     )
 
 
@@ -214,6 +235,10 @@ def list_events(
     limit: int = 1000,
 ) -> list[EventRecord]:
     """The newest ``limit`` events matching, oldest first."""
+    from sqlalchemy import select
+
+    from ams.db.models import AuditEvent
+
     query = select(AuditEvent).order_by(AuditEvent.seq.desc())
     if since is not None:
         query = query.where(AuditEvent.at >= since)

@@ -8,7 +8,6 @@ master key with the service key, then hands back an :class:`Instance`.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import shutil
 import tempfile
@@ -39,8 +38,9 @@ from ams.errors import (
 )
 from ams.home import Home, atomic_write, ensure_private_dir, fsync_dir
 from ams.lock import service_pid
-from ams.security.keyring import Keyring, ServiceKeySource, encode_service_key, initial_wrappings
+from ams.security.keyring import Keyring, initial_wrappings
 from ams.security.policy import check_password_strength
+from ams.security.service_key import ServiceKeySource, encode_service_key
 
 __all__ = ["InitResult", "Instance", "create_instance", "open_instance"]
 
@@ -333,14 +333,6 @@ def _remove_created(paths: list[Path]) -> None:
     for path in paths:  # deepest first
         with contextlib.suppress(OSError):
             path.rmdir()
-
-
-def cli_actor() -> str:
-    """Who runs this command, for the audit trail."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return f"cli:uid-{os.getuid()}"
 
 
 def instance_row(session: Session) -> InstanceRow:

@@ -1,26 +1,35 @@
-"""The catalog: one row per backup attempt, in the instance's database."""
+"""The catalog: one row per backup attempt, in the instance's database.
+
+Through the ORM for an open instance; ``*_sqlite`` do the same on a plain :mod:`sqlite3`
+connection for ``ams backup create`` on the embedded database (:mod:`ams.backup.embedded`),
+which is why the database layer is imported inside the functions.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from ams.db.models.backups import BackupRecord, BackupSchedule
-from ams.instance import Instance
+from ams.db.sqlite import db_time
+from ams.home import Home
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from ams.backup.create import BackupResult
+    from ams.db.models.backups import BackupRecord
+    from ams.instance import Instance
 
 __all__ = [
     "BackupEntry",
     "add_complete",
+    "add_complete_sqlite",
     "add_failed",
     "default_destination",
+    "default_destination_sqlite",
     "list_backups",
     "mark_verified",
 ]
@@ -87,6 +96,8 @@ def _entry(row: BackupRecord) -> BackupEntry:
 
 
 def default_destination(instance: Instance) -> Path:
+    from ams.db.models.backups import BackupSchedule
+
     with instance.session() as session:
         row = session.get(BackupSchedule, 1)
         if row is not None and row.destination:
@@ -94,8 +105,17 @@ def default_destination(instance: Instance) -> Path:
     return instance.home.backups_dir
 
 
+def default_destination_sqlite(conn: sqlite3.Connection, home: Home) -> Path:
+    row = conn.execute("SELECT destination FROM backup_schedule WHERE id = 1").fetchone()
+    return Path(row[0]) if row is not None and row[0] else home.backups_dir
+
+
 def list_backups(instance: Instance, *, include_failed: bool = True) -> list[BackupEntry]:
     """Newest first."""
+    from sqlalchemy import select
+
+    from ams.db.models.backups import BackupRecord
+
     with instance.session() as session:
         query = select(BackupRecord).order_by(BackupRecord.created_at.desc(), BackupRecord.id)
         if not include_failed:
@@ -104,6 +124,8 @@ def list_backups(instance: Instance, *, include_failed: bool = True) -> list[Bac
 
 
 def add_complete(session: Session, result: BackupResult) -> None:
+    from ams.db.models.backups import BackupRecord
+
     set_at = result.recovery_password_set_at
     session.add(
         BackupRecord(
@@ -121,9 +143,32 @@ def add_complete(session: Session, result: BackupResult) -> None:
     )
 
 
+def add_complete_sqlite(conn: sqlite3.Connection, result: BackupResult) -> None:
+    """:func:`add_complete` on a plain sqlite3 connection, inside the caller's transaction."""
+    set_at = result.recovery_password_set_at
+    conn.execute(
+        "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, duration_seconds,"
+        " mk_fingerprint, schema_revision, recovery_password_set_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            result.backup_id,
+            result.kind,
+            "complete",
+            str(result.path),
+            db_time(result.created_at),
+            result.size_bytes,
+            result.duration_seconds,
+            result.fingerprint,
+            result.schema_revision,
+            db_time(datetime.fromisoformat(set_at)) if set_at else None,
+        ),
+    )
+
+
 def add_failed(
     session: Session, *, backup_id: str, kind: str, at: datetime, fingerprint: str, error: str
 ) -> None:
+    from ams.db.models.backups import BackupRecord
+
     session.add(
         BackupRecord(
             id=backup_id,
@@ -138,6 +183,8 @@ def add_failed(
 
 
 def mark_verified(session: Session, backup_id: str, at: datetime, ok: bool, error: str | None = None) -> None:
+    from ams.db.models.backups import BackupRecord
+
     row = session.get(BackupRecord, backup_id)
     if row is not None:
         row.verified_at = at

@@ -6,6 +6,13 @@ image is exactly the database at one commit. The manifest's counts are read in t
 transaction. The image, the config folder and the snapshot store go through the encrypted
 payload into the archive, under a temporary name that is fsynced and renamed only once
 complete.
+
+A backup reads from and records itself in a :class:`BackupSource`: an open instance (the
+service's scheduled and API backups, PostgreSQL, a pre-restore backup), or for the
+``ams backup create`` command on the embedded database the home itself
+(:class:`ams.backup.embedded.EmbeddedSource`, plain :mod:`sqlite3`), so that the command
+does not spend half a second loading SQLAlchemy before a copy that takes a few seconds.
+This module imports no database layer at the top for that reason.
 """
 
 from __future__ import annotations
@@ -20,23 +27,24 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from ams import __version__, audit
-from ams.backup import catalog
+from ams import __version__
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter
-from ams.backup.sqlite_image import ImageUnavailable, connection_facts, open_image
+from ams.backup.sqlite_image import DatabaseImage, ImageUnavailable, connection_facts, open_image
 from ams.errors import BackupFailed, NotWritable
-from ams.home import ensure_private_dir, fsync_dir
-from ams.instance import Instance
+from ams.home import Home, ensure_private_dir, fsync_dir
 
-__all__ = ["BackupResult", "Progress", "create_backup", "database_facts"]
+if TYPE_CHECKING:
+    from ams.clock import Clock
+    from ams.instance import Instance
+
+__all__ = ["BackupResult", "BackupSource", "Progress", "create_backup", "create_backup_at", "database_facts"]
 
 KINDS = ("manual", "scheduled", "pre-restore")
 _COPY = 1 << 20
@@ -183,6 +191,81 @@ def _failure(dest: Path, exc: BaseException) -> BackupFailed:
     return BackupFailed(f"the backup failed ({exc}); nothing was left behind")
 
 
+class BackupSource(Protocol):
+    """Where a backup reads the instance from, and where it records itself."""
+
+    home: Home
+    clock: Clock
+    engine_name: str
+
+    def master_key(self) -> bytes: ...
+
+    def recovery_password_set_at(self) -> datetime | None: ...
+
+    def default_destination(self) -> Path: ...
+
+    def open_image(self, scratch: Path) -> AbstractContextManager[DatabaseImage]: ...
+
+    def record(self, result: BackupResult, actor: str) -> None:
+        """Add the catalog row and the audit event, in one transaction."""
+
+
+class _InstanceSource:
+    """An open instance: SQLite or PostgreSQL, through the ORM."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.home = instance.home
+        self.clock = instance.clock
+        self.engine_name = instance.engine_name
+
+    def master_key(self) -> bytes:
+        return self.instance.keyring.master_key()
+
+    def recovery_password_set_at(self) -> datetime | None:
+        return self.instance.keyring.recovery_password_set_at()
+
+    def default_destination(self) -> Path:
+        from ams.backup import catalog
+
+        return catalog.default_destination(self.instance)
+
+    @contextlib.contextmanager
+    def open_image(self, scratch: Path) -> Iterator[DatabaseImage]:
+        if self.engine_name != "postgresql":
+            with open_image(self.home.sqlite_path, scratch) as image:
+                yield image
+            return
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from ams.backup.pg import open_pg_image
+
+        try:
+            with open_pg_image(self.instance.engine, scratch) as image:
+                yield image
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise BackupFailed(
+                f"the database could not be read ({reason}); check it with `ams status`, "
+                "nothing was left behind"
+            ) from None
+
+    def record(self, result: BackupResult, actor: str) -> None:
+        from ams import audit
+        from ams.backup import catalog
+
+        with self.instance.transaction() as session:
+            catalog.add_complete(session, result)
+            audit.record(
+                session,
+                self.clock,
+                audit.Event.BACKUP_CREATED,
+                actor=actor,
+                target=result.backup_id,
+                details=catalog.created_details(result),
+            )
+
+
 def create_backup(
     instance: Instance,
     *,
@@ -193,13 +276,52 @@ def create_backup(
     record: bool = True,
 ) -> BackupResult:
     """Write one ``.amsbak`` archive; with ``record``, add a catalog row and an audit event."""
+    return write_backup(
+        _InstanceSource(instance), dest=dest, kind=kind, actor=actor, progress=progress, record=record
+    )
+
+
+def create_backup_at(
+    home: Home, *, dest: Path | None = None, actor: str, progress: Progress | None = None
+) -> BackupResult:
+    """``ams backup create``: a manual backup of the instance at ``home``.
+
+    On the embedded database, read and recorded with plain sqlite3 when the home is as
+    :func:`ams.instance.open_instance` would accept it; otherwise (PostgreSQL, or anything
+    out of the ordinary) through the opened instance, which also names what is wrong.
+    """
+    from ams.backup.embedded import EmbeddedSource
+
+    embedded = EmbeddedSource.open(home)
+    if embedded is not None:
+        with embedded:
+            return write_backup(embedded, dest=dest, actor=actor, progress=progress)
+    from ams.instance import open_instance
+
+    instance = open_instance(home)
+    try:
+        return create_backup(instance, dest=dest, actor=actor, progress=progress)
+    finally:
+        instance.close()
+
+
+def write_backup(
+    source: BackupSource,
+    *,
+    dest: Path | None = None,
+    kind: str = "manual",
+    actor: str,
+    progress: Progress | None = None,
+    record: bool = True,
+) -> BackupResult:
+    """The work of :func:`create_backup`, for any :class:`BackupSource`."""
     if kind not in KINDS:
         raise ValueError(kind)
-    master_key = instance.keyring.master_key()  # MasterKeyLocked before anything is written
-    set_at = instance.keyring.recovery_password_set_at()
-    target_dir = (dest or catalog.default_destination(instance)).expanduser().absolute()
+    master_key = source.master_key()  # MasterKeyLocked before anything is written
+    set_at = source.recovery_password_set_at()
+    target_dir = (dest or source.default_destination()).expanduser().absolute()
     started = time.monotonic()
-    created_at = instance.clock.now()
+    created_at = source.clock.now()
     backup_id = "bk_" + secrets.token_hex(8)
     name = f"ams-{created_at:%Y%m%dT%H%M%SZ}-{kind}-{backup_id[3:]}.amsbak"
     final = target_dir / name
@@ -218,13 +340,8 @@ def create_backup(
         scratch = Path(tempfile.mkdtemp(prefix=f".{backup_id}.", suffix=".work", dir=target_dir))
         if progress:
             progress(0, 0, "reading the database")
-        if instance.engine_name == "postgresql":
-            from ams.backup.pg import open_pg_image
-
-            reading = open_pg_image(instance.engine, scratch)
-        else:
-            reading = open_image(instance.home.sqlite_path, scratch)
-        with reading as image:
+        home = source.home
+        with source.open_image(scratch) as image:
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -232,7 +349,7 @@ def create_backup(
                 "ams_version": __version__,
                 "created_at": created_at.isoformat(),
                 "kind": kind,
-                "backend": instance.engine_name,
+                "backend": source.engine_name,
                 "payload": {
                     "member": "payload.enc",
                     "encryption": "AES-256-GCM, chunked (see docs/formats.md)",
@@ -243,9 +360,7 @@ def create_backup(
             }
             if manifest["recovery_password_set_at"] is None and set_at is not None:
                 manifest["recovery_password_set_at"] = set_at.isoformat()
-            total = (
-                image.size + _tree_size(instance.home.config_dir) + _tree_size(instance.home.snapshots_dir)
-            )
+            total = image.size + _tree_size(home.config_dir) + _tree_size(home.snapshots_dir)
             done = 0
 
             def tick(n: int) -> None:
@@ -258,8 +373,8 @@ def create_backup(
                 inner = _TarOut(sink, tick)
                 inner.folder("database")
                 inner.stream("database/ams.db", image.size, int(created_at.timestamp()), 0o600, image.copy)
-                inner.tree(instance.home.config_dir, "config")
-                inner.tree(instance.home.snapshots_dir, "snapshots")
+                inner.tree(home.config_dir, "config")
+                inner.tree(home.snapshots_dir, "snapshots")
                 inner.close()
 
             fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target_dir)
@@ -286,11 +401,6 @@ def create_backup(
         ) from None
     except (OSError, sqlite3.Error, tarfile.TarError) as exc:
         raise _failure(target_dir, exc) from exc
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise BackupFailed(
-            f"the database could not be read ({reason}); check it with `ams status`, nothing was left behind"
-        ) from None
     finally:
         if tmp_file is not None:
             with contextlib.suppress(OSError):
@@ -310,14 +420,5 @@ def create_backup(
         manifest=manifest,
     )
     if record:
-        with instance.transaction() as session:
-            catalog.add_complete(session, result)
-            audit.record(
-                session,
-                instance.clock,
-                audit.Event.BACKUP_CREATED,
-                actor=actor,
-                target=backup_id,
-                details=catalog.created_details(result),
-            )
+        source.record(result, actor)
     return result

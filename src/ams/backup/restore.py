@@ -58,7 +58,7 @@ from ams.errors import (
 from ams.home import Home, ensure_private_dir, fsync_dir
 from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock, service_pid
-from ams.security.keyring import ServiceKeySource
+from ams.security.service_key import ServiceKeySource
 
 if TYPE_CHECKING:
     from ams.backup.pg import PostgresRestore

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from ams import crypto
 from ams.backup.archive import ArchiveReader, extract_payload
 from ams.db import migrate
+from ams.db.sqlite import db_time
 from ams.errors import (
     BackupInvalid,
     BackupUnsupported,
@@ -25,7 +26,7 @@ from ams.errors import (
 )
 from ams.home import Home
 from ams.instance import Instance
-from ams.security.keyring import RECOVERY, SERVICE, ServiceKeySource, wrapping_aad
+from ams.security.service_key import RECOVERY, SERVICE, ServiceKeySource, wrapping_aad
 
 __all__ = [
     "PasswordSource",
@@ -151,7 +152,6 @@ def install_service_wrapping(
 ) -> None:
     """Wrap the MK for this machine's service key inside a staged database."""
     wrapped = crypto.wrap_with_key(master_key, service_key, wrapping_aad(SERVICE, instance_id))
-    naive = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     conn = sqlite3.connect(f"file:{db_path}?mode=rw", uri=True)
     try:
         with conn:
@@ -159,7 +159,7 @@ def install_service_wrapping(
             conn.execute(
                 "INSERT INTO master_key_wrappings (kind, wrapping, key_source, created_at)"
                 " VALUES (?, ?, ?, ?)",
-                (SERVICE, wrapped.to_json(), key_source, naive),
+                (SERVICE, wrapped.to_json(), key_source, db_time(now)),
             )
     finally:
         conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import os
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -84,9 +85,11 @@ def finish_interrupted_restore(home: Home) -> None:
 
 
 def actor() -> str:
-    from ams.instance import cli_actor
-
-    return cli_actor()
+    """Who runs this command, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
 
 
 def _default(value: Any) -> Any:

@@ -3,16 +3,19 @@
 Every command that opens an instance compares the two. Asking Alembic costs a few hundred
 milliseconds (importing it, then reading every migration script to find the head), so the
 head is a constant here and the database's revision is one plain query; Alembic is loaded
-only to migrate (``ams.db.migrate``). ``tests/test_db_revision.py`` fails when a migration
-is added without updating ``HEAD_REVISION``.
+only to migrate (``ams.db.migrate``), SQLAlchemy only when a database is asked, so
+``HEAD_REVISION`` costs nothing to import. ``tests/test_db_revision.py`` fails when a
+migration is added without updating ``HEAD_REVISION``.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING
 
 from ams.errors import SchemaMismatch
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 __all__ = ["HEAD_REVISION", "current_revision"]
 
@@ -25,6 +28,8 @@ def current_revision(engine: Engine) -> str | None:
     Reads what Alembic's ``MigrationContext.get_current_revision`` reads: no version table,
     or an empty one, means no schema.
     """
+    from sqlalchemy import text
+
     with engine.connect() as conn:
         # Alembic's default version table, which ams.db.migrate keeps.
         if not conn.dialect.has_table(conn, "alembic_version"):

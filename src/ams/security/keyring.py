@@ -9,15 +9,9 @@ key and service wrapping for this machine.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,126 +20,22 @@ from ams import audit, crypto
 from ams.clock import Clock
 from ams.db.models import InstanceRow, KeyWrapping
 from ams.errors import BadInput, Conflict, DecryptionFailed, MasterKeyLocked, NotWritable, WrongPassword
-from ams.home import Home, fsync_dir
+from ams.home import Home
 from ams.security.policy import check_password_strength
+from ams.security.service_key import (
+    RECOVERY,
+    SERVICE,
+    ServiceKeySource,
+    open_service_wrapping,
+    wrapping_aad,
+)
 
-__all__ = ["Keyring", "MasterKeyState", "ServiceKeySource", "wrapping_aad"]
-
-SERVICE = "service"
-RECOVERY = "recovery"
+__all__ = ["Keyring", "MasterKeyState", "initial_wrappings"]
 
 
 class MasterKeyState(StrEnum):
     UNLOCKED = "unlocked"
     LOCKED = "locked"
-
-
-def wrapping_aad(kind: str, instance_id: str) -> bytes:
-    return f"ams/master-key/{kind}/v1".encode() + b"\x00" + instance_id.encode()
-
-
-def encode_service_key(key: bytes) -> bytes:
-    return base64.b64encode(key) + b"\n"
-
-
-def decode_service_key(raw: bytes, where: str) -> bytes:
-    try:
-        key = base64.b64decode(raw.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 32:
-        raise BadInput(f"the service key in {where} is malformed: it must be 32 bytes in base64")
-    return key
-
-
-class ServiceKeySource:
-    """Where this machine's service key lives, in order of precedence:
-
-    1. ``AMS_SERVICE_KEY`` (base64), for containers and secret managers;
-    2. a systemd credential ``ams-service-key`` (``$CREDENTIALS_DIRECTORY``);
-    3. ``$AMS_HOME/keys/service.key`` (0600), the default, written by AMS itself.
-
-    Only the file is written by AMS; the first two are managed by whoever provides them.
-    """
-
-    def __init__(self, home: Home, environ: Mapping[str, str] | None = None) -> None:
-        self.home = home
-        self.environ = os.environ if environ is None else environ
-
-    @property
-    def kind(self) -> str:
-        if self.environ.get("AMS_SERVICE_KEY"):
-            return "environment"
-        if self._credential_path() is not None:
-            return "credential"
-        return "file"
-
-    def _credential_path(self) -> Path | None:
-        directory = self.environ.get("CREDENTIALS_DIRECTORY")
-        if directory:
-            path = Path(directory) / "ams-service-key"
-            if path.exists():
-                return path
-        return None
-
-    @property
-    def writable(self) -> bool:
-        return self.kind == "file"
-
-    def describe(self) -> str:
-        if self.kind == "environment":
-            return "AMS_SERVICE_KEY"
-        if self.kind == "credential":
-            return str(self._credential_path())
-        return str(self.home.service_key_file)
-
-    def read(self) -> bytes | None:
-        """The key, or None when there is none."""
-        if self.kind == "environment":
-            return decode_service_key(self.environ["AMS_SERVICE_KEY"].encode(), "AMS_SERVICE_KEY")
-        path = self._credential_path() or self.home.service_key_file
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise NotWritable(f"cannot read the service key {path}: {exc.strerror}") from exc
-        return decode_service_key(raw, str(path))
-
-    def stage_new(self) -> tuple[bytes, Callable[[], None], Callable[[], None]]:
-        """A new key, with ``commit`` (put it in place) and ``abort`` (forget it).
-
-        The key file is written to a temporary name first, so the database change and the
-        rename can be ordered: a crash between them leaves a state that the recovery
-        password still unlocks.
-        """
-        if not self.writable:
-            existing = self.read()
-            if existing is None:
-                raise BadInput(f"the service key from {self.describe()} is missing")
-            return existing, (lambda: None), (lambda: None)
-        key = crypto.generate_service_key()
-        target = self.home.service_key_file
-        try:
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".service.key.", dir=target.parent)
-        except PermissionError as exc:
-            raise NotWritable(f"cannot write the service key in {target.parent}: permission denied") from exc
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(encode_service_key(key))
-            handle.flush()
-            os.fsync(handle.fileno())
-
-        def commit() -> None:
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
-
-        def abort() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-        return key, commit, abort
 
 
 class Keyring:
@@ -221,10 +111,7 @@ class Keyring:
             self.lock_reason = "the database holds no service wrapping"
             return MasterKeyState.LOCKED
         try:
-            mk = crypto.unwrap_with_key(
-                crypto.WrappedKey.from_json(wrapping), key, wrapping_aad(SERVICE, self.instance_id)
-            )
-            self._accept(mk)
+            self._accept(open_service_wrapping(wrapping, key, self.instance_id, self.fingerprint))
         except DecryptionFailed:
             self.lock_reason = (
                 f"the service key at {self.source.describe()} does not open this database's "
