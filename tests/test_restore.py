@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ams import apikeys, backup
+from ams import apikeys, audit, backup
 from ams.backup import journal
 from ams.backup import restore as restore_module
 from ams.clock import ManualClock
@@ -125,6 +125,11 @@ def test_new_machine_restore_with_the_recovery_password(
         assert new.keyring.state == "unlocked" and new.id == populated.id
         assert fleet.read_all(new) == expected  # every password reads back
         assert all(p is not None for v in expected.values() for p in v.values())
+        # The restore's own events, written into the staged copy with sqlite3, read back.
+        with new.session() as session:
+            [done] = audit.list_events(session, event_id=int(audit.Event.BACKUP_RESTORED))
+        assert done.target == result.backup_id and done.details["new_service_key"] is True
+        assert done.details["restore_id"].startswith("rs_") and done.at > populated.clock.now()
     finally:
         new.close()
 
@@ -365,7 +370,7 @@ def test_a_backup_from_a_newer_ams_is_refused(populated: Instance, monkeypatch: 
     result = backup.create_backup(populated, actor="test")
     populated.close()
     before = tree_digest(populated.home.root)
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_foundation"})
+    monkeypatch.setattr(migrate, "is_known", lambda revision: revision == "0001_foundation")
     with pytest.raises(BackupUnsupported, match="newer AMS"):
         backup.restore_backup(result.path, populated.home, actor="test", clock=populated.clock)
     assert tree_digest(populated.home.root) == before

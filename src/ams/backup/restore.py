@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
-
 from ams import audit
 from ams.backup import catalog, journal
 from ams.backup.archive import ArchiveReader
@@ -45,8 +43,7 @@ from ams.backup.staging import (
 )
 from ams.clock import Clock, clock_from_env
 from ams.config import load_settings
-from ams.db import migrate
-from ams.db.engine import describe_url, make_engine, sqlite_url
+from ams.db import migrate, sqlite
 from ams.errors import (
     AMSError,
     BadInput,
@@ -56,12 +53,12 @@ from ams.errors import (
     ServiceRunning,
 )
 from ams.home import Home, ensure_private_dir, fsync_dir
-from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock, service_pid
 from ams.security.service_key import ServiceKeySource
 
 if TYPE_CHECKING:
     from ams.backup.pg import PostgresRestore
+    from ams.instance import Instance
 
 __all__ = ["RestoreResult", "resolve_interrupted", "restore_backup"]
 
@@ -111,6 +108,8 @@ def resolve_interrupted(
     action = journal.resume(home)
     if action is None:
         return None
+    from ams.instance import open_instance
+
     with contextlib.suppress(AMSError):
         instance = open_instance(home, clock or clock_from_env(), check_schema=False)
         try:
@@ -144,6 +143,8 @@ def _open_current(home: Home, clock: Clock) -> tuple[Instance | None, str | None
                 "or an instance"
             )
         return None, "the home held no instance"
+    from ams.instance import open_instance
+
     try:
         instance = open_instance(home, clock, check_schema=False)
     except (DatabaseUnreadable, SchemaMismatch) as exc:
@@ -225,48 +226,51 @@ def _record_in_staged(
     new_key: bool,
     restore_id: str,
 ) -> None:
-    engine = make_engine(sqlite_url(db_path, create=False))
+    conn = sqlite.connect(db_path)
     try:
-        with Session(engine) as session, session.begin():
-            if pre is not None:
-                catalog.add_complete(session, pre)
-                audit.record(
-                    session,
-                    clock,
-                    audit.Event.BACKUP_CREATED,
-                    actor=actor,
-                    target=pre.backup_id,
-                    details=catalog.created_details(pre),
-                )
-            if migrated_from:
-                audit.record(
-                    session,
-                    clock,
-                    audit.Event.SCHEMA_UPGRADED,
-                    actor=actor,
-                    details={"from": migrated_from, "to": migrate.head_revision()},
-                )
-            audit.record(
-                session,
+        conn.execute("BEGIN IMMEDIATE")
+        if pre is not None:
+            catalog.add_complete_sqlite(conn, pre)
+            audit.record_sqlite(
+                conn,
                 clock,
-                audit.Event.BACKUP_RESTORED,
+                audit.Event.BACKUP_CREATED,
                 actor=actor,
-                target=backup_id,
-                details={
-                    "restore_id": restore_id,
-                    "file": str(archive),
-                    "pre_restore": pre.backup_id if pre else None,
-                    "migrated_from": migrated_from,
-                    "new_service_key": new_key,
-                },
+                target=pre.backup_id,
+                details=catalog.created_details(pre),
             )
+        if migrated_from:
+            audit.record_sqlite(
+                conn,
+                clock,
+                audit.Event.SCHEMA_UPGRADED,
+                actor=actor,
+                details={"from": migrated_from, "to": migrate.head_revision()},
+            )
+        audit.record_sqlite(
+            conn,
+            clock,
+            audit.Event.BACKUP_RESTORED,
+            actor=actor,
+            target=backup_id,
+            details={
+                "restore_id": restore_id,
+                "file": str(archive),
+                "pre_restore": pre.backup_id if pre else None,
+                "migrated_from": migrated_from,
+                "new_service_key": new_key,
+            },
+        )
+        conn.execute("COMMIT")
     finally:
-        engine.dispose()
+        conn.close()
 
 
 def _migrate_staged(db_path: Path, revision: str) -> str | None:
     if revision == migrate.head_revision():
         return None
+    from ams.db.engine import make_engine, sqlite_url
+
     engine = make_engine(sqlite_url(db_path, create=False))
     try:
         migrate.upgrade(engine)
@@ -446,8 +450,16 @@ def _restore(
         migrated_from=migrated_from,
         new_service_key=new_key,
         resolved_interrupted=resolved,
-        database=f"postgresql {describe_url(target_url)}" if target_url else "sqlite",
+        database=_database_label(target_url),
     )
+
+
+def _database_label(url: str) -> str:
+    if not url:
+        return "sqlite"
+    from ams.db.engine import describe_url
+
+    return f"postgresql {describe_url(url)}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ams import crypto
 from ams.backup.archive import ArchiveReader, extract_payload
@@ -25,8 +26,10 @@ from ams.errors import (
     WrongPassword,
 )
 from ams.home import Home
-from ams.instance import Instance
 from ams.security.service_key import RECOVERY, SERVICE, ServiceKeySource, wrapping_aad
+
+if TYPE_CHECKING:
+    from ams.instance import Instance
 
 __all__ = [
     "PasswordSource",
@@ -139,7 +142,7 @@ def _check_database(path: Path, reader: ArchiveReader, check_pages: bool) -> str
         raise BackupInvalid("the database in the backup is not the one its manifest describes")
     if revision != manifest.schema_revision:
         raise BackupInvalid("the database's schema revision differs from the manifest's")
-    if revision not in migrate.known_revisions():
+    if not migrate.is_known(revision):
         raise BackupUnsupported(
             f"the backup has schema revision {revision}, written by a newer AMS: "
             "restore it with that version or newer"

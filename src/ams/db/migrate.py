@@ -10,15 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-
 from ams.db.revision import HEAD_REVISION, current_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Engine
 
-__all__ = ["current_revision", "head_revision", "script_head", "upgrade"]
+__all__ = ["current_revision", "head_revision", "is_known", "script_head", "upgrade"]
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -59,6 +58,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def known_revisions() -> set[str]:
     return {s.revision for s in _scripts().walk_revisions()}
+
+
+def is_known(revision: str) -> bool:
+    """Whether this AMS has ``revision`` (its own head needs no script read)."""
+    return revision == HEAD_REVISION or revision in known_revisions()
 
 
 def downgrade(engine: Engine, revision: str) -> None:
