@@ -8,9 +8,12 @@ below 200 MB whatever the database size.
 
 Parameters (environment or arguments): ``AMS_BENCH_DEVICES`` / ``--devices N`` (default
 100000), ``AMS_BENCH_HISTORY`` / ``--history N`` (default 10), ``AMS_BENCH_ROUNDS`` /
-``--rounds N`` (default 3: each side runs N times, alternating, and the medians are
-compared). Blobs are random bytes of the real size (a backup never decrypts them), so
-generating a large instance stays fast. The writer's latency is measured during one more
+``--rounds N`` (default 5: each side runs N times, alternating, and the medians are
+compared, after one untimed run of each). Before every timed run the previous run's output
+is deleted and the disk is allowed to settle (``sync``, then one second): each side writes
+about as much as the database, and whichever ran second would otherwise pay for writing
+back the other's gigabyte. Blobs are random bytes of the real size (a backup never
+decrypts them), so generating a large instance stays fast. The writer's latency is measured during one more
 ``ams backup create``, outside the time ratio: sqlite3's ``.backup`` restarts whenever the
 database changes, so it cannot be timed beside a writer.
 
@@ -117,8 +120,18 @@ def _hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def _settle() -> None:
+    """Let the page cache write back what earlier runs left dirty, so no run pays for another."""
+    os.sync()
+    time.sleep(1.0)
+
+
 def _child_peak(argv: list[str], stdin: str | None = None) -> tuple[float, float, str]:
-    """Seconds, the child's peak RSS (MB: VmHWM of its own address space, polled), stdout."""
+    """Seconds, the child's peak RSS (MB: VmHWM of its own address space, polled), stdout.
+
+    The disk settles first (:func:`_settle`), outside the time.
+    """
+    _settle()
     started = time.perf_counter()
     proc = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
@@ -150,11 +163,13 @@ def _in_process(home: Home, root: Path) -> tuple[float, float]:
 
     instance = open_instance(home)
     try:
+        _settle()
         started = time.perf_counter()
         result = backup.create_backup(instance, actor="bench", dest=root / "inproc")
         create_s = time.perf_counter() - started
     finally:
         instance.close()
+    _settle()
     started = time.perf_counter()
     backup.restore_backup(
         result.path, Home(root / "inproc-restored"), actor="bench", password=lambda hint: RECOVERY
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=int(os.environ.get("AMS_BENCH_DEVICES", "100000")))
     parser.add_argument("--history", type=int, default=int(os.environ.get("AMS_BENCH_HISTORY", "10")))
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("AMS_BENCH_ROUNDS", "3")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("AMS_BENCH_ROUNDS", "5")))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     root = Path(tempfile.mkdtemp(prefix="ams-backup-bench-"))
     try:
@@ -203,16 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         sq_backups: list[float] = []
         creates: list[tuple[float, float]] = []
         latencies: list[float] = []
-        archive = None
+        archive: Path | None = None
         create_argv = [str(AMS), "backup", "create", "--json", "--home", str(home.root)]
-        for _ in range(args.rounds):
+        for timed in (False, *([True] * args.rounds)):  # one untimed round first: warm caches
             copy.unlink(missing_ok=True)
-            sq_backups.append(_child_peak(["sqlite3", str(home.sqlite_path), f".backup {copy}"])[0])
-            create_s, create_mb, out = _child_peak(create_argv)
-            creates.append((create_s, create_mb))
+            sq_backup_s = _child_peak(["sqlite3", str(home.sqlite_path), f".backup {copy}"])[0]
             if archive is not None:
                 archive.unlink()
+            create_s, create_mb, out = _child_peak(create_argv)
             archive = Path(json.loads(out)["path"])
+            if timed:
+                sq_backups.append(sq_backup_s)
+                creates.append((create_s, create_mb))
         assert archive is not None
         # The writer's latency, in one more backup: not in the time ratio, since sqlite3's
         # .backup cannot run beside a writer at all (it restarts whenever the database changes).
@@ -234,16 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         restores: list[tuple[float, float]] = []
         target = root / "sqlite-restored.db"
         new_home = root / "restored"
-        for _ in range(args.rounds):
+        for timed in (False, *([True] * args.rounds)):
             target.unlink(missing_ok=True)
             sqlite3.connect(target).close()
-            sq_restores.append(_child_peak(["sqlite3", str(target), f".restore {copy}"])[0])
+            sq_restore_s = _child_peak(["sqlite3", str(target), f".restore {copy}"])[0]
             shutil.rmtree(new_home, ignore_errors=True)
             restore_s, restore_mb, _ = _child_peak(
                 [str(AMS), "backup", "restore", str(archive), "--password-stdin", "--home", str(new_home)],
                 RECOVERY + "\n",
             )
-            restores.append((restore_s, restore_mb))
+            if timed:
+                sq_restores.append(sq_restore_s)
+                restores.append((restore_s, restore_mb))
         sq_restore = statistics.median(sq_restores)
         restore_s = statistics.median(t for t, _ in restores)
         restore_mb = max(m for _, m in restores)

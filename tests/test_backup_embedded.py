@@ -92,23 +92,48 @@ def test_the_embedded_path_writes_what_the_orm_path_writes(instance: Instance, c
         reopened.close()
 
 
-def test_the_command_on_sqlite_loads_no_database_layer(instance: Instance, tmp_path: Path) -> None:
-    home = instance.home
-    instance.close()
+def _run_and_list_modules(args: list[str], stdin: str = "") -> tuple[str, list[str]]:
+    """Run ``ams ARGS`` in a fresh interpreter: (its stdout, the heavy modules it loaded)."""
     probe = (
         "import json, sys\nfrom ams.cli.main import run\n"
-        f"status = run(['backup', 'create', '--json', '--home', {str(home.root)!r}])\n"
+        f"status = run({args!r})\n"
         "print(json.dumps({'status': status, 'modules': sorted(sys.modules)}), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], input=stdin, capture_output=True, text=True, timeout=120
+    )
     report = json.loads(proc.stderr.strip().splitlines()[-1])
     assert report["status"] == 0, proc.stderr
     heavy = [
         m for m in report["modules"] if m.split(".")[0] in ("sqlalchemy", "alembic") or m == "ams.instance"
     ]
+    return proc.stdout, heavy
+
+
+def test_create_and_a_restore_into_a_new_home_load_no_database_layer(
+    instance: Instance, tmp_path: Path
+) -> None:
+    home = instance.home
+    instance.close()
+    out, heavy = _run_and_list_modules(["backup", "create", "--json", "--home", str(home.root)])
     assert heavy == []
-    made = json.loads(proc.stdout)
-    assert Path(made["path"]).is_file()
+    made = Path(json.loads(out)["path"])
+    assert made.is_file()
+    target = tmp_path / "new-machine"
+    out, heavy = _run_and_list_modules(
+        ["backup", "restore", str(made), "--password-stdin", "--json", "--home", str(target)],
+        RECOVERY_PASSWORD + "\n",
+    )
+    assert heavy == []
+    assert json.loads(out)["unlocked_with"] == "recovery password"
+    reopened = open_instance(Home(target))
+    try:
+        assert reopened.keyring.state == "unlocked"
+        with reopened.session() as session:
+            [restored] = audit.list_events(session, event_id=int(audit.Event.BACKUP_RESTORED))
+        assert restored.target == json.loads(out)["backup_id"]
+    finally:
+        reopened.close()
 
 
 def _source(home: Home) -> EmbeddedSource | None:
