@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ams.backup.catalog import BackupEntry, list_backups
-    from ams.backup.create import BackupResult, create_backup
+    from ams.backup.create import BackupResult, create_backup, create_backup_at
     from ams.backup.journal import resume as resume_interrupted_restore
     from ams.backup.restore import RestoreResult, restore_backup
     from ams.backup.schedule import (
@@ -31,6 +31,7 @@ _WHERE = {
     "list_backups": ("catalog", "list_backups"),
     "BackupResult": ("create", "BackupResult"),
     "create_backup": ("create", "create_backup"),
+    "create_backup_at": ("create", "create_backup_at"),
     "resume_interrupted_restore": ("journal", "resume"),
     "RestoreResult": ("restore", "RestoreResult"),
     "restore_backup": ("restore", "restore_backup"),
@@ -50,6 +51,7 @@ __all__ = [
     "RestoreResult",
     "ScheduleSettings",
     "create_backup",
+    "create_backup_at",
     "get_settings",
     "list_backups",
     "prune",

@@ -12,7 +12,7 @@ service's scheduled and API backups, PostgreSQL, a pre-restore backup), or for t
 ``ams backup create`` command on the embedded database the home itself
 (:class:`ams.backup.embedded.EmbeddedSource`, plain :mod:`sqlite3`), so that the command
 does not spend half a second loading SQLAlchemy before a copy that takes a few seconds.
-This module imports no database layer at the top for that reason.
+This module, like catalog and audit, imports no database layer at the top for that reason.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from ams import __version__
+from ams import __version__, audit
+from ams.backup import catalog
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter
 from ams.backup.sqlite_image import DatabaseImage, ImageUnavailable, connection_facts, open_image
 from ams.errors import BackupFailed, NotWritable
@@ -226,8 +227,6 @@ class _InstanceSource:
         return self.instance.keyring.recovery_password_set_at()
 
     def default_destination(self) -> Path:
-        from ams.backup import catalog
-
         return catalog.default_destination(self.instance)
 
     @contextlib.contextmanager
@@ -251,9 +250,6 @@ class _InstanceSource:
             ) from None
 
     def record(self, result: BackupResult, actor: str) -> None:
-        from ams import audit
-        from ams.backup import catalog
-
         with self.instance.transaction() as session:
             catalog.add_complete(session, result)
             audit.record(

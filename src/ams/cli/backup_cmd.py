@@ -71,12 +71,12 @@ def create(
     json_out: JsonOption = False,
 ) -> None:
     """Write an encrypted, verified-by-seal backup of the database, config folder and snapshots."""
-    from ams.backup.create import create_backup_at
+    from ams import backup
 
     target = home_of(home)
     finish_interrupted_restore(target)
     with _progress(not json_out) as progress:
-        result = create_backup_at(target, dest=dest, actor=actor(), progress=progress)
+        result = backup.create_backup_at(target, dest=dest, actor=actor(), progress=progress)
     if json_out:
         emit_json(result.to_dict())
         return
