@@ -13,8 +13,9 @@ compared, after one untimed run of each). Before every timed run the previous ru
 is deleted and the disk is allowed to settle (``sync``, then one second): each side writes
 about as much as the database, and whichever ran second would otherwise pay for writing
 back the other's gigabyte. Blobs are random bytes of the real size (a backup never
-decrypts them), so generating a large instance stays fast. The writer's latency is measured during one more
-``ams backup create``, outside the time ratio: sqlite3's ``.backup`` restarts whenever the
+decrypts them), so generating a large instance stays fast. The service functions are timed
+in-process the same way (medians). The writer's latency is measured during one more ``ams
+backup create``, outside the time ratio: sqlite3's ``.backup`` restarts whenever the
 database changes, so it cannot be timed beside a writer.
 
 Run: ``python -m bench backup`` or ``python bench/backup_bench.py --devices 10000``.
@@ -156,25 +157,38 @@ def _child_peak(argv: list[str], stdin: str | None = None) -> tuple[float, float
     return elapsed, peak, out.decode()
 
 
-def _in_process(home: Home, root: Path) -> tuple[float, float]:
-    """The service functions alone (no CLI start-up): create, and restore into a new home."""
+def _in_process(home: Home, root: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """The service functions alone (no CLI start-up), ``rounds`` times each after one untimed
+    run: create (what scheduled and API backups run), and restore into a new home."""
     from ams import backup
     from ams.instance import open_instance
 
+    creates: list[float] = []
+    restores: list[float] = []
+    made = None
     instance = open_instance(home)
     try:
-        _settle()
-        started = time.perf_counter()
-        result = backup.create_backup(instance, actor="bench", dest=root / "inproc")
-        create_s = time.perf_counter() - started
+        for timed in (False, *([True] * rounds)):
+            if made is not None:
+                made.path.unlink()
+            _settle()
+            started = time.perf_counter()
+            made = backup.create_backup(instance, actor="bench", dest=root / "inproc")
+            if timed:
+                creates.append(time.perf_counter() - started)
     finally:
         instance.close()
-    _settle()
-    started = time.perf_counter()
-    backup.restore_backup(
-        result.path, Home(root / "inproc-restored"), actor="bench", password=lambda hint: RECOVERY
-    )
-    return create_s, time.perf_counter() - started
+    assert made is not None
+    target = root / "inproc-restored"
+    for timed in (False, *([True] * rounds)):
+        shutil.rmtree(target, ignore_errors=True)
+        _settle()
+        started = time.perf_counter()
+        backup.restore_backup(made.path, Home(target), actor="bench", password=lambda hint: RECOVERY)
+        if timed:
+            restores.append(time.perf_counter() - started)
+    made.path.unlink()
+    return creates, restores
 
 
 def writer_latencies(db: Path, stop: threading.Event, out: list[float]) -> None:
@@ -269,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         inplace_s, inplace_mb, _ = _child_peak(
             [str(AMS), "backup", "restore", str(archive), "--yes", "--home", str(home.root)]
         )
-        inproc_create, inproc_restore = _in_process(home, root)
+        inproc_creates, inproc_restores = _in_process(home, root, args.rounds)
+        inproc_create = statistics.median(inproc_creates)
+        inproc_restore = statistics.median(inproc_restores)
         p99 = (
             statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else max(latencies, default=0)
         )
@@ -290,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "ams_restore_new_home_s": round(restore_s, 2),
             "restore_ratio": round(restore_s / sq_restore, 2),
             "ams_restore_in_place_s (with pre-restore backup)": round(inplace_s, 2),
+            "in_process_create_s (each round)": " ".join(f"{t:.2f}" for t in inproc_creates),
+            "in_process_restore_s (each round)": " ".join(f"{t:.2f}" for t in inproc_restores),
             "in_process_create_s": round(inproc_create, 2),
             "in_process_create_ratio": round(inproc_create / sq_backup, 2),
             "in_process_restore_s (incl. Argon2id unlock)": round(inproc_restore, 2),
