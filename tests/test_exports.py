@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import ams.crypto
@@ -24,6 +25,10 @@ def test_crypto_surface() -> None:
     }
     for name in ams.crypto.__all__:
         assert hasattr(ams.crypto, name)
+    # The names load their module on first use: the map and the surface agree.
+    assert sorted(ams.crypto.__all__) == sorted(ams.crypto._WHERE)
+    for name, module in ams.crypto._WHERE.items():
+        assert getattr(importlib.import_module(f"ams.crypto.{module}"), name) is getattr(ams.crypto, name)
 
 
 def test_only_the_crypto_package_imports_cryptography() -> None:
