@@ -45,7 +45,15 @@ if TYPE_CHECKING:
     from ams.clock import Clock
     from ams.instance import Instance
 
-__all__ = ["BackupResult", "BackupSource", "Progress", "create_backup", "create_backup_at", "database_facts"]
+__all__ = [
+    "BackupResult",
+    "BackupSource",
+    "Progress",
+    "create_backup",
+    "create_backup_at",
+    "database_facts",
+    "write_backup",
+]
 
 KINDS = ("manual", "scheduled", "pre-restore")
 _COPY = 1 << 20
