@@ -147,7 +147,7 @@ def pg_instance(pg_server: PostgresServer, tmp_path: Path, clock: ManualClock) -
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, object, object]:
     """An instance with certificates, devices and passwords, built once per module."""
-    from test_backup_support import golden_once
+    from backup_support import golden_once
 
     return golden_once(tmp_path_factory)
 
@@ -155,7 +155,7 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, object, obje
 @pytest.fixture
 def populated(golden: tuple[Home, object, object], tmp_path: Path) -> Iterator[Instance]:
     """A copy of the golden instance, open, with a clock at the golden time."""
-    from test_backup_support import copy_home
+    from backup_support import copy_home
 
     home, _fleet, now = golden
     instance = open_instance(copy_home(home, tmp_path / "home"), ManualClock(now))  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ from ams.errors import (
 from ams.instance import Instance, open_instance
 from ams.vault import certificates, devices, passwords, policy, regkeys
 from conftest import run_ams
-from test_vault_support import _small_keys, register  # noqa: F401 - _small_keys is a fixture
+from vault_support import _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
 PFX_PASSWORD = "Quartz-Meadow-Pelican-8802"
 VAULT_TABLES = {"registration_keys", "devices", "device_passwords", "password_policies"}

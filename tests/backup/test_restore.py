@@ -26,7 +26,7 @@ from ams.home import Home
 from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock
 from conftest import run_ams, tree_digest
-from test_backup_support import (
+from backup_support import (
     RECOVERY,
     Fleet,
     audit_until,

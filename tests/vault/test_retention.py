@@ -14,7 +14,7 @@ from ams.db.models.vault import DevicePassword
 from ams.instance import Instance
 from ams.vault import devices, passwords, policy, regkeys
 from ams.vault.devices import AuthenticatedDevice
-from test_vault_support import _small_keys, make_blob  # noqa: F401 - _small_keys is a fixture
+from vault_support import _small_keys, make_blob  # noqa: F401 - _small_keys is a fixture
 
 
 def _device(instance: Instance, name: str) -> AuthenticatedDevice:

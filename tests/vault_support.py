@@ -1,6 +1,6 @@
 """Helpers the vault tests share: an in-process agent that speaks the agent API as ams-agent does.
 
-(No tests here; the name keeps the file with the vault's tests.)
+(No tests here: a module of helpers beside conftest.py, like pg.py and server.py.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from ams.api import create_app
 from ams.clock import ManualClock
 from ams.instance import Instance
 from ams.vault import certificates, devices, passwords, policy, regkeys
-from test_vault_support import _small_keys, register  # noqa: F401 - _small_keys is a fixture
+from vault_support import _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
 pytestmark = pytest.mark.postgres
 

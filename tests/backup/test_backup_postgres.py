@@ -28,7 +28,7 @@ from ams.instance import Instance, open_instance
 from ams.vault import passwords
 from conftest import RECOVERY_PASSWORD, run_ams, tree_digest
 from pg import PostgresServer
-from test_vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
+from vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
 pytestmark = pytest.mark.postgres
 

@@ -48,7 +48,7 @@ DIRECTORY = "d-0123456789"
 
 @pytest.fixture(autouse=True)
 def _fast_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    # These tests do not look at the key size (tests/test_certs_pfx.py does): 2048 bits is fast.
+    # These tests do not look at the key size (tests/crypto/test_certs_pfx.py does): 2048 bits is fast.
     monkeypatch.setattr(certificates, "KEY_SIZE", 2048)
 
 

@@ -1,6 +1,6 @@
 """ams-agent in detail, in-process: passwords, the state file, setters, retries, bad input.
 
-The whole path against a real `ams serve` is in tests/test_e2e_agents.py.
+The whole path against a real `ams serve` is in tests/e2e/test_e2e_agents.py.
 """
 
 from __future__ import annotations

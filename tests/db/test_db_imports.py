@@ -1,6 +1,6 @@
 """Start-up cost: opening an instance loads neither Alembic nor models it does not read.
 
-ams.db.revision and ams.db.models say why; tests/test_cli_imports.py covers the CLI itself.
+ams.db.revision and ams.db.models say why; tests/cli/test_cli_imports.py covers the CLI itself.
 """
 
 from __future__ import annotations

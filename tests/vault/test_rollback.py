@@ -23,7 +23,7 @@ from ams.clock import ManualClock
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from ams.vault import passwords
-from test_vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
+from vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
 
 @pytest.fixture

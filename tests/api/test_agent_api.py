@@ -15,7 +15,7 @@ from ams.apikeys import Role
 from ams.clock import ManualClock
 from ams.instance import Instance, open_instance
 from ams.vault import certificates, devices, regkeys
-from test_vault_support import _small_keys, make_blob, register  # noqa: F401 - _small_keys is a fixture
+from vault_support import _small_keys, make_blob, register  # noqa: F401 - _small_keys is a fixture
 
 UNDECRYPTABLE = "could not decrypt the password data provided by the client"
 

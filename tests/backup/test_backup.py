@@ -20,7 +20,7 @@ from ams.errors import BackupFailed, BackupInvalid, BackupUnsafe, MasterKeyLocke
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from conftest import tree_digest
-from test_backup_support import RECOVERY, Fleet
+from backup_support import RECOVERY, Fleet
 
 
 def _members(path: Path) -> list[tarfile.TarInfo]:
