@@ -2,7 +2,7 @@
 
 Start-up time matters (every command, every script, the backup benchmark): the command
 modules import their services inside the commands, so building this tree stays cheap and
-each command loads only what it uses. ``tests/test_cli_imports.py`` holds the line.
+each command loads only what it uses. ``tests/cli/test_cli_imports.py`` holds the line.
 """
 
 from __future__ import annotations

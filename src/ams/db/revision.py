@@ -4,7 +4,7 @@ Every command that opens an instance compares the two. Asking Alembic costs a fe
 milliseconds (importing it, then reading every migration script to find the head), so the
 head is a constant here and the database's revision is one plain query; Alembic is loaded
 only to migrate (``ams.db.migrate``), SQLAlchemy only when a database is asked, so
-``HEAD_REVISION`` costs nothing to import. ``tests/test_db_revision.py`` fails when a
+``HEAD_REVISION`` costs nothing to import. ``tests/db/test_db_revision.py`` fails when a
 migration is added without updating ``HEAD_REVISION``.
 """
 

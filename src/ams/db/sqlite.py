@@ -5,7 +5,7 @@ copy, use plain :mod:`sqlite3`: loading SQLAlchemy and the models would cost mor
 a second of a command whose work is copying the database. They connect with the same
 settings as the engine (:func:`apply_pragmas`, also what :mod:`ams.db.engine` runs on each
 new connection) and store times as the models do (:func:`db_time`).
-``tests/test_backup_embedded.py`` compares what both paths write.
+``tests/backup/test_backup_embedded.py`` compares what both paths write.
 """
 
 from __future__ import annotations

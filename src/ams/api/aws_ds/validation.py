@@ -2,7 +2,7 @@
 
 ``SHAPES`` holds the input shapes of the operations AMS serves, copied from the service
 model botocore ships (types, required members, patterns, lengths, enums);
-tests/test_aws_ds.py checks them against that model, so a drift is caught. A request
+tests/api/test_aws_ds.py checks them against that model, so a drift is caught. A request
 that breaks a rule is answered with InvalidParameterException naming the member, the way
 AWS phrases it, without echoing values of sensitive members (passwords).
 """
