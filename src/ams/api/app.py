@@ -103,4 +103,8 @@ def create_app(instance: Instance) -> FastAPI:
     app.include_router(backups.router)
     # The AWS Directory Service-compatible endpoint (issue 5): POST /aws/ds, and POST / by target.
     app.include_router(aws_ds.router)
+    # The web console: GET / and its own paths (the AWS-compatible endpoint keeps POST /).
+    from ams.web import install as install_console
+
+    install_console(app)
     return app

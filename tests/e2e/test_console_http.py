@@ -1,0 +1,132 @@
+"""The web console against a real `ams serve`, over plain HTTP: login, CSRF, cookies, headers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import run_ams
+from server import Server
+
+ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
+READER_PASSWORD = "Copper-Meadow-Signal-93"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("console") / "home"
+    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
+    for name, role, password in (("alice", "admin", ADMIN_PASSWORD), ("rita", "reader", READER_PASSWORD)):
+        made = run_ams("user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n")
+        assert made.returncode == 0, made.stderr
+    with Server(home) as server:
+        yield server
+
+
+def _token(html: str) -> str:
+    found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+_clients: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def browser(server: Server) -> httpx.Client:
+    client = httpx.Client(base_url=server.url, timeout=10)
+    _clients.append(client)
+    return client
+
+
+def login(server: Server, name: str, password: str) -> httpx.Client:
+    client = browser(server)
+    page = client.get("/login")
+    answer = client.post(
+        "/login", data={"csrf_token": _token(page.text), "name": name, "password": password, "next": "/audit"}
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/audit", answer.text[:300]
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie  # plain HTTP
+    return client
+
+
+def test_pages_need_a_login_and_send_safe_headers(served: Server) -> None:
+    anonymous = httpx.get(served.url + "/audit?event=1000", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/audit%3Fevent%3D1000"
+    page = httpx.get(served.url + "/login")
+    assert page.status_code == 200 and "<form" in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
+    # Every asset the page names is served by AMS itself; nothing comes from another host.
+    assert not re.search(r'(src|href)="(https?:)?//', page.text)
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        assert httpx.get(served.url + asset).status_code == 200, asset
+
+
+def test_login_overview_and_logout(served: Server) -> None:
+    client = login(served, "alice", ADMIN_PASSWORD)
+    overview = client.get("/")
+    assert overview.status_code == 200 and "Master key" in overview.text and "unlocked" in overview.text
+    audit = client.get("/audit", params={"event": "1223"})
+    assert audit.status_code == 200 and "user_logged_in" in audit.text and "user:alice" in audit.text
+    old_cookie = client.cookies.get("ams_session")
+    out = client.post("/logout", data={"csrf_token": _token(overview.text)})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    # The old cookie opens nothing any more, even when a client keeps sending it.
+    replay = httpx.get(served.url + "/", cookies={"ams_session": old_cookie})
+    assert replay.status_code == 303 and replay.headers["location"].startswith("/login")
+
+
+def test_a_form_without_its_csrf_token_is_refused(served: Server) -> None:
+    client = login(served, "alice", ADMIN_PASSWORD)
+    for data in ({}, {"csrf_token": "1.deadbeef"}, {"csrf_token": "9999999999.00"}):
+        refused = client.post("/logout", data=data)
+        assert refused.status_code == 403 and "security token" in refused.text
+    assert client.get("/").status_code == 200  # still logged in: nothing happened
+    # A token from another browser's session does not work in this one.
+    other = login(served, "alice", ADMIN_PASSWORD)
+    foreign = _token(other.get("/").text)
+    assert client.post("/logout", data={"csrf_token": foreign}).status_code == 403
+    # The login form is protected too: a post without the pre-login cookie's token fails.
+    bare = httpx.post(served.url + "/login", data={"name": "alice", "password": ADMIN_PASSWORD})
+    assert bare.status_code == 403 and "ams_session" not in bare.headers.get("set-cookie", "")
+
+
+def test_a_wrong_login_does_not_say_which_part_was_wrong(served: Server) -> None:
+    answers = []
+    for name, password in (("alice", "not-her-password-1"), ("mallory", ADMIN_PASSWORD)):
+        client = browser(served)
+        page = client.get("/login")
+        answer = client.post("/login", data={"csrf_token": _token(page.text), "name": name, "password": password})
+        assert answer.status_code == 401 and "ams_session" not in answer.headers.get("set-cookie", "")
+        assert password not in answer.text
+        answers.append(re.search(r'role="alert">([^<]+)<', answer.text).group(1))
+    assert answers[0] == answers[1] == "wrong user name or password, or the user is disabled"
+
+
+def test_the_aws_endpoint_still_answers_post_slash(served: Server) -> None:
+    # boto3 and the aws command post to the same root the console's overview is at.
+    answer = httpx.post(
+        served.url + "/",
+        headers={"X-Amz-Target": "DirectoryService_20150416.DescribeDirectories"},
+        content=b"{}",
+    )
+    assert answer.status_code in (400, 403) and "__type" in answer.json()
+
+
+def test_console_log_has_no_secrets(served: Server, tmp_path: Path) -> None:
+    login(served, "alice", ADMIN_PASSWORD)
+    text = served.log.read_text()
+    assert ADMIN_PASSWORD not in text and "ams_session=" not in text and "csrf_token=" not in text
