@@ -12,7 +12,14 @@ from ams import audit, users
 from ams.apikeys import Role
 from ams.clock import ManualClock
 from ams.db.models.console import ConsoleSession, ConsoleUser
-from ams.errors import AlreadyExists, AuthenticationRequired, BadInput, NotFound, PermissionDenied, WeakPassword
+from ams.errors import (
+    AlreadyExists,
+    AuthenticationRequired,
+    BadInput,
+    NotFound,
+    PermissionDenied,
+    WeakPassword,
+)
 from ams.instance import Instance
 from conftest import run_ams
 
@@ -110,7 +117,9 @@ def test_roles_and_bad_input(instance: Instance) -> None:
 def test_user_commands(tmp_path) -> None:
     home = tmp_path / "home"
     assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
-    made = run_ams("user", "create", "alice", "--role", "admin", "--password-stdin", home=home, input=PASSWORD + "\n")
+    made = run_ams(
+        "user", "create", "alice", "--role", "admin", "--password-stdin", home=home, input=PASSWORD + "\n"
+    )
     assert made.returncode == 0, made.stderr
     assert PASSWORD not in made.stdout + made.stderr
     generated = run_ams("user", "create", "bob", "--generate", "--json", home=home)

@@ -73,10 +73,14 @@ def console_overview(instance: Instance) -> dict[str, Any]:
     backup = status["backup"]
     last = backup.get("last_backup")
     if last and last["result"] == "failure":
-        warnings.append(Warning("danger", f"The last backup failed: {last['error'] or 'see the audit trail'}."))
+        warnings.append(
+            Warning("danger", f"The last backup failed: {last['error'] or 'see the audit trail'}.")
+        )
     last_ok = _parse(backup.get("last_success_at"))
     if last_ok is None:
-        warnings.append(Warning("warning", "No backup has been made yet: use Backup now on the Database page."))
+        warnings.append(
+            Warning("warning", "No backup has been made yet: use Backup now on the Database page.")
+        )
     elif now - last_ok > _STALE_BACKUP:
         warnings.append(Warning("warning", f"The last good backup is from {last_ok:%Y-%m-%d %H:%M} UTC."))
     for cert in certs:

@@ -283,4 +283,3 @@ def end_session(instance: Instance, token_hash: str, actor: str) -> None:
             return
         session.delete(record)
         audit.record(session, instance.clock, audit.Event.USER_LOGGED_OUT, actor=actor, target=record.user_id)
-

@@ -19,8 +19,8 @@ from ams.clock import ManualClock
 from ams.errors import BackupFailed, BackupInvalid, BackupUnsafe, MasterKeyLocked
 from ams.home import Home
 from ams.instance import Instance, open_instance
-from conftest import tree_digest
 from backup_support import RECOVERY, Fleet
+from conftest import tree_digest
 
 
 def _members(path: Path) -> list[tarfile.TarInfo]:

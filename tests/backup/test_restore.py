@@ -25,7 +25,6 @@ from ams.errors import (
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock
-from conftest import run_ams, tree_digest
 from backup_support import (
     RECOVERY,
     Fleet,
@@ -33,6 +32,7 @@ from backup_support import (
     max_audit_seq,
     table_dump,
 )
+from conftest import run_ams, tree_digest
 
 # Tables a restore adds to (its own audit events and the pre-restore catalog row).
 _GROWS = ("audit_events", "backups")

@@ -21,7 +21,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("console") / "home"
     assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
     for name, role, password in (("alice", "admin", ADMIN_PASSWORD), ("rita", "reader", READER_PASSWORD)):
-        made = run_ams("user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n")
+        made = run_ams(
+            "user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n"
+        )
         assert made.returncode == 0, made.stderr
     with Server(home) as server:
         yield server
@@ -63,7 +65,9 @@ def login(server: Server, name: str, password: str) -> httpx.Client:
 
 def test_pages_need_a_login_and_send_safe_headers(served: Server) -> None:
     anonymous = httpx.get(served.url + "/audit?event=1000", follow_redirects=False)
-    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/audit%3Fevent%3D1000"
+    assert (
+        anonymous.status_code == 303 and anonymous.headers["location"] == "/login?next=/audit%3Fevent%3D1000"
+    )
     page = httpx.get(served.url + "/login")
     assert page.status_code == 200 and "<form" in page.text
     csp = page.headers["content-security-policy"]
@@ -109,7 +113,9 @@ def test_a_wrong_login_does_not_say_which_part_was_wrong(served: Server) -> None
     for name, password in (("alice", "not-her-password-1"), ("mallory", ADMIN_PASSWORD)):
         client = browser(served)
         page = client.get("/login")
-        answer = client.post("/login", data={"csrf_token": _token(page.text), "name": name, "password": password})
+        answer = client.post(
+            "/login", data={"csrf_token": _token(page.text), "name": name, "password": password}
+        )
         assert answer.status_code == 401 and "ams_session" not in answer.headers.get("set-cookie", "")
         assert password not in answer.text
         answers.append(re.search(r'role="alert">([^<]+)<', answer.text).group(1))

@@ -40,7 +40,9 @@ def create(
     role: Annotated[str, typer.Option("--role", help="admin or reader.")] = "reader",
     home: HomeOption = None,
     password_stdin: PasswordStdinOption = False,
-    generate: Annotated[bool, typer.Option("--generate", help="Generate a password and print it once.")] = False,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Generate a password and print it once.")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Create a console user; the password is typed twice, read from stdin, or generated."""
@@ -98,7 +100,9 @@ def passwd(
     name: NameArgument,
     home: HomeOption = None,
     password_stdin: PasswordStdinOption = False,
-    generate: Annotated[bool, typer.Option("--generate", help="Generate a password and print it once.")] = False,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Generate a password and print it once.")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Replace a user's password; their open sessions end."""

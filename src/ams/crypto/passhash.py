@@ -31,14 +31,8 @@ def hash_password(password: str) -> str:
 def verify_password(stored: str | None, password: str) -> bool:
     """True when ``password`` matches ``stored``. ``None`` (no such user) costs the same and
     is False, so the time of an answer does not tell whether the user exists."""
-    if stored is None:
-        try:
-            _HASHER.verify(_dummy_hash(), password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            pass
-        return False
     try:
-        return _HASHER.verify(stored, password)
+        return _HASHER.verify(_dummy_hash() if stored is None else stored, password) and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

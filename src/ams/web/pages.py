@@ -20,7 +20,6 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from ams import __version__, audit, users
-from ams.apikeys import Role
 from ams.errors import AMSError, AuthenticationRequired, BadInput, PermissionDenied
 from ams.web import forms
 from ams.web.session import (
@@ -146,7 +145,9 @@ async def login_submit(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     session = current(request)
-    form = forms.form_for(forms.CsrfOnlyForm, await _form(request), secret=session.csrf_secret, now=_now(request))
+    form = forms.form_for(
+        forms.CsrfOnlyForm, await _form(request), secret=session.csrf_secret, now=_now(request)
+    )
     if not form.validate():
         raise ConsoleRefused(PermissionDenied(_first_error(form)), session)
     await asyncio.to_thread(users.end_session, _instance(request), session.token_hash, session.actor)
