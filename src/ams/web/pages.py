@@ -38,6 +38,17 @@ __all__ = ["install", "router"]
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
+
+
+def _when(value: datetime | str | None) -> str:
+    """A time as people read it on a page: UTC, to the minute."""
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+templates.env.filters["when"] = _when
 router = APIRouter(include_in_schema=False)
 
 # Every console page: no framing, no referrer, no cache, scripts and styles from AMS only.

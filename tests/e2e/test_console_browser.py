@@ -1,0 +1,146 @@
+"""The web console in a real browser: Playwright driving Debian's Chromium against `ams serve`.
+
+No browser is downloaded (none can be, here): the tests use /usr/bin/chromium, which
+.ci/run installs. Without it they skip, except under CI=true, where a missing browser is a
+failure. Each page's screenshot is written to $AMS_SCREENSHOTS when set (`make screenshots`
+sets it to docs/screenshots), else to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import run_ams
+from server import Server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
+READER_PASSWORD = "Copper-Meadow-Signal-93"
+# Read at import: the suite's autouse fixture clears every AMS_* variable before a test runs.
+SCREENSHOTS = os.environ.get("AMS_SCREENSHOTS")
+
+
+def _playwright() -> Any:
+    if not Path(CHROMIUM).exists():
+        reason = "Chromium is not installed (Debian package chromium; .ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: `make test` installs it with the dev extras")
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("console-browser") / "home"
+    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
+    for name, role, password in (("alice", "admin", ADMIN_PASSWORD), ("rita", "reader", READER_PASSWORD)):
+        made = run_ams(
+            "user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n"
+        )
+        assert made.returncode == 0, made.stderr
+    with Server(home) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    sync_playwright = _playwright()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    where = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def _login(page: Any, server: Server, name: str, password: str) -> None:
+    page.goto(server.url + "/")
+    assert "/login" in page.url
+    page.get_by_label("User name").fill(name)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(server.url + "/")
+
+
+def test_log_in_see_the_overview_filter_the_audit_and_log_out(chromium: Any, served: Server, shots: Path) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(served.url + "/")
+    page.screenshot(path=str(shots / "login.png"))
+    _login(page, served, "alice", ADMIN_PASSWORD)
+    assert page.get_by_role("heading", name="Overview").is_visible()
+    assert page.get_by_text("unlocked").first.is_visible()
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+    page.get_by_role("link", name="Audit").click()
+    page.get_by_label("Event id").fill("1223")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url("**/audit?event=1223*")
+    rows = page.locator("table.events tbody tr")
+    assert rows.count() >= 1
+    assert "user_logged_in" in rows.first.inner_text() and "user:alice" in rows.first.inner_text()
+    page.screenshot(path=str(shots / "audit.png"), full_page=True)
+
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url("**/login")
+    page.goto(served.url + "/audit")
+    assert "/login" in page.url  # the cookie opens nothing after logout
+    context.close()
+
+
+def test_a_wrong_login_is_shown_beside_the_form(chromium: Any, served: Server) -> None:
+    context = chromium.new_context()
+    page = context.new_page()
+    page.goto(served.url + "/login")
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("not-her-password")
+    page.get_by_role("button", name="Log in").click()
+    alert = page.get_by_role("alert")
+    assert alert.inner_text() == "wrong user name or password, or the user is disabled"
+    assert page.get_by_label("Password").input_value() == ""  # the typed password is not sent back
+    context.close()
+
+
+def test_readable_on_a_narrow_window_and_by_keyboard(chromium: Any, served: Server, shots: Path) -> None:
+    context = chromium.new_context(viewport={"width": 400, "height": 800})
+    page = context.new_page()
+    page.goto(served.url + "/login")
+    # By keyboard alone: the name field has the focus, Tab goes to the password, Enter sends.
+    assert page.evaluate("document.activeElement.id") == "name"
+    page.keyboard.type("rita")
+    page.keyboard.press("Tab")
+    page.keyboard.type(READER_PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url(served.url + "/")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, f"the overview is {width} px wide in a 400 px window"
+    page.screenshot(path=str(shots / "overview-narrow.png"), full_page=True)
+    context.close()
