@@ -90,7 +90,9 @@ def _login(page: Any, server: Server, name: str, password: str) -> None:
     page.wait_for_url(server.url + "/")
 
 
-def test_log_in_see_the_overview_filter_the_audit_and_log_out(chromium: Any, served: Server, shots: Path) -> None:
+def test_log_in_see_the_overview_filter_the_audit_and_log_out(
+    chromium: Any, served: Server, shots: Path
+) -> None:
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.goto(served.url + "/")
