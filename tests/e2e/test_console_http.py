@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from server import Server
 
 ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
 READER_PASSWORD = "Copper-Meadow-Signal-93"
+AGENT = Path(sys.executable).parent / "ams-agent"
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +141,138 @@ def test_console_log_has_no_secrets(served: Server, tmp_path: Path) -> None:
     login(served, "alice", ADMIN_PASSWORD)
     text = served.log.read_text()
     assert ADMIN_PASSWORD not in text and "ams_session=" not in text and "csrf_token=" not in text
+
+
+# -- Security ------------------------------------------------------------------------------
+
+
+def _alert(html: str) -> str:
+    found = re.search(r'class="(?:alert [a-z]+|field-error)"[^>]*>([^<]+)<', html)
+    return found.group(1) if found else ""
+
+
+def test_the_recovery_password_is_set_on_the_security_page(served: Server) -> None:
+    client = login(served, "alice", ADMIN_PASSWORD)
+    page = client.get("/security")
+    assert page.status_code == 200 and "unlocked" in page.text
+    token = _token(page.text)
+    weak = client.post(
+        "/security/recovery-password", data={"csrf_token": token, "password": "abc", "confirm": "abc"}
+    )
+    assert weak.status_code == 422 and "recovery password refused" in weak.text
+    assert 'aria-invalid="true"' in weak.text and 'value="abc"' not in weak.text
+    differ = client.post(
+        "/security/recovery-password",
+        data={
+            "csrf_token": token,
+            "password": "Granite-Falcon-Ledger-72",
+            "confirm": "Granite-Falcon-Ledger-73",
+        },
+    )
+    assert differ.status_code == 400 and "the two passwords differ" in differ.text
+    good = client.post(
+        "/security/recovery-password",
+        data={
+            "csrf_token": token,
+            "password": "Granite-Falcon-Ledger-72",
+            "confirm": "Granite-Falcon-Ledger-72",
+        },
+    )
+    assert good.status_code == 200 and "The recovery password was replaced" in good.text
+    assert "Granite-Falcon-Ledger-72" not in good.text
+    generated = client.post("/security/recovery-password/generate", data={"csrf_token": token})
+    shown = re.search(r'id="generated-password">([A-Z0-9-]+)<', generated.text)
+    assert generated.status_code == 200 and shown and "nothing AMS keeps can be recovered" in generated.text
+    assert shown.group(1) not in client.get("/security").text  # shown once
+    # The service took it: the generated password unlocks the master key (checked offline).
+    listed = run_ams("audit", "list", "--event", "1100", "--json", home=served.home)
+    assert json_actors(listed.stdout)[-2:] == ["user:alice", "user:alice"]
+
+
+def json_actors(text: str) -> list[str]:
+    return [e["actor"] for e in json.loads(text)]
+
+
+def test_a_reader_sees_the_pages_but_cannot_change_anything(served: Server) -> None:
+    client = login(served, "rita", READER_PASSWORD)
+    page = client.get("/security")
+    assert (
+        page.status_code == 200
+        and "needs the admin role" in page.text
+        and '<form method="post" action="/security' not in page.text
+    )
+    token = _token(page.text)
+    for path, data in (
+        (
+            "/security/recovery-password",
+            {"password": "Granite-Falcon-Ledger-99", "confirm": "Granite-Falcon-Ledger-99"},
+        ),
+        ("/security/recovery-password/generate", {}),
+        ("/devices/expire", {"scope": "agent", "all_in_scope": "1"}),
+    ):
+        refused = client.post(path, data={"csrf_token": token, **data})
+        assert refused.status_code == 403 and "needs the admin role" in refused.text, path
+
+
+# -- Devices -------------------------------------------------------------------------------
+
+
+def _agent(
+    served: Server, folder: Path, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
+    return subprocess.run(
+        [str(AGENT), *args, "--state", str(folder / "state" / "state.json")],
+        input=input, capture_output=True, text=True, env=env, timeout=90,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def device(served: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One real ams-agent, registered and with its first password (file backend)."""
+    folder = tmp_path_factory.mktemp("agent")
+    made = run_ams("regkey", "create", "--name", "console", "--json", home=served.home)
+    key = json.loads(made.stdout)["key"]
+    registered = _agent(served, folder, "register", "--server", served.url, "--name", "web-01",
+                        "--registration-key-stdin", input=key + "\n")  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    ran = _agent(
+        served, folder, "run", "--once", "--setter", f"file:{folder / 'password'}", "--max-delay", "1"
+    )
+    assert ran.returncode == 0, ran.stderr
+    state = json.loads((folder / "state" / "state.json").read_text())
+    return str(state["device_id"]), folder
+
+
+def test_devices_search_read_a_password_and_expire(served: Server, device: tuple[str, Path]) -> None:
+    device_id, folder = device
+    password = (folder / "password").read_text().strip()
+    client = login(served, "rita", READER_PASSWORD)
+    listed = client.get("/devices", params={"q": "WEB-0"})
+    assert listed.status_code == 200 and device_id in listed.text and password not in listed.text
+    assert device_id not in client.get("/devices", params={"q": "nothing-like-it"}).text
+    page = client.get(f"/devices/{device_id}")
+    assert page.status_code == 200 and "Rotation history" in page.text and password not in page.text
+    # A password is read by a POST with the CSRF token (never a GET, never in a URL), audited.
+    assert client.post(f"/devices/{device_id}/password", data={}).status_code == 403
+    shown = client.post(
+        f"/devices/{device_id}/password",
+        data={"csrf_token": _token(page.text)},
+        headers={"HX-Request": "true"},
+    )
+    assert shown.status_code == 200 and password in shown.text and "<html" not in shown.text
+    reads = json.loads(run_ams("audit", "list", "--event", "1411", "--json", home=served.home).stdout)
+    assert reads[-1]["actor"] == "user:rita" and reads[-1]["details"]["via"] == "console"
+
+    admin = login(served, "alice", ADMIN_PASSWORD)
+    token = _token(admin.get("/devices").text)
+    none_selected = admin.post("/devices/expire", data={"csrf_token": token})
+    assert none_selected.status_code == 422 and "select at least one device" in none_selected.text
+    expired = admin.post("/devices/expire", data={"csrf_token": token, "device": device_id})
+    assert expired.status_code == 303 and expired.headers["location"] == "/devices?expired=1"
+    assert "rotation forced" in admin.get("/devices").text
+    ran = _agent(
+        served, folder, "run", "--once", "--setter", f"file:{folder / 'password'}", "--max-delay", "1"
+    )
+    assert ran.returncode == 0 and "forced" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+    assert (folder / "password").read_text().strip() != password

@@ -19,7 +19,7 @@ from wtforms.validators import DataRequired, Length, ValidationError
 
 from ams import crypto
 
-__all__ = ["CsrfOnlyForm", "LoginForm", "SessionBoundCSRF", "form_for"]
+__all__ = ["CsrfOnlyForm", "LoginForm", "RecoveryPasswordForm", "SessionBoundCSRF", "UnlockForm", "form_for"]
 
 TOKEN_LIFETIME = timedelta(hours=12)
 
@@ -65,3 +65,18 @@ class LoginForm(_ConsoleForm):
     name = StringField("User name", validators=[DataRequired("type your user name"), Length(max=64)])
     password = PasswordField("Password", validators=[DataRequired("type your password"), Length(max=1024)])
     next = HiddenField()
+
+
+class RecoveryPasswordForm(_ConsoleForm):
+    password = PasswordField("New recovery password", validators=[Length(max=1024)])
+    confirm = PasswordField("The same again", validators=[Length(max=1024)])
+
+    def validate_confirm(self, field: Any) -> None:
+        if self.password.data and field.data != self.password.data:
+            raise ValidationError("the two passwords differ")
+
+
+class UnlockForm(_ConsoleForm):
+    password = PasswordField(
+        "Recovery password", validators=[DataRequired("type the recovery password"), Length(max=1024)]
+    )

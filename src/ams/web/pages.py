@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
-from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
-from ams import __version__, audit, users
+from ams import audit, users
 from ams.errors import AMSError, AuthenticationRequired, BadInput, PermissionDenied
 from ams.web import forms
+from ams.web._render import STATIC, first_error, instance_of, now_of, posted, render
 from ams.web.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -36,80 +33,8 @@ from ams.web.session import (
 
 __all__ = ["install", "router"]
 
-_HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(_HERE / "templates"))
-
-
-def _when(value: datetime | str | None) -> str:
-    """A time as people read it on a page: UTC, to the minute."""
-    if not value:
-        return "-"
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-templates.env.filters["when"] = _when
 router = APIRouter(include_in_schema=False)
-
-# Every console page: no framing, no referrer, no cache, scripts and styles from AMS only.
-_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 _AUDIT_PAGE = 50
-
-_NAV = (
-    ("/", "Overview"),
-    ("/audit", "Audit"),
-)
-
-
-def _instance(request: Request) -> Any:
-    return request.app.state.instance
-
-
-def _now(request: Request) -> datetime:
-    now: datetime = _instance(request).clock.now()
-    return now
-
-
-def render(
-    request: Request,
-    name: str,
-    context: dict[str, Any],
-    *,
-    session: users.SessionInfo | None = None,
-    status_code: int = 200,
-) -> Response:
-    """A page with the layout's context: who is logged in, the navigation, the logout form."""
-    logout = None
-    if session is not None:
-        logout = forms.form_for(forms.CsrfOnlyForm, None, secret=session.csrf_secret, now=_now(request))
-    response = templates.TemplateResponse(
-        request,
-        name,
-        {
-            "session": session,
-            "nav": _NAV,
-            "path": request.url.path,
-            "logout_form": logout,
-            "version": __version__,
-            **context,
-        },
-        status_code=status_code,
-        headers=_HEADERS,
-    )
-    return response
-
-
-async def _form(request: Request) -> FormData:
-    return await request.form()
 
 
 # --- login and logout -------------------------------------------------------------------
@@ -118,7 +43,7 @@ async def _form(request: Request) -> FormData:
 @router.get("/login")
 def login_page(request: Request, next: str | None = None) -> Response:
     secret, new = login_secret(request)
-    form = forms.form_for(forms.LoginForm, None, secret=secret, now=_now(request), next=safe_next(next))
+    form = forms.form_for(forms.LoginForm, None, secret=secret, now=now_of(request), next=safe_next(next))
     response = render(request, "login.html", {"form": form, "error": None})
     if new:
         set_cookie(request, response, LOGIN_COOKIE, secret, max_age=3600)
@@ -128,14 +53,14 @@ def login_page(request: Request, next: str | None = None) -> Response:
 @router.post("/login")
 async def login_submit(request: Request) -> Response:
     secret, new = login_secret(request)
-    form = forms.form_for(forms.LoginForm, await _form(request), secret=secret, now=_now(request))
+    form = forms.form_for(forms.LoginForm, await posted(request), secret=secret, now=now_of(request))
     error: str | None = None
     valid = form.validate()
     status_code = 403 if form.csrf_token.errors else 400
     if valid:
         try:
             logged_in = await asyncio.to_thread(
-                users.login, _instance(request), form.name.data, form.password.data, client_of(request)
+                users.login, instance_of(request), form.name.data, form.password.data, client_of(request)
             )
         except AuthenticationRequired as exc:
             error, status_code = exc.message, 401
@@ -157,21 +82,14 @@ async def login_submit(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     session = current(request)
     form = forms.form_for(
-        forms.CsrfOnlyForm, await _form(request), secret=session.csrf_secret, now=_now(request)
+        forms.CsrfOnlyForm, await posted(request), secret=session.csrf_secret, now=now_of(request)
     )
     if not form.validate():
-        raise ConsoleRefused(PermissionDenied(_first_error(form)), session)
-    await asyncio.to_thread(users.end_session, _instance(request), session.token_hash, session.actor)
+        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
+    await asyncio.to_thread(users.end_session, instance_of(request), session.token_hash, session.actor)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
-
-
-def _first_error(form: Any) -> str:
-    for errors in form.errors.values():
-        if errors:
-            return str(errors[0])
-    return "the form is not valid"
 
 
 # --- pages --------------------------------------------------------------------------------
@@ -182,7 +100,7 @@ def overview(request: Request) -> Response:
     from ams.overview import console_overview
 
     session = current(request)
-    return render(request, "overview.html", {"o": console_overview(_instance(request))}, session=session)
+    return render(request, "overview.html", {"o": console_overview(instance_of(request))}, session=session)
 
 
 def _parse_time(value: str | None, what: str) -> datetime | None:
@@ -215,7 +133,7 @@ def audit_page(request: Request) -> Response:
         since = _parse_time(filters["since"], "from")
         until = _parse_time(filters["until"], "until")
         before = _parse_int(filters["before"], "page")
-        with _instance(request).session() as db:
+        with instance_of(request).session() as db:
             events = audit.list_events(
                 db,
                 since=since,
@@ -264,5 +182,8 @@ def install(app: FastAPI) -> None:
             status_code=exc.error.http_status,
         )
 
-    app.include_router(router)
-    app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
+    from ams.web import devices, security
+
+    for pages in (router, security.router, devices.router):
+        app.include_router(pages)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
