@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import run_ams
-from server import Server
+from server import FileAgent, Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
@@ -90,6 +90,10 @@ def _login(page: Any, server: Server, name: str, password: str) -> None:
     page.wait_for_url(server.url + "/")
 
 
+def _nav(page: Any, name: str) -> None:
+    page.get_by_role("navigation", name="Console").get_by_role("link", name=name).click()
+
+
 def test_log_in_see_the_overview_filter_the_audit_and_log_out(
     chromium: Any, served: Server, shots: Path
 ) -> None:
@@ -102,7 +106,7 @@ def test_log_in_see_the_overview_filter_the_audit_and_log_out(
     assert page.get_by_text("unlocked").first.is_visible()
     page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
-    page.get_by_role("link", name="Audit").click()
+    _nav(page, "Audit")
     page.get_by_label("Event id").fill("1223")
     page.get_by_role("button", name="Filter").click()
     page.wait_for_url("**/audit?event=1223*")
@@ -145,4 +149,70 @@ def test_readable_on_a_narrow_window_and_by_keyboard(chromium: Any, served: Serv
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the overview is {width} px wide in a 400 px window"
     page.screenshot(path=str(shots / "overview-narrow.png"), full_page=True)
+    context.close()
+
+
+def test_set_the_recovery_password_in_the_browser(chromium: Any, served: Server, shots: Path) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    _login(page, served, "alice", ADMIN_PASSWORD)
+    _nav(page, "Security")
+    page.get_by_label("New recovery password").fill("password1234")
+    page.get_by_label("The same again").fill("password1234")
+    page.get_by_role("button", name="Set the recovery password").click()
+    # The service's own words, beside the field that caused them.
+    error = page.locator("#password-error")
+    assert "recovery password refused" in error.inner_text()
+    assert page.get_by_label("New recovery password").get_attribute("aria-invalid") == "true"
+    page.get_by_label("New recovery password").fill("Granite-Falcon-Ledger-72")
+    page.get_by_label("The same again").fill("Granite-Falcon-Ledger-72")
+    page.get_by_role("button", name="Set the recovery password").click()
+    assert "The recovery password was replaced" in page.get_by_role("status").inner_text()
+    page.screenshot(path=str(shots / "security.png"), full_page=True)
+    context.close()
+
+
+def test_reveal_copy_hide_and_expire_a_device_password(
+    chromium: Any, served: Server, shots: Path, tmp_path: Path
+) -> None:
+    agent = FileAgent(tmp_path / "agent")
+    device_id = agent.register(served, "web-07")
+    assert agent.run_once().returncode == 0
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=served.url)
+    page = context.new_page()
+    _login(page, served, "alice", ADMIN_PASSWORD)
+    _nav(page, "Devices")
+    page.get_by_label("Name or id").fill("web-07")
+    page.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name="web-07").click()
+    page.wait_for_url(f"**/devices/{device_id}")
+    assert agent.password not in page.content()
+    page.get_by_role("button", name="Show the current password").click()
+    secret = page.locator("code.secret").first
+    secret.wait_for()
+    assert secret.inner_text() == agent.password
+    page.screenshot(path=str(shots / "device.png"), full_page=True)
+    page.get_by_role("button", name="Copy").first.click()
+    assert page.evaluate("navigator.clipboard.readText()") == agent.password
+    page.get_by_role("button", name="Hide").click()
+    assert page.locator("code.secret").count() == 0
+    page.get_by_role("button", name="Expire the password now").click()
+    assert "next check-in" in page.get_by_role("status").inner_text()
+    before = agent.password
+    ran = agent.run_once()
+    assert ran.returncode == 0 and "forced" in ran.stdout + ran.stderr
+    assert agent.password != before
+    _nav(page, "Devices")
+    page.screenshot(path=str(shots / "devices.png"), full_page=True)
+    context.close()
+
+
+def test_a_reader_is_refused_the_admin_forms(chromium: Any, served: Server) -> None:
+    context = chromium.new_context()
+    page = context.new_page()
+    _login(page, served, "rita", READER_PASSWORD)
+    page.goto(served.url + "/security")
+    assert page.get_by_text("Setting the recovery password needs the admin role.").is_visible()
+    assert page.get_by_role("button", name="Set the recovery password").count() == 0
     context.close()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +11,10 @@ import httpx
 import pytest
 
 from conftest import run_ams
-from server import Server
+from server import FileAgent, Server
 
 ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
 READER_PASSWORD = "Copper-Meadow-Signal-93"
-AGENT = Path(sys.executable).parent / "ams-agent"
 
 
 @pytest.fixture(scope="module")
@@ -217,36 +213,19 @@ def test_a_reader_sees_the_pages_but_cannot_change_anything(served: Server) -> N
 # -- Devices -------------------------------------------------------------------------------
 
 
-def _agent(
-    served: Server, folder: Path, *args: str, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
-    return subprocess.run(
-        [str(AGENT), *args, "--state", str(folder / "state" / "state.json")],
-        input=input, capture_output=True, text=True, env=env, timeout=90,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
-def device(served: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def device(served: Server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, FileAgent]:
     """One real ams-agent, registered and with its first password (file backend)."""
-    folder = tmp_path_factory.mktemp("agent")
-    made = run_ams("regkey", "create", "--name", "console", "--json", home=served.home)
-    key = json.loads(made.stdout)["key"]
-    registered = _agent(served, folder, "register", "--server", served.url, "--name", "web-01",
-                        "--registration-key-stdin", input=key + "\n")  # fmt: skip
-    assert registered.returncode == 0, registered.stderr
-    ran = _agent(
-        served, folder, "run", "--once", "--setter", f"file:{folder / 'password'}", "--max-delay", "1"
-    )
+    agent = FileAgent(tmp_path_factory.mktemp("agent"))
+    device_id = agent.register(served, "web-01")
+    ran = agent.run_once()
     assert ran.returncode == 0, ran.stderr
-    state = json.loads((folder / "state" / "state.json").read_text())
-    return str(state["device_id"]), folder
+    return device_id, agent
 
 
-def test_devices_search_read_a_password_and_expire(served: Server, device: tuple[str, Path]) -> None:
-    device_id, folder = device
-    password = (folder / "password").read_text().strip()
+def test_devices_search_read_a_password_and_expire(served: Server, device: tuple[str, FileAgent]) -> None:
+    device_id, agent = device
+    password = agent.password
     client = login(served, "rita", READER_PASSWORD)
     listed = client.get("/devices", params={"q": "WEB-0"})
     assert listed.status_code == 200 and device_id in listed.text and password not in listed.text
@@ -271,8 +250,6 @@ def test_devices_search_read_a_password_and_expire(served: Server, device: tuple
     expired = admin.post("/devices/expire", data={"csrf_token": token, "device": device_id})
     assert expired.status_code == 303 and expired.headers["location"] == "/devices?expired=1"
     assert "rotation forced" in admin.get("/devices").text
-    ran = _agent(
-        served, folder, "run", "--once", "--setter", f"file:{folder / 'password'}", "--max-delay", "1"
-    )
+    ran = agent.run_once()
     assert ran.returncode == 0 and "forced" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
-    assert (folder / "password").read_text().strip() != password
+    assert agent.password != password
