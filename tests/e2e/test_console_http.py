@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,3 +254,114 @@ def test_devices_search_read_a_password_and_expire(served: Server, device: tuple
     ran = agent.run_once()
     assert ran.returncode == 0 and "forced" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
     assert agent.password != password
+
+
+# -- Password settings (certificates and policy) -------------------------------------------
+
+
+def _state(html: str, thumbprint: str) -> str:
+    row = rf'<tr class="cert-(\w+)">\s*<td>[^<]*</td>\s*<td class="ident">{thumbprint}</td>'
+    found = re.search(row, html)
+    assert found, thumbprint
+    return found.group(1)
+
+
+def _thumbprints(html: str) -> list[str]:
+    return re.findall(r'<td class="ident">([0-9a-f]{64})</td>', html)
+
+
+def test_certificates_generate_export_lose_and_import_back(served: Server, tmp_path: Path) -> None:
+    admin = login(served, "alice", ADMIN_PASSWORD)
+    page = admin.get("/certificates", params={"scope": "agent"})
+    token = _token(page.text)
+    before = set(_thumbprints(page.text))
+    made = admin.post("/certificates/generate", data={"csrf_token": token, "scope": "agent"})
+    assert made.status_code == 303 and made.headers["location"] == "/certificates?scope=agent&done=generated"
+    page = admin.get(made.headers["location"])
+    (thumbprint,) = set(_thumbprints(page.text)) - before
+    assert "A new certificate was generated." in page.text
+
+    weak = admin.post(
+        f"/certificates/{thumbprint}/export",
+        data={"csrf_token": token, "scope": "agent", "password": "short", "confirm": "short"},
+    )
+    assert weak.status_code == 422 and "PFX password refused" in weak.text
+    pfx_password = "Harbour-Quartz-Window-31"
+    exported = admin.post(
+        f"/certificates/{thumbprint}/export",
+        data={"csrf_token": token, "scope": "agent", "password": pfx_password, "confirm": pfx_password},
+    )
+    assert exported.status_code == 200 and exported.headers["content-type"] == "application/x-pkcs12"
+    assert exported.headers["content-disposition"] == f'attachment; filename="{thumbprint}.pfx"'
+    pfx = tmp_path / "exported.pfx"
+    pfx.write_bytes(exported.content)
+    # The real openssl reads it with the password typed in the form.
+    read = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(pfx), "-nokeys", "-passin", f"pass:{pfx_password}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert read.returncode == 0 and "BEGIN CERTIFICATE" in read.stdout
+
+    # Mark lost: first a confirmation that names the count, then the act.
+    ask = admin.post(f"/certificates/{thumbprint}/lost", data={"csrf_token": token, "scope": "agent"})
+    assert ask.status_code == 200 and "Yes, mark it lost and expire 0 passwords" in ask.text
+    assert _state(admin.get("/certificates").text, thumbprint) != "lost"  # nothing happened yet
+    done = admin.post(
+        f"/certificates/{thumbprint}/lost", data={"csrf_token": token, "scope": "agent", "confirm": "yes"}
+    )
+    assert done.status_code == 200 and "is marked lost" in done.text
+    assert _state(done.text, thumbprint) == "lost"
+
+    # The exported PFX brings the key back.
+    wrong = admin.post(
+        "/certificates/import",
+        data={"csrf_token": token, "scope": "agent", "password": "not-it"},
+        files={"pfx": ("exported.pfx", exported.content, "application/x-pkcs12")},
+    )
+    assert wrong.status_code >= 400 and 'id="import-error"' in wrong.text
+    back = admin.post(
+        "/certificates/import",
+        data={"csrf_token": token, "scope": "agent", "password": pfx_password},
+        files={"pfx": ("exported.pfx", exported.content, "application/x-pkcs12")},
+    )
+    assert back.status_code == 303 and back.headers["location"].endswith("done=restored")
+
+
+def test_a_pfx_without_a_password_imports(served: Server, tmp_path: Path) -> None:
+    key, cert, pfx = tmp_path / "k.pem", tmp_path / "c.pem", tmp_path / "empty.pfx"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "30", "-subj", "/CN=empty-password"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "pkcs12", "-export", "-inkey", str(key), "-in", str(cert), "-out", str(pfx),
+         "-passout", "pass:"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    admin = login(served, "alice", ADMIN_PASSWORD)
+    token = _token(admin.get("/certificates").text)
+    done = admin.post(
+        "/certificates/import",
+        data={"csrf_token": token, "scope": "agent", "password": ""},
+        files={"pfx": ("empty.pfx", pfx.read_bytes(), "application/x-pkcs12")},
+    )
+    assert done.status_code == 303 and done.headers["location"].endswith("done=imported")
+    missing = admin.post("/certificates/import", data={"csrf_token": token, "scope": "agent"})
+    assert missing.status_code == 422 and "choose the PFX file" in missing.text
+
+
+def test_the_password_policy_form(served: Server) -> None:
+    admin = login(served, "alice", ADMIN_PASSWORD)
+    token = _token(admin.get("/certificates").text)
+    bad = admin.post("/certificates/policy", data={"csrf_token": token, "scope": "agent", "length": "4"})
+    assert bad.status_code == 422 and "length must be a whole number from 12 to 256" in bad.text
+    good = admin.post(
+        "/certificates/policy",
+        data={"csrf_token": token, "scope": "agent", "length": "24", "max_age_days": "14"},
+    )
+    assert good.status_code == 303
+    page = admin.get(good.headers["location"]).text
+    assert 'name="length" inputmode="numeric" value="24"' in page and "The password policy was saved." in page
+    unknown = admin.get("/certificates", params={"scope": "d-nothere00"})
+    assert unknown.status_code in (404, 422)

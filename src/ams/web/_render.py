@@ -45,6 +45,7 @@ _HEADERS = {
 _NAV = (
     ("/", "Overview"),
     ("/security", "Security"),
+    ("/certificates", "Password settings"),
     ("/devices", "Devices"),
     ("/audit", "Audit"),
 )
