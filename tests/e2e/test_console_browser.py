@@ -216,3 +216,35 @@ def test_a_reader_is_refused_the_admin_forms(chromium: Any, served: Server) -> N
     assert page.get_by_text("Setting the recovery password needs the admin role.").is_visible()
     assert page.get_by_role("button", name="Set the recovery password").count() == 0
     context.close()
+
+
+def test_generate_export_and_import_back_a_certificate(
+    chromium: Any, served: Server, shots: Path, tmp_path: Path
+) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    _login(page, served, "alice", ADMIN_PASSWORD)
+    _nav(page, "Password settings")
+    before = page.locator("td.ident").all_inner_texts()
+    page.get_by_role("button", name="Generate a new certificate").click()
+    assert "A new certificate was generated." in page.get_by_role("status").inner_text()
+    (thumbprint,) = set(page.locator("td.ident").all_inner_texts()) - set(before)
+    row = page.locator("tr", has_text=thumbprint)
+    row.get_by_text("Export PFX").click()
+    row.get_by_label("PFX password").fill("Harbour-Quartz-Window-31")
+    row.get_by_label("The same again").fill("Harbour-Quartz-Window-31")
+    with page.expect_download() as download:
+        row.get_by_role("button", name="Download the PFX").click()
+    pfx = tmp_path / "cert.pfx"
+    download.value.save_as(pfx)
+    assert download.value.suggested_filename == f"{thumbprint}.pfx" and pfx.stat().st_size > 1000
+    page.screenshot(path=str(shots / "certificates.png"), full_page=True)
+
+    row.get_by_role("button", name="Mark lost…").click()
+    page.get_by_role("button", name="Yes, mark it lost").click()
+    assert "is marked lost" in page.get_by_role("status").inner_text()
+    page.get_by_label("PFX file").set_input_files(str(pfx))
+    page.get_by_label("PFX password").last.fill("Harbour-Quartz-Window-31")
+    page.get_by_role("button", name="Import").click()
+    assert "its passwords read again" in page.get_by_role("status").inner_text()
+    context.close()
