@@ -8,6 +8,7 @@ sets it to docs/screenshots), else to the test's temporary folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -247,4 +248,63 @@ def test_generate_export_and_import_back_a_certificate(
     page.get_by_label("PFX password").last.fill("Harbour-Quartz-Window-31")
     page.get_by_role("button", name="Import").click()
     assert "its passwords read again" in page.get_by_role("status").inner_text()
+    context.close()
+
+
+LDIF = """dn: DC=corp,DC=example,DC=com
+objectClass: domain
+dc: corp
+
+dn: OU=Computers,DC=corp,DC=example,DC=com
+objectClass: organizationalUnit
+ou: Computers
+"""
+
+LATER = """dn: CN=added-later,OU=Computers,DC=corp,DC=example,DC=com
+objectClass: computer
+cn: added-later
+"""
+
+
+def test_snapshot_restore_watched_until_active_and_delete(
+    chromium: Any, served: Server, shots: Path, tmp_path: Path
+) -> None:
+    made = run_ams("directory", "create", "corp.example.com", "--json", home=served.home)
+    assert made.returncode == 0, made.stderr
+    directory_id = json.loads(made.stdout)["id"]
+    (tmp_path / "base.ldif").write_text(LDIF)
+    (tmp_path / "later.ldif").write_text(LATER)
+    assert (
+        run_ams("directory", "import", directory_id, str(tmp_path / "base.ldif"), home=served.home).returncode
+        == 0
+    )
+
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    _login(page, served, "alice", ADMIN_PASSWORD)
+    _nav(page, "Directories")
+    page.get_by_role("link", name="corp.example.com").click()
+    assert page.get_by_text("0 of 5").is_visible()
+    page.get_by_label("Name (optional)").fill("before the change")
+    page.get_by_role("button", name="Take a snapshot").click()
+    assert "The snapshot was taken." in page.get_by_role("status").inner_text()
+    assert page.get_by_text("1 of 5").is_visible()
+
+    later = run_ams("directory", "import", directory_id, str(tmp_path / "later.ldif"), home=served.home)
+    assert later.returncode == 0, later.stderr
+    page.reload()
+    assert page.get_by_text("CN=added-later").count() == 1
+
+    page.get_by_role("button", name="Restore…").click()
+    assert page.get_by_text("Every change made since then is lost").is_visible()
+    page.get_by_role("button", name="Yes, restore").click()
+    # The page follows the stage (Restoring, then Active) and reloads itself when done.
+    page.locator("#stage.stage-active").wait_for(timeout=60_000)
+    page.wait_for_load_state()
+    assert page.get_by_text("CN=added-later").count() == 0
+    page.screenshot(path=str(shots / "directory.png"), full_page=True)
+
+    page.get_by_role("button", name="Delete").first.click()
+    assert "The snapshot was deleted." in page.get_by_role("status").inner_text()
+    assert page.get_by_text("0 of 5").is_visible()
     context.close()

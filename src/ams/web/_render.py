@@ -47,6 +47,7 @@ _NAV = (
     ("/security", "Security"),
     ("/certificates", "Password settings"),
     ("/devices", "Devices"),
+    ("/directories", "Directories"),
     ("/audit", "Audit"),
 )
 

@@ -182,8 +182,8 @@ def install(app: FastAPI) -> None:
             status_code=exc.error.http_status,
         )
 
-    from ams.web import certificates, devices, security
+    from ams.web import certificates, devices, directories, security
 
-    for pages in (router, security.router, certificates.router, devices.router):
+    for pages in (router, security.router, certificates.router, devices.router, directories.router):
         app.include_router(pages)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
