@@ -18,9 +18,18 @@ from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
 from ams.directory import directories
 from ams.directory import dn as dnlib
-from ams.directory.entry import Entry, Value, check_attribute_name, decode_values, encode_values
+from ams.directory.entry import (
+    Entry,
+    Value,
+    check_attribute_name,
+    decode_values,
+    encode_values,
+    readable,
+    text_or_bytes,
+)
 from ams.errors import AlreadyExists, BadInput, Conflict, DirectoryEntryNotFound
 from ams.instance import Instance
+from ams.textcheck import check_text
 
 __all__ = [
     "add",
@@ -53,10 +62,17 @@ def _open(session: Session, directory_id: str, *, write: bool = False) -> Direct
     return row
 
 
-def _row_entry(row: DirectoryObject | Any) -> Entry:
+def _stored_entry(dn: str, classes: str, attributes: str) -> Entry:
+    """An entry as stored, readable whatever an older version let in (ams.directory.entry)."""
     return Entry(
-        dn=row.dn, object_classes=json.loads(row.object_classes), attributes=decode_values(row.attributes)
+        dn=readable(dn),
+        object_classes=[readable(c) for c in json.loads(classes)],
+        attributes=decode_values(attributes),
     )
+
+
+def _row_entry(row: DirectoryObject) -> Entry:
+    return _stored_entry(row.dn, row.object_classes, row.attributes)
 
 
 def _find(session: Session, directory_id: str, generation: int, dn_norm: str) -> DirectoryObject | None:
@@ -82,20 +98,42 @@ def _not_found(directory_id: str, dn: str) -> DirectoryEntryNotFound:
     )
 
 
+def _check_value(name: str, value: Value) -> Value:
+    """Text values must be text (ams.textcheck); bytes may hold anything."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return check_text(value, f"a value of attribute {name}")
+    except BadInput as exc:
+        raise BadInput(
+            f'{exc.message}; nothing was changed (binary data goes base64-encoded: {{"base64": "..."}} '
+            f"in JSON, {name}:: in LDIF)"
+        ) from None
+
+
 def _clean(entry: Entry) -> Entry:
-    """Validate and tidy an entry: objectClass out of the attributes, names checked, no empties."""
+    """Validate and tidy an entry: objectClass out of the attributes, names and text checked,
+    no empties. Every write passes here, so nothing is stored that a read cannot return."""
     if not isinstance(entry.dn, str) or not entry.dn.strip():
         raise BadInput("an entry needs a DN, like cn=alice,ou=people,dc=example,dc=com")
-    classes = [c for c in entry.object_classes if isinstance(c, str) and c.strip()]
+    check_text(entry.dn, "the DN")
+    classes = [c for c in entry.object_classes if not isinstance(c, str) or c.strip()]
     attributes: dict[str, list[Value]] = {}
     seen: dict[str, str] = {}
     for name, values in entry.attributes.items():
         check_attribute_name(name)
         if name.lower() == "objectclass":
-            classes.extend(v.decode("utf-8") if isinstance(v, bytes) else v for v in values)
+            for v in values:
+                text = text_or_bytes(v) if isinstance(v, bytes) else v
+                if isinstance(text, bytes):
+                    raise BadInput("an objectClass value is binary: give object classes as text")
+                if text.strip():
+                    classes.append(text)
             continue
         key = seen.setdefault(name.lower(), name)
-        attributes.setdefault(key, []).extend(values)
+        attributes.setdefault(key, []).extend(_check_value(key, v) for v in values)
+    for c in classes:
+        check_text(c, "an objectClass value")
     if not classes:
         raise BadInput(f"entry {entry.dn!r} has no objectClass: give at least one (e.g. top)")
     unique_classes = list(dict.fromkeys(classes))
@@ -353,5 +391,4 @@ def iter_entries(instance: Instance, directory_id: str, *, region: str | None = 
         ).all()
     keyed = sorted(((dnlib.depth(r[0]), i) for i, r in enumerate(rows)))
     for _depth, i in keyed:
-        dn, classes, attrs = rows[i]
-        yield Entry(dn=dn, object_classes=json.loads(classes), attributes=decode_values(attrs))
+        yield _stored_entry(*rows[i])
