@@ -4,13 +4,16 @@ A Python ``str`` may hold what no UTF-8 byte string can (a lone surrogate such a
 which JSON can spell as ``"\\ud800"``), and NUL, which PostgreSQL text refuses and C
 tools cut at. Both are refused with :class:`~ams.errors.BadInput` (422, exit 12) before
 anything is written, with a message that names the field but never echoes the value.
+A name (a DN, an objectClass, a short name) must also be one line: no C0 control
+character (U+0001-U+001F, so no tab, CR or LF) and no DEL. A DN with a line feed could be
+stored but never named again in a URL path.
 """
 
 from __future__ import annotations
 
 from ams.errors import BadInput
 
-__all__ = ["check_text"]
+__all__ = ["check_name", "check_text"]
 
 
 def check_text(value: str, what: str) -> str:
@@ -30,4 +33,16 @@ def check_text(value: str, what: str) -> str:
     nul = value.find("\x00")
     if nul >= 0:
         raise BadInput(f"{what} holds a NUL character (U+0000) at character {nul + 1}: remove it")
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """:func:`check_text`, and no control character (C0 or DEL): a name is one line."""
+    check_text(value, what)
+    for i, c in enumerate(value):
+        if c < " " or c == "\x7f":
+            raise BadInput(
+                f"{what} holds a control character (U+{ord(c):04X}) at character {i + 1}: "
+                "a name is one line of printable text"
+            )
     return value

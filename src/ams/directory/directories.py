@@ -23,7 +23,7 @@ from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
 from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable
 from ams.instance import Instance
-from ams.textcheck import check_text
+from ams.textcheck import check_name, check_text
 
 __all__ = [
     "DIRECTORY_TYPES",
@@ -227,7 +227,7 @@ def create(
         raise BadInput(f"{dns_name!r} is not a DNS name: write it like corp.example.com")
     if short_name is None:
         short_name = _default_short_name(dns_name)
-    check_text(short_name, "the short name")
+    check_name(short_name, "the short name")
     if len(short_name) > 15 or not _SHORT_NAME.fullmatch(short_name):
         raise BadInput(
             f"short name {short_name!r} is not valid: up to 15 characters, no dot first and "

@@ -5,7 +5,7 @@ starting with one space continues the one before), ``attr: value``, ``attr:: bas
 CRLF or LF line ends. A base64 value is text when it decodes to UTF-8 without NUL, else
 binary. Refused with the line number: change records (``changetype:``, ``control:``),
 values from URLs (``attr:< url``), bad base64, lines that are not UTF-8, a NUL in a plain
-value, a DN or objectClass that is not text, lines that are not ``attr: value``, records
+value, a DN or objectClass that is not one line of text, lines that are not ``attr: value``, records
 without ``dn:`` or without an objectClass.
 
 Write: each entry (objectClass values first), values that are not
@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 
 from ams.directory.entry import Entry, Value, check_attribute_name, text_or_bytes
 from ams.errors import BadInput, LdifInvalid
+from ams.textcheck import check_name
 
 __all__ = ["FOLD_AT", "dump", "emit", "parse"]
 
@@ -129,6 +130,13 @@ def parse(data: bytes | str) -> Iterator[Entry]:
         record = []
 
 
+def _name(line_no: int, value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except BadInput as exc:
+        raise _fail(line_no, exc.message) from None
+
+
 def _entry(record: list[tuple[int, str]]) -> Entry:
     dn_no, dn_line = record[0]
     name, value = _split(dn_no, dn_line)
@@ -138,6 +146,7 @@ def _entry(record: list[tuple[int, str]]) -> Entry:
         raise _fail(dn_no, "the DN is not text (it must be UTF-8 without NUL)")
     if not value.strip():
         raise _fail(dn_no, "the DN is empty")
+    _name(dn_no, value, "the DN")
     classes: list[str] = []
     attributes: dict[str, list[Value]] = {}
     keys: dict[str, str] = {}
@@ -155,7 +164,7 @@ def _entry(record: list[tuple[int, str]]) -> Entry:
         if lowered == "objectclass":
             if isinstance(val, bytes):
                 raise _fail(line_no, "an objectClass value is not text (it must be UTF-8 without NUL)")
-            classes.append(val)
+            classes.append(_name(line_no, val, "an objectClass value"))
             continue
         key = keys.setdefault(lowered, attr)
         attributes.setdefault(key, []).append(val)

@@ -29,7 +29,7 @@ from ams.directory.entry import (
 )
 from ams.errors import AlreadyExists, BadInput, Conflict, DirectoryEntryNotFound
 from ams.instance import Instance
-from ams.textcheck import check_text
+from ams.textcheck import check_name, check_text
 
 __all__ = [
     "add",
@@ -116,7 +116,7 @@ def _clean(entry: Entry) -> Entry:
     no empties. Every write passes here, so nothing is stored that a read cannot return."""
     if not isinstance(entry.dn, str) or not entry.dn.strip():
         raise BadInput("an entry needs a DN, like cn=alice,ou=people,dc=example,dc=com")
-    check_text(entry.dn, "the DN")
+    check_name(entry.dn, "the DN")
     classes = [c for c in entry.object_classes if not isinstance(c, str) or c.strip()]
     attributes: dict[str, list[Value]] = {}
     seen: dict[str, str] = {}
@@ -133,7 +133,7 @@ def _clean(entry: Entry) -> Entry:
         key = seen.setdefault(name.lower(), name)
         attributes.setdefault(key, []).extend(_check_value(key, v) for v in values)
     for c in classes:
-        check_text(c, "an objectClass value")
+        check_name(c, "an objectClass value")
     if not classes:
         raise BadInput(f"entry {entry.dn!r} has no objectClass: give at least one (e.g. top)")
     unique_classes = list(dict.fromkeys(classes))
