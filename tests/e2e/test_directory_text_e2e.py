@@ -194,6 +194,21 @@ def test_binary_values_still_carry_any_byte(served: Served) -> None:
         assert http.delete(_entry_path(d, dn)).status_code == 200
 
 
+def test_a_dn_with_control_characters_is_named_in_the_path(served: Served) -> None:
+    # Found by the property below: Starlette's path parameter stopped at a line feed, so
+    # such an entry was added (201) and then answered 404 to every read, change and delete.
+    http, d = served.http, served.directory
+    dn = f"cn=two\nlines\tand\x7f,{BASE}"
+    body = {"dn": dn, "object_classes": ["person"], "attributes": {"cn": "two\nlines"}}
+    assert _post(http, f"/api/v1/directories/{d}/objects", body).status_code == 201
+    assert http.get(_entry_path(d, dn)).json()["dn"] == dn
+    changed = _post(http, _entry_path(d, dn), {"replace": {"sn": ["x"]}}, method="PATCH")
+    assert changed.status_code == 200 and changed.json()["attributes"]["sn"] == ["x"]
+    assert _exported(http, d)[dn].attributes == {"cn": ["two\nlines"], "sn": ["x"]}
+    assert http.delete(_entry_path(d, dn)).status_code == 200
+    assert [e["dn"] for e in http.get(f"/api/v1/directories/{d}/objects").json()] == [BASE]
+
+
 def test_a_dn_with_nul_in_a_path_or_base_is_refused(served: Served) -> None:
     http, d = served.http, served.directory
     _refused(http.get(_entry_path(d, f"cn=a\x00,{BASE}")))
@@ -249,9 +264,6 @@ def test_ldif_import_with_bad_text_is_refused_and_writes_nothing(served: Served,
         "a NUL in a value": b"dn: cn=a,dc=x\nobjectClass: person\ncn: a\x00b\n",
         "a surrogate's bytes in a value": b"dn: cn=a,dc=x\nobjectClass: person\ncn: \xed\xa0\x80\n",
         "a NUL in the DN": b"dn: cn=a\x00,dc=x\nobjectClass: person\n",
-        "a base64 DN with a line feed": b"dn:: "
-        + base64.b64encode(b"cn=a\n,dc=x")
-        + b"\nobjectClass: person\n",
         "a base64 DN with a NUL": b"dn:: " + base64.b64encode(b"cn=a\x00,dc=x") + b"\nobjectClass: person\n",
         "a base64 objectClass with a surrogate": b"dn: cn=a,dc=x\nobjectClass:: 7aCA\n",
     }

@@ -146,7 +146,6 @@ def _entry(record: list[tuple[int, str]]) -> Entry:
         raise _fail(dn_no, "the DN is not text (it must be UTF-8 without NUL)")
     if not value.strip():
         raise _fail(dn_no, "the DN is empty")
-    _name(dn_no, value, "the DN")
     classes: list[str] = []
     attributes: dict[str, list[Value]] = {}
     keys: dict[str, str] = {}

@@ -111,33 +111,52 @@ def _check_value(name: str, value: Value) -> Value:
         ) from None
 
 
-def _clean(entry: Entry) -> Entry:
+def _clean(entry: Entry, *, stored: bool = False) -> Entry:
     """Validate and tidy an entry: objectClass out of the attributes, names and text checked,
-    no empties. Every write passes here, so nothing is stored that a read cannot return."""
+    no empties. Every write passes here, so nothing is stored that a read cannot return.
+
+    ``stored``: the entry merges what is stored with a change whose new values were checked
+    already (:func:`_check_change`); what an older version stored is kept as it reads.
+    """
     if not isinstance(entry.dn, str) or not entry.dn.strip():
         raise BadInput("an entry needs a DN, like cn=alice,ou=people,dc=example,dc=com")
-    check_name(entry.dn, "the DN")
+    if not stored:
+        check_text(entry.dn, "the DN")
     classes = [c for c in entry.object_classes if not isinstance(c, str) or c.strip()]
     attributes: dict[str, list[Value]] = {}
     seen: dict[str, str] = {}
     for name, values in entry.attributes.items():
         check_attribute_name(name)
         if name.lower() == "objectclass":
-            for v in values:
-                text = text_or_bytes(v) if isinstance(v, bytes) else v
-                if isinstance(text, bytes):
-                    raise BadInput("an objectClass value is binary: give object classes as text")
-                if text.strip():
-                    classes.append(text)
+            classes.extend(c for c in map(_object_class, values) if c.strip())
             continue
         key = seen.setdefault(name.lower(), name)
-        attributes.setdefault(key, []).extend(_check_value(key, v) for v in values)
-    for c in classes:
-        check_name(c, "an objectClass value")
+        attributes.setdefault(key, []).extend(v if stored else _check_value(key, v) for v in values)
+    if not stored:
+        for c in classes:
+            check_name(c, "an objectClass value")
     if not classes:
         raise BadInput(f"entry {entry.dn!r} has no objectClass: give at least one (e.g. top)")
     unique_classes = list(dict.fromkeys(classes))
     return Entry(dn=entry.dn.strip(), object_classes=unique_classes, attributes=attributes)
+
+
+def _object_class(value: Value) -> str:
+    text = text_or_bytes(value) if isinstance(value, bytes) else value
+    if isinstance(text, bytes):
+        raise BadInput("an objectClass value is binary: give object classes as text")
+    return text
+
+
+def _check_change(change: dict[str, list[Value]]) -> None:
+    """The new values of a modify, checked as :func:`_clean` checks a new entry's."""
+    for name, values in change.items():
+        check_attribute_name(name)
+        for v in values:
+            if name.lower() == "objectclass":
+                check_name(_object_class(v), "an objectClass value")
+            else:
+                _check_value(name, v)
 
 
 def get(instance: Instance, directory_id: str, dn: str, *, region: str | None = None) -> Entry:
@@ -245,6 +264,8 @@ def modify(
     """Change attributes as LDAP modify does: ``replace`` sets (an empty list removes),
     ``add`` appends values, ``delete`` removes the values given (all, when the list is empty)."""
     norm = dnlib.normalise(dn)
+    _check_change(replace or {})
+    _check_change(add or {})
     with instance.transaction() as session:
         directory = _open(session, directory_id, write=True)
         row = _find(session, directory_id, directory.generation, norm)
@@ -280,7 +301,8 @@ def modify(
             if not values or not attrs[key]:
                 del attrs[key]
         classes = attrs.pop("objectClass", [])
-        updated = _clean(Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs}))
+        merged = Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs})
+        updated = _clean(merged, stored=True)
         row.object_classes = json.dumps(updated.object_classes)
         row.attributes = encode_values(updated.attributes)
         audit.record(
