@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from ams.db.models.directory import DirectoryObject
-from ams.directory import directories, ldif, objects
+from ams.directory import directories, ldif, objects, restore, snapshots
 from ams.directory.entry import Entry, attributes_from_json, decode_values, encode_values
 from ams.errors import BadInput, LdifInvalid
 from ams.instance import Instance
@@ -137,8 +137,13 @@ def test_legacy_values_read_as_binary_and_the_entry_can_still_change(instance: I
     text = ldif.dump(objects.iter_entries(instance, d))
     assert "note:: 7bCA\nnote:: YQA=\n" in text
     assert list(ldif.parse(text))[1].attributes == entry.attributes
+    # A snapshot of it restores to the same reads.
+    snapshot = snapshots.create(instance, d, actor="t")
     changed = objects.modify(instance, d, dn, replace={"cn": ["new"]}, actor="t")
     assert changed.attributes == {"cn": ["new"], "note": [b"\xed\xb0\x80", b"a\x00"]}
+    snapshots.restore(instance, snapshot.id, actor="t")
+    assert restore.run_pending(instance)[0].state == "done"
+    assert objects.get(instance, d, dn) == entry
 
 
 @pytest.mark.parametrize(
