@@ -60,16 +60,13 @@ class AgentState:
 
 
 def check_state_folder(path: Path) -> None:
-    """Refuse now when the folder of the state file ``path`` exists and is open to others."""
-    _check_private_folder(path.parent)
-
-
-def _check_private_folder(folder: Path) -> None:
-    """The state folder must be 0700 (docs/formats.md): refuse one that others can reach.
+    """Refuse a state folder (the folder of ``path``) that exists and others can reach: it
+    must be 0700 (docs/formats.md).
 
     It is not tightened here: an existing folder may be shared (``/tmp``, ``/etc``), and
     changing its mode is not the agent's to do. The message says how to fix it.
     """
+    folder = path.parent
     try:
         mode = stat.S_IMODE(folder.stat().st_mode)
     except OSError:
@@ -99,7 +96,7 @@ def load_state(path: Path) -> AgentState:
         ) from None
     except OSError as exc:
         raise _bad(path, exc.strerror or type(exc).__name__) from None
-    _check_private_folder(path.parent)
+    check_state_folder(path)
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -142,7 +139,7 @@ def save_state(path: Path, state: AgentState, *, replace: bool = True) -> bool:
     With ``replace=False`` an existing file is kept and False is returned.
     """
     ensure_private_folder(path.parent)
-    _check_private_folder(path.parent)
+    check_state_folder(path)
     text = json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n"
     return write_private(path, text.encode("utf-8"), replace=replace)
 
@@ -151,7 +148,7 @@ def save_state(path: Path, state: AgentState, *, replace: bool = True) -> bool:
 def exclusive(path: Path) -> Iterator[None]:
     """Hold ``<state>.lock`` so two agents never rotate the same device at once."""
     ensure_private_folder(path.parent)
-    _check_private_folder(path.parent)
+    check_state_folder(path)
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -241,8 +241,8 @@ def create(
         raise BadInput(f"size {size!r} is not known: use Small or Large")
     if description is not None:
         check_text(description, "the description")
-    if description is not None and len(description) > 128:
-        raise BadInput("the description is longer than 128 characters: shorten it")
+        if len(description) > 128:
+            raise BadInput("the description is longer than 128 characters: shorten it")
     check_region(region)
     extra = [check_region(r, "additional region") for r in additional_regions]
     if extra:

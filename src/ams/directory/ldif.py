@@ -5,8 +5,8 @@ starting with one space continues the one before), ``attr: value``, ``attr:: bas
 CRLF or LF line ends. A base64 value is text when it decodes to UTF-8 without NUL, else
 binary. Refused with the line number: change records (``changetype:``, ``control:``),
 values from URLs (``attr:< url``), bad base64, lines that are not UTF-8, a NUL in a plain
-value, a DN or objectClass that is not one line of text, lines that are not ``attr: value``, records
-without ``dn:`` or without an objectClass.
+value, a DN that is not text, an objectClass that is not one line of text, lines that are
+not ``attr: value``, records without ``dn:`` or without an objectClass.
 
 Write: each entry (objectClass values first), values that are not
 SAFE-STRING base64-encoded, lines folded at 76 characters, one blank line between records.
