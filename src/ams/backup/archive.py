@@ -315,9 +315,13 @@ _HEADER_FIELDS = (
 
 
 def _altered_fields(block: bytes, canonical: bytes) -> str:
-    return ", ".join(
-        name for at, length, name in _HEADER_FIELDS if block[at : at + length] != canonical[at : at + length]
-    )
+    """ "mode and owner name differ", say (the checksum, which follows any other, named alone)."""
+    fields = [n for at, size, n in _HEADER_FIELDS if block[at : at + size] != canonical[at : at + size]]
+    if len(fields) > 1 and "checksum" in fields:
+        fields.remove("checksum")
+    if len(fields) == 1:
+        return f"{fields[0]} differs"
+    return f"{', '.join(fields[:-1])} and {fields[-1]} differ"
 
 
 def archive_mtime(created_at: datetime) -> int:
@@ -511,8 +515,8 @@ class ArchiveReader:
                 canonical = bytes(_BLOCK)
             if block != canonical:
                 raise BackupInvalid(
-                    f"the tar header of {expected} was altered (its {_altered_fields(block, canonical)} "
-                    "differs from the canonical header AMS writes)"
+                    f"the tar header of {expected} was altered ({_altered_fields(block, canonical)} "
+                    "from the canonical header AMS writes)"
                 )
             mtimes[expected] = info.mtime
             data_at = offset + _BLOCK
