@@ -178,6 +178,7 @@ _REWRITES: list[tuple[str, Callable[[bytearray], None], str]] = [
     ("prefix (GNU atime)", _field(345, b"15125334120\0"), "was expected"),
     ("GNU real size", _field(483, b"00000000001\0"), "unused tail"),
     ("last byte", _field(511, b"\x01"), "unused tail"),
+    ("size + 1", lambda b: b.__setitem__(slice(124, 136), b"%011o\0" % (int(b[124:135], 8) + 1)), ""),
     ("checksum as 7 digits", lambda b: None, "checksum"),  # the same sum: done in the test
 ]
 
