@@ -315,7 +315,8 @@ _HEADER_FIELDS = (
 
 
 def _altered_fields(block: bytes, canonical: bytes) -> str:
-    """ "mode and owner name differ", say (the checksum, which follows any other, named alone)."""
+    """Which fields differ, as "mode and owner name differ". The checksum changes with any
+    other field, so it is named only when it alone differs."""
     fields = [n for at, size, n in _HEADER_FIELDS if block[at : at + size] != canonical[at : at + size]]
     if len(fields) > 1 and "checksum" in fields:
         fields.remove("checksum")
