@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi_offline import FastAPIOffline
 
 from ams import __version__
 from ams.api import aws_ds
@@ -57,6 +56,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(instance: Instance) -> FastAPI:
+    from fastapi_offline import FastAPIOffline
+
     app = FastAPIOffline(
         title="AMS",
         version=__version__,
