@@ -49,7 +49,9 @@ def register(body: RegisterBody, instance: CurrentInstance) -> dict[str, Any]:
     return devices.register(instance, body.registration_key, body.name).to_dict()
 
 
-_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,19}")
+# Longer than any version (2**53 - 1 has 16 digits), so a damaged state file's number is
+# still read, and then not built on (passwords.decide); longer still is refused.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,63}")
 
 
 def _version(value: str | None) -> int | None:
@@ -65,7 +67,7 @@ def _version(value: str | None) -> int | None:
 def rotation_advice(
     instance: CurrentInstance,
     device: AgentDevice,
-    version: Annotated[str | None, Query(max_length=20)] = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
     return passwords.decide(instance, device, _version(version)).to_dict()
