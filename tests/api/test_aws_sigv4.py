@@ -166,6 +166,8 @@ def test_missing_authorization_is_refused() -> None:
         "Signature=" + "0" * 64,
         "AWS4-HMAC-SHA256 Credential=ak/20260101/us-east-1/ds/aws4_request, SignedHeaders=x-amz-date;host, "
         "Signature=" + "0" * 64,
+        "AWS4-HMAC-SHA256 Credential=ak/20260101/us-east-1/ds/aws4_request, "
+        "SignedHeaders=host;host;x-amz-date, Signature=" + "0" * 64,
         "AWS4-HMAC-SHA256 Credential=ak/20260101/us-east-1/ds/aws4_request, SignedHeaders=host;x-amz-date, "
         "Signature=zz",
     ],
