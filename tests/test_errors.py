@@ -26,6 +26,8 @@ PINNED = {
     "weak_password": (32, 422),
     "authentication_required": (40, 401),
     "permission_denied": (41, 403),
+    "password_version_out_of_range": (44, 422),
+    "password_versions_exhausted": (45, 409),
     "pfx_invalid": (50, 422),
     "pfx_no_private_key": (51, 422),
     "pfx_key_mismatch": (52, 422),

@@ -53,6 +53,8 @@ __all__ = [
     "NotFound",
     "NotWritable",
     "PasswordUndecryptable",
+    "PasswordVersionOutOfRange",
+    "PasswordVersionsExhausted",
     "PermissionDenied",
     "PfxInvalid",
     "PfxKeyMismatch",
@@ -203,6 +205,29 @@ class PermissionDenied(AMSError):
     exit_status = 41
     http_status = 403
     summary = "this API key's role may not do that"
+
+
+# 44-45: password versions of a device (the agent protocol's integer range).
+
+
+class PasswordVersionOutOfRange(BadInput):
+    code = "password_version_out_of_range"
+    exit_status = 44
+    http_status = 422
+    summary = (
+        "the password version is outside what this device may report: report the next_version "
+        "that GET /api/v1/agent/password advises"
+    )
+
+
+class PasswordVersionsExhausted(Conflict):
+    code = "password_versions_exhausted"
+    exit_status = 45
+    http_status = 409
+    summary = (
+        "this device has used every password version the protocol carries: disable it "
+        "(`ams device disable`) and register the device again (`ams-agent register`)"
+    )
 
 
 # 50-54: password encryption certificates and PFX files.

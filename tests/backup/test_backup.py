@@ -17,6 +17,7 @@ from ams import apikeys, audit, backup, crypto
 from ams.backup.archive import MANIFEST, ArchiveWriter, archive_mtime
 from ams.backup.embedded import EmbeddedSource
 from ams.clock import ManualClock
+from ams.db.revision import HEAD_REVISION
 from ams.errors import BackupFailed, BackupInvalid, BackupUnsafe, MasterKeyLocked
 from ams.home import Home
 from ams.instance import Instance, open_instance
@@ -48,7 +49,7 @@ def test_archive_is_a_plain_tar_with_a_readable_manifest(populated: Instance) ->
     assert manifest["kind"] == "manual" and manifest["backend"] == "sqlite"
     assert manifest["instance_id"] == populated.id
     assert manifest["master_key_fingerprint"] == populated.keyring.fingerprint
-    assert manifest["schema_revision"] == "0005_backups"
+    assert manifest["schema_revision"] == HEAD_REVISION
     assert manifest["recovery_password_set_at"].startswith("2026-01-01T00:00:00")
     assert (
         set(manifest["recovery_wrapping"]) >= {"kdf", "nonce", "ciphertext"} or manifest["recovery_wrapping"]

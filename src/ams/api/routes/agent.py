@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -37,7 +38,8 @@ class RegisterBody(BaseModel):
 
 class PasswordBody(BaseModel):
     account: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1, le=2**31 - 1)
+    # A JSON integer (not "3", true or 3.0); its range is the vault's (passwords.store).
+    version: int = Field(strict=True)
     blob: str = Field(min_length=1, max_length=4 * passwords.MAX_BLOB_BYTES)
 
 
@@ -47,25 +49,25 @@ def register(body: RegisterBody, instance: CurrentInstance) -> dict[str, Any]:
     return devices.register(instance, body.registration_key, body.name).to_dict()
 
 
+# Longer than any version (2**53 - 1 has 16 digits), so a damaged state file's number is
+# still read, and then not built on (passwords.decide); longer still is refused.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,63}")
+
+
 def _version(value: str | None) -> int | None:
+    """The query's version as a number; which numbers mean something is the vault's to say."""
     if value is None or not value.strip():
         return None
-    try:
-        parsed = int(value.strip())
-    except ValueError:
-        raise BadInput(
-            f"version={value[:20]!r} is not a whole number: send the last version, or nothing"
-        ) from None
-    if parsed < 1:
-        raise BadInput("version must be 1 or more: send the last version, or nothing")
-    return parsed
+    if not _WHOLE_NUMBER.fullmatch(value.strip()):
+        raise BadInput(f"version={value[:20]!r} is not a whole number: send the last version, or nothing")
+    return int(value.strip())
 
 
 @router.get("/password")
 def rotation_advice(
     instance: CurrentInstance,
     device: AgentDevice,
-    version: Annotated[str | None, Query(max_length=20)] = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
     return passwords.decide(instance, device, _version(version)).to_dict()
