@@ -148,6 +148,9 @@ def test_too_many_header_fields_are_refused(client: TestClient) -> None:
     assert response.status_code == 431
     assert response.json()["error"] == "request_too_large"
     assert client.get("/healthz", headers=dict(list(headers.items())[:50])).status_code == 200
+    big = client.get("/healthz", headers={"x-big": "a" * limits.MAX_HEADER_BYTES})
+    assert big.status_code == 431
+    assert "bytes" in big.json()["message"]
 
 
 def test_the_aws_endpoint_keeps_its_own_shape_and_limit(client: TestClient) -> None:

@@ -10,11 +10,13 @@ Around that, this module:
   body runs at all (:func:`refuse_oversized`, an app-wide dependency, which also bounds
   the nesting of a JSON body);
 - answers every such refusal as AMS answers errors, ``{"error", "message"}`` with 413
-  and ``Connection: close`` (:class:`RequestLimitsMiddleware`; Starlette's own answer
-  is plain text), and refuses a request with too many header fields.
+  (:class:`RequestLimitsMiddleware`; Starlette's own answer is plain text), refuses
+  headers over :data:`MAX_HEADER_BYTES` or :data:`MAX_HEADER_FIELDS` with 431, and ends
+  the connection (``Connection: close``) whenever an answer leaves part of a body unread,
+  so that the HTTP server does not go on reading, and dropping, the rest of it.
 
-The request line and header size are bounded by the HTTP server, before any of this runs
-(``ams serve`` sets h11's limit, :data:`MAX_HEADER_BYTES`). The AWS-compatible endpoint
+h11 also bounds the request line and headers while they arrive (``ams serve`` sets its
+limit to :data:`MAX_HEADER_BYTES`; it answers 400 itself). The AWS-compatible endpoint
 reads at most 1 MiB itself and answers in its own error shape (ams.api.aws_ds.router).
 docs/operations.md lists the limits.
 """
@@ -117,8 +119,22 @@ async def refuse_oversized(request: Request) -> None:
             check_json_depth(await request.json())
 
 
+def _headers_refusal(raw: list[tuple[bytes, bytes]]) -> RequestTooLarge | None:
+    if len(raw) > MAX_HEADER_FIELDS:
+        return RequestTooLarge(
+            f"the request has {len(raw)} header fields, more than {MAX_HEADER_FIELDS}: send fewer"
+        )
+    size = sum(len(name) + len(value) + 4 for name, value in raw)
+    if size > MAX_HEADER_BYTES:
+        return RequestTooLarge(
+            f"the request headers take {size} bytes, more than {MAX_HEADER_BYTES}: send less"
+        )
+    return None
+
+
 class RequestLimitsMiddleware:
-    """Too many header fields: 431. Starlette's plain-text 413: the AMS error shape.
+    """Headers over the limits: 431. Starlette's plain-text 413: the AMS error shape. An
+    answer that leaves a body unread: ``Connection: close``.
 
     A pure ASGI middleware (it never buffers a body); it sits outside the routes, where
     Starlette's body limiter answers a declared ``Content-Length`` over the limit.
@@ -131,29 +147,40 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if len(scope["headers"]) > MAX_HEADER_FIELDS:
-            error = RequestTooLarge(
-                f"the request has {len(scope['headers'])} header fields, more than {MAX_HEADER_FIELDS}: "
-                "send fewer"
-            )
-            await _send_error(send, 431, error.to_dict())
+        refusal = _headers_refusal(scope["headers"])
+        if refusal is not None:
+            await _send_error(send, 431, refusal.to_dict())
             return
+        headers = Headers(scope=scope)
+        body_read = not (headers.get("content-length", "0") != "0" or "transfer-encoding" in headers)
         replaced = False
+
+        async def receive_counted() -> Message:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read = True
+            return message
 
         async def send_shaped(message: Message) -> None:
             nonlocal replaced
             if replaced:
                 return  # the rest of Starlette's plain-text answer
-            if message["type"] == "http.response.start" and message["status"] == 413:
-                content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
-                if not content_type.startswith("application/json"):
+            if message["type"] == "http.response.start":
+                answer = Headers(raw=message.get("headers", []))
+                plain = not answer.get("content-type", "").startswith("application/json")
+                if message["status"] == 413 and plain:
                     replaced = True
-                    limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
-                    await _send_error(send, 413, too_large(limit).to_dict())
+                    await _send_error(send, 413, too_large(scope.get(MAX_BODY_SIZE_SCOPE_KEY)).to_dict())
                     return
+                if not body_read and "connection" not in answer:
+                    message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
             await send(message)
 
-        await self.app(scope, receive, send_shaped)
+        await self.app(scope, receive_counted, send_shaped)
+
+
+_CLOSE = (b"connection", b"close")
 
 
 async def _send_error(send: Send, status: int, body: dict[str, object]) -> None:
@@ -166,7 +193,7 @@ async def _send_error(send: Send, status: int, body: dict[str, object]) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(content)).encode()),
                 # The body that was refused may still be arriving: end the connection.
-                (b"connection", b"close"),
+                _CLOSE,
             ],
         }
     )
