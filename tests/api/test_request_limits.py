@@ -4,6 +4,7 @@ tests/e2e/test_request_limits_e2e.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -129,6 +130,12 @@ def test_json_nesting_is_bounded(client: TestClient, admin: dict[str, str]) -> N
         deep = {"x": deep}
     response = client.post("/api/v1/apikeys", json=deep, headers=admin)
     assert "deep" in _documented(response, 422, "bad_input")
+    chunked = client.post(
+        "/api/v1/apikeys",
+        content=iter([json.dumps(deep).encode()]),
+        headers={**admin, "content-type": "application/json"},
+    )
+    assert "deep" in _documented(chunked, 422, "bad_input")
     with pytest.raises(Exception, match="deep"):
         limits.check_json_depth([[1]], limit=1)
     limits.check_json_depth({"a": [1, {"b": 2}]}, limit=3)

@@ -48,10 +48,12 @@ def _error_response(exc: AMSError, headers: dict[str, str] | None = None) -> JSO
 def _from_http_exception(request: Request, exc: HTTPException) -> AMSError:
     """Starlette's and FastAPI's own refusals, as AMS errors (the documented shape)."""
     if exc.status_code == 404:
-        return NotFound(f"nothing is served at {request.url.path[:200]}: the API is under /api/v1 (docs/)")
+        return NotFound(
+            "no route has this path: the API is under /api/v1 (docs/operations.md lists the routes)"
+        )
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
-        return MethodNotAllowed(f"{request.url.path[:200]} does not take {request.method}: use {allowed}")
+        return MethodNotAllowed(f"this path does not take {request.method}: use {allowed}")
     if exc.status_code == 413:
         return limits.too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
     if exc.status_code == 400:

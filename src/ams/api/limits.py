@@ -113,10 +113,11 @@ async def refuse_oversized(request: Request) -> None:
     if limit is not None and declared is not None and declared > limit:
         raise too_large(limit)
     route = request.scope.get("route")
-    if getattr(route, "body_field", None) is not None and declared:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower().endswith(("/json", "+json")):
-            check_json_depth(await request.json())
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if getattr(route, "body_field", None) is None or not content_type.endswith(("/json", "+json")):
+        return
+    if await request.body():  # both cached by FastAPI, which has read and parsed the body
+        check_json_depth(await request.json())
 
 
 def _headers_refusal(raw: list[tuple[bytes, bytes]]) -> RequestTooLarge | None:
