@@ -4,16 +4,12 @@ A Python ``str`` may hold what no UTF-8 byte string can (a lone surrogate such a
 which JSON can spell as ``"\\ud800"``), and NUL, which PostgreSQL text refuses and C
 tools cut at. Both are refused with :class:`~ams.errors.BadInput` (422, exit 12) before
 anything is written, with a message that names the field but never echoes the value.
-
-A *name* (of an API key, a registration key, a device, a snapshot, a directory's short name
-or description) is one line that people read in lists and logs: :func:`check_name` also
-refuses every other control character (C0, DEL, C1: escape sequences, newlines, tabs) and
-the Unicode line and paragraph separators.
+A name (a DN, an objectClass, a short name) must also be one line: no C0 control
+character (U+0001-U+001F, so no tab, CR or LF) and no DEL. A DN with a line feed could be
+stored but never named again in a URL path.
 """
 
 from __future__ import annotations
-
-import unicodedata
 
 from ams.errors import BadInput
 
@@ -40,18 +36,13 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
-# Cc: C0 controls, DEL and C1 controls; Zl/Zp: U+2028 and U+2029, which break a line.
-_NOT_IN_A_NAME = frozenset({"Cc", "Zl", "Zp"})
-
-
 def check_name(value: str, what: str) -> str:
-    """``value`` unchanged when it is one line of printable text (:func:`check_text`, and no
-    control character); else BadInput. ``what`` names the field, e.g. ``"the API key name"``."""
+    """:func:`check_text`, and no control character (C0, DEL, C1, U+2028/9): a name is one line."""
     check_text(value, what)
-    for index, char in enumerate(value):
-        if unicodedata.category(char) in _NOT_IN_A_NAME:
+    for i, c in enumerate(value):
+        if c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029":
             raise BadInput(
-                f"{what} holds the control character U+{ord(char):04X} at character {index + 1}: "
-                "a name is one line of printable text; remove it"
+                f"{what} holds a control character (U+{ord(c):04X}) at character {i + 1}: "
+                "a name is one line of printable text"
             )
     return value
