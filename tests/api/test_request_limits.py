@@ -184,3 +184,13 @@ def test_names_refuse_control_characters_and_lone_surrogates(
         assert "name" in _documented(registered, 422, "bad_input")
     assert [k.name for k in apikeys.list_keys(instance)] == ["admin"]
     assert devices.list_devices(instance) == []
+
+
+def test_an_unexpected_failure_answers_in_the_documented_shape_without_details(client: TestClient) -> None:
+    def broken() -> None:
+        raise RuntimeError("secret detail from deep inside")
+
+    client.app.add_api_route("/api/v1/broken-for-this-test", broken)  # type: ignore[attr-defined]
+    response = client.get("/api/v1/broken-for-this-test")
+    _documented(response, 500, "internal_error")
+    assert "secret detail" not in response.text
