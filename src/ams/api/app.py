@@ -90,14 +90,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(instance: Instance) -> FastAPI:
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(
         title="AMS",
         version=__version__,
         description="Access Manager Service: device administrator passwords, directories, recovery.",
-        # FastAPI's interactive docs pull their scripts from a CDN; AMS serves no third-party
-        # assets, so only the OpenAPI document itself is published.
-        docs_url=None,
+        # GET /docs: Swagger UI from the fastapi-offline package's own files, never a CDN; no
+        # online validator badge (it would send the document's URL to a third party).
+        docs_url="/docs",
         redoc_url=None,
+        static_url="/docs/static",
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=_lifespan,
         # Body limits are declared on the routers and routes (ams.api.limits); this one runs
         # before every route, before authentication.

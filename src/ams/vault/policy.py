@@ -1,7 +1,7 @@
 """The password policy of a scope: length, maximum age, history retention, the account.
 
 A scope without a row of its own follows the ``default`` row; without that, the built-in
-defaults below (DESIGN section 7: keep 30 passwords, 0 days).
+defaults below (keep 30 passwords, 0 days).
 """
 
 from __future__ import annotations
