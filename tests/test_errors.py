@@ -26,6 +26,8 @@ PINNED = {
     "weak_password": (32, 422),
     "authentication_required": (40, 401),
     "permission_denied": (41, 403),
+    "request_too_large": (42, 413),
+    "method_not_allowed": (43, 405),
     "password_version_out_of_range": (44, 422),
     "password_versions_exhausted": (45, 409),
     "pfx_invalid": (50, 422),

@@ -50,6 +50,7 @@ __all__ = [
     "InstanceNotFound",
     "InternalError",
     "MasterKeyLocked",
+    "MethodNotAllowed",
     "NotFound",
     "NotWritable",
     "PasswordUndecryptable",
@@ -62,6 +63,7 @@ __all__ = [
     "RecoveryPasswordRequired",
     "RegistrationKeyInvalid",
     "RegistrationKeyRefused",
+    "RequestTooLarge",
     "RestoreFailed",
     "RollbackWindowClosed",
     "SchemaMismatch",
@@ -205,6 +207,20 @@ class PermissionDenied(AMSError):
     exit_status = 41
     http_status = 403
     summary = "this API key's role may not do that"
+
+
+class RequestTooLarge(AMSError):
+    code = "request_too_large"
+    exit_status = 42
+    http_status = 413
+    summary = "the request is larger than this route takes (docs/operations.md lists the limits): send less"
+
+
+class MethodNotAllowed(AMSError):
+    code = "method_not_allowed"
+    exit_status = 43
+    http_status = 405
+    summary = "this path does not take that HTTP method: the Allow header lists the ones it takes"
 
 
 # 44-45: password versions of a device (the agent protocol's integer range).

@@ -139,7 +139,7 @@ class LostResult:
 
 
 def check_scope(scope: str) -> str:
-    if not isinstance(scope, str) or not _SCOPE.match(scope):
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise BadInput(
             f"unknown scope {scope!r}: use agent or a directory id (d- and 10 lowercase hex digits)"
         )

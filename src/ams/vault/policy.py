@@ -50,7 +50,7 @@ _LIMITS = {
 
 
 def check_scope(scope: str) -> str:
-    if not _SCOPE.match(scope):
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise BadInput(
             f"unknown scope {scope!r}: use agent, a directory id (d- and 10 hex digits) or default"
         )

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, Field
 
+from ams.api import limits
 from ams.api.deps import CurrentInstance
 from ams.errors import BadInput, DeviceTokenInvalid
 from ams.vault import devices, passwords
 from ams.vault.devices import AuthenticatedDevice
 
-router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+router = APIRouter(prefix="/api/v1/agent", tags=["agent"], max_body_size=limits.AGENT_JSON)
 
 
 def _device_token(request: Request) -> str:
@@ -73,7 +74,7 @@ def rotation_advice(
     return passwords.decide(instance, device, _version(version)).to_dict()
 
 
-@router.post("/password", status_code=status.HTTP_201_CREATED)
+@router.post("/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD)
 def report_password(body: PasswordBody, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
     """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
     return passwords.store(instance, device, body.account, body.version, body.blob).to_dict()
