@@ -51,9 +51,12 @@ __all__ = [
     "InstanceNotFound",
     "InternalError",
     "MasterKeyLocked",
+    "MethodNotAllowed",
     "NotFound",
     "NotWritable",
     "PasswordUndecryptable",
+    "PasswordVersionOutOfRange",
+    "PasswordVersionsExhausted",
     "PermissionDenied",
     "PfxInvalid",
     "PfxKeyMismatch",
@@ -61,6 +64,7 @@ __all__ = [
     "RecoveryPasswordRequired",
     "RegistrationKeyInvalid",
     "RegistrationKeyRefused",
+    "RequestTooLarge",
     "RestoreFailed",
     "RollbackWindowClosed",
     "SchemaMismatch",
@@ -204,6 +208,43 @@ class PermissionDenied(AMSError):
     exit_status = 41
     http_status = 403
     summary = "this API key's role may not do that"
+
+
+class RequestTooLarge(AMSError):
+    code = "request_too_large"
+    exit_status = 42
+    http_status = 413
+    summary = "the request is larger than this route takes (docs/operations.md lists the limits): send less"
+
+
+class MethodNotAllowed(AMSError):
+    code = "method_not_allowed"
+    exit_status = 43
+    http_status = 405
+    summary = "this path does not take that HTTP method: the Allow header lists the ones it takes"
+
+
+# 44-45: password versions of a device (the agent protocol's integer range).
+
+
+class PasswordVersionOutOfRange(BadInput):
+    code = "password_version_out_of_range"
+    exit_status = 44
+    http_status = 422
+    summary = (
+        "the password version is outside what this device may report: report the next_version "
+        "that GET /api/v1/agent/password advises"
+    )
+
+
+class PasswordVersionsExhausted(Conflict):
+    code = "password_versions_exhausted"
+    exit_status = 45
+    http_status = 409
+    summary = (
+        "this device has used every password version the protocol carries: disable it "
+        "(`ams device disable`) and register the device again (`ams-agent register`)"
+    )
 
 
 # 50-54: password encryption certificates and PFX files.

@@ -25,7 +25,6 @@ from ams.errors import (
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from ams.lock import ServiceLock
-from conftest import run_ams, tree_digest
 from backup_support import (
     RECOVERY,
     Fleet,
@@ -33,6 +32,7 @@ from backup_support import (
     max_audit_seq,
     table_dump,
 )
+from conftest import run_ams, tree_digest
 
 # Tables a restore adds to (its own audit events and the pre-restore catalog row).
 _GROWS = ("audit_events", "backups")
@@ -84,6 +84,9 @@ def test_round_trip_restores_the_backup_point_exactly(
 
     assert table_dump(home.sqlite_path, skip=_GROWS) == at_backup
     assert audit_until(home.sqlite_path, audit_seq) == audit_at_backup
+    # No mode comes from the archive: the executable script is back, owner-only and 0600.
+    assert files_at_backup["scripts/hook.sh"].startswith("0o100700:")
+    files_at_backup["scripts/hook.sh"] = files_at_backup["scripts/hook.sh"].replace("0o100700", "0o100600")
     assert _files(home) == files_at_backup
     again = open_instance(home, populated.clock)
     try:

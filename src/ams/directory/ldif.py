@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from ams.directory.entry import Entry, Value, check_attribute_name, text_or_bytes
 from ams.errors import BadInput, LdifInvalid
@@ -32,13 +34,20 @@ def _fail(line: int, what: str) -> LdifInvalid:
     return LdifInvalid(f"LDIF line {line}: {what}; nothing was imported")
 
 
-def _logical_lines(data: bytes) -> Iterator[tuple[int, str | None]]:
+def _physical_lines(data: bytes | BinaryIO) -> Iterable[bytes]:
+    if isinstance(data, bytes):
+        return data.split(b"\n")
+    # A file (an upload spooled to disk) is read a line at a time, never whole.
+    return (line[:-1] if line.endswith(b"\n") else line for line in data)
+
+
+def _logical_lines(data: bytes | BinaryIO) -> Iterator[tuple[int, str | None]]:
     """Unfolded lines with the number of their first physical line; None marks a record
     separator (an empty line). Comments are dropped here."""
     current: list[str] | None = None
     start = 0
     in_comment = False
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(_physical_lines(data), start=1):
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         try:
@@ -102,15 +111,21 @@ def _clip(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def parse(data: bytes | str) -> Iterator[Entry]:
-    """The entries of an LDIF file, one at a time (errors carry the line number)."""
+def parse(data: bytes | str | BinaryIO) -> Iterator[Entry]:
+    """The entries of an LDIF file, one at a time (errors carry the line number). ``data``
+    may be an open binary file, read from where it stands, a line at a time."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    if isinstance(data, bytes):
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+    else:
+        start = data.tell()
+        if data.read(3) != b"\xef\xbb\xbf":
+            data.seek(start)
     record: list[tuple[int, str]] = []
     first_record = True
-    for line_no, line in [*_logical_lines(data), (0, None)]:
+    for line_no, line in itertools.chain(_logical_lines(data), [(0, None)]):
         if line is not None:
             record.append((line_no, line))
             continue
