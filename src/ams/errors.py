@@ -31,6 +31,7 @@ __all__ = [
     "AgentServerAnswerInvalid",
     "AgentServerRefused",
     "AgentServerUnreachable",
+    "AgentStateNotPrivate",
     "AlreadyExists",
     "BackupFailed",
     "BackupInvalid",
@@ -466,7 +467,17 @@ class RecoveryPasswordRequired(AMSError):
     summary = "this backup needs the recovery password that was current when it was made"
 
 
-# 90-94: ams-agent, on the managed device (these never travel over HTTP).
+# 75 and 90-94: ams-agent, on the managed device (these never travel over HTTP).
+
+
+class AgentStateNotPrivate(AMSError):
+    code = "agent_state_not_private"
+    exit_status = 75
+    http_status = 500
+    summary = (
+        "the agent's state folder is open to other users, and the state file holds the device token: "
+        "make the folder 0700 (chmod 700 FOLDER) or keep --state in a private folder"
+    )
 
 
 class AgentNotRegistered(AMSError):

@@ -4,9 +4,10 @@ A Python ``str`` may hold what no UTF-8 byte string can (a lone surrogate such a
 which JSON can spell as ``"\\ud800"``), and NUL, which PostgreSQL text refuses and C
 tools cut at. Both are refused with :class:`~ams.errors.BadInput` (422, exit 12) before
 anything is written, with a message that names the field but never echoes the value.
-A name (a DN, an objectClass, a short name) must also be one line: no C0 control
-character (U+0001-U+001F, so no tab, CR or LF) and no DEL. A DN with a line feed could be
-stored but never named again in a URL path.
+A name (an API key's, an objectClass, a directory's short name) must also be one line of
+printable text: no C0 control character (U+0001-U+001F, so no tab, CR or LF), no DEL, no
+C1 control, no U+2028/U+2029. (A DN may hold them, escaped or not, as LDAP allows: the
+REST path names it whatever it holds.)
 """
 
 from __future__ import annotations

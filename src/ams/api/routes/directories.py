@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
 from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, ReaderKey
@@ -18,6 +19,22 @@ from ams.errors import BadInput
 
 router = APIRouter(tags=["directories"], max_body_size=limits.NO_BODY)
 _LDIF_IN_MEMORY = 1024 * 1024
+
+
+class _DnConvertor(Convertor[str]):
+    """A DN in the path, whatever it holds: Starlette's ``path`` (``.*``) stops at a line
+    feed, so an entry whose DN has one could be added but never named again."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("dn", _DnConvertor())
 
 
 def _actor(key: Any) -> str:
@@ -113,14 +130,14 @@ def add_object(
     return objects.add(instance, directory_id, entry, actor=_actor(key)).to_dict()
 
 
-@router.get("/api/v1/directories/{directory_id}/objects/{dn:path}")
+@router.get("/api/v1/directories/{directory_id}/objects/{dn:dn}")
 def read_object(
     directory_id: str, dn: str, instance: CurrentInstance, _key: ReaderKey, region: str | None = None
 ) -> dict[str, Any]:
     return objects.get(instance, directory_id, dn, region=region).to_dict()
 
 
-@router.patch("/api/v1/directories/{directory_id}/objects/{dn:path}", max_body_size=limits.DIRECTORY_ENTRY)
+@router.patch("/api/v1/directories/{directory_id}/objects/{dn:dn}", max_body_size=limits.DIRECTORY_ENTRY)
 def modify_object(
     directory_id: str, dn: str, body: EntryModify, instance: CurrentInstance, key: AdminKey
 ) -> dict[str, Any]:
@@ -135,7 +152,7 @@ def modify_object(
     ).to_dict()
 
 
-@router.delete("/api/v1/directories/{directory_id}/objects/{dn:path}")
+@router.delete("/api/v1/directories/{directory_id}/objects/{dn:dn}")
 def delete_object(directory_id: str, dn: str, instance: CurrentInstance, key: AdminKey) -> dict[str, Any]:
     return objects.delete(instance, directory_id, dn, actor=_actor(key)).to_dict()
 
