@@ -153,7 +153,7 @@ def build_golden(root: Path) -> tuple[Home, Fleet, datetime]:
             home.config_dir / "templates" / "mail.txt",
             home.snapshots_dir / "d-0123456789" / "s-0000000001.ldif",
         ):
-            os.chmod(path, 0o600)  # restored files are owner-only: 0600, or 0700 when executable
+            os.chmod(path, 0o600)  # restored files are 0600 (no mode comes from a backup)
         fleet = Fleet(instance)
         for n in range(3):
             device = fleet.add(f"pc-{n}")

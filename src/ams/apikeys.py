@@ -18,6 +18,7 @@ from ams import audit, crypto
 from ams.db.models import ApiKey
 from ams.errors import AuthenticationRequired, BadInput, NotFound, PermissionDenied
 from ams.instance import Instance
+from ams.textcheck import check_name
 
 __all__ = ["ApiKeyInfo", "CreatedKey", "Role", "authenticate", "create", "list_keys", "revoke"]
 
@@ -78,7 +79,7 @@ def parse_role(value: str) -> Role:
 
 
 def create(instance: Instance, name: str, role: Role, actor: str) -> CreatedKey:
-    name = name.strip()
+    name = check_name(name, "the API key name").strip()
     if not name or len(name) > 128:
         raise BadInput("an API key needs a name of 1 to 128 characters")
     box = instance.keyring.box  # raises MasterKeyLocked before anything is written

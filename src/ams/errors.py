@@ -31,6 +31,7 @@ __all__ = [
     "AgentServerAnswerInvalid",
     "AgentServerRefused",
     "AgentServerUnreachable",
+    "AgentStateNotPrivate",
     "AlreadyExists",
     "BackupFailed",
     "BackupInvalid",
@@ -50,9 +51,12 @@ __all__ = [
     "InstanceNotFound",
     "InternalError",
     "MasterKeyLocked",
+    "MethodNotAllowed",
     "NotFound",
     "NotWritable",
     "PasswordUndecryptable",
+    "PasswordVersionOutOfRange",
+    "PasswordVersionsExhausted",
     "PermissionDenied",
     "PfxInvalid",
     "PfxKeyMismatch",
@@ -60,6 +64,7 @@ __all__ = [
     "RecoveryPasswordRequired",
     "RegistrationKeyInvalid",
     "RegistrationKeyRefused",
+    "RequestTooLarge",
     "RestoreFailed",
     "RollbackWindowClosed",
     "SchemaMismatch",
@@ -203,6 +208,43 @@ class PermissionDenied(AMSError):
     exit_status = 41
     http_status = 403
     summary = "this API key's role may not do that"
+
+
+class RequestTooLarge(AMSError):
+    code = "request_too_large"
+    exit_status = 42
+    http_status = 413
+    summary = "the request is larger than this route takes (docs/operations.md lists the limits): send less"
+
+
+class MethodNotAllowed(AMSError):
+    code = "method_not_allowed"
+    exit_status = 43
+    http_status = 405
+    summary = "this path does not take that HTTP method: the Allow header lists the ones it takes"
+
+
+# 44-45: password versions of a device (the agent protocol's integer range).
+
+
+class PasswordVersionOutOfRange(BadInput):
+    code = "password_version_out_of_range"
+    exit_status = 44
+    http_status = 422
+    summary = (
+        "the password version is outside what this device may report: report the next_version "
+        "that GET /api/v1/agent/password advises"
+    )
+
+
+class PasswordVersionsExhausted(Conflict):
+    code = "password_versions_exhausted"
+    exit_status = 45
+    http_status = 409
+    summary = (
+        "this device has used every password version the protocol carries: disable it "
+        "(`ams device disable`) and register the device again (`ams-agent register`)"
+    )
 
 
 # 50-54: password encryption certificates and PFX files.
@@ -425,7 +467,17 @@ class RecoveryPasswordRequired(AMSError):
     summary = "this backup needs the recovery password that was current when it was made"
 
 
-# 90-94: ams-agent, on the managed device (these never travel over HTTP).
+# 75 and 90-94: ams-agent, on the managed device (these never travel over HTTP).
+
+
+class AgentStateNotPrivate(AMSError):
+    code = "agent_state_not_private"
+    exit_status = 75
+    http_status = 500
+    summary = (
+        "the agent's state folder is open to other users, and the state file holds the device token: "
+        "make the folder 0700 (chmod 700 FOLDER) or keep --state in a private folder"
+    )
 
 
 class AgentNotRegistered(AMSError):

@@ -40,6 +40,7 @@ from ams.errors import (
     AgentServerAnswerInvalid,
     AgentServerRefused,
     AgentServerUnreachable,
+    AgentStateNotPrivate,
     BadInput,
 )
 from ams.instance import Instance
@@ -124,10 +125,35 @@ def test_state_round_trip_is_private(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
 
 
-def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
-    tmp_path.chmod(0o755)
-    save_state(tmp_path / "state.json", _state())
-    assert _mode(tmp_path) == 0o755 and _mode(tmp_path / "state.json") == 0o600
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o701, 0o1777])
+def test_a_state_folder_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    # The folder is not tightened (it may be shared, like /tmp): refused, nothing written.
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(mode)
+    with pytest.raises(AgentStateNotPrivate, match=rf"mode {mode:04o}.*chmod 700 {folder}"):
+        save_state(folder / "state.json", _state())
+    assert list(folder.iterdir()) == [] and _mode(folder) == mode
+    with pytest.raises(AgentStateNotPrivate):
+        exclusive(folder / "state.json").__enter__()
+    assert list(folder.iterdir()) == []
+
+
+def test_a_state_folder_opened_later_is_refused_by_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "agent" / "state.json"
+    save_state(state, _state())
+    assert load_state(state) == _state()
+    state.parent.chmod(0o755)
+    with pytest.raises(AgentStateNotPrivate):
+        load_state(state)
+    before = tree_digest(tmp_path)
+    code, _out, err = _agent(capsys, "run", "--once", "--state", str(state))
+    assert code == 75 and "chmod 700" in _one_error_line(err)
+    assert TOKEN not in err and tree_digest(tmp_path) == before
+    state.parent.chmod(0o700)
+    assert load_state(state) == _state()
 
 
 def test_state_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -477,6 +503,19 @@ def test_register_with_an_unreachable_server(tmp_path: Path, capsys: pytest.Capt
     assert "failed 2 time(s)" in _one_error_line(err)
     assert "try 2 of 2" in err and "rk_1.secret" not in err
     assert not state.parent.exists()
+
+
+def test_register_refuses_an_open_folder_before_asking_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "agent"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    server = f"http://127.0.0.1:{free_port()}"  # nothing listens: 91 if it were asked
+    args = ["--server", server, "--registration-key", "rk_1.secret", "--state", str(folder / "state.json")]
+    code, _out, err = _agent(capsys, "register", *args, "--tries", "1")
+    assert code == 75 and f"chmod 700 {folder}" in _one_error_line(err)
+    assert list(folder.iterdir()) == [] and _mode(folder) == 0o755
 
 
 def test_register_refuses_to_replace_a_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -121,6 +121,7 @@ def test_openapi_document(client: TestClient) -> None:
     assert {"/healthz", "/api/v1/status", "/api/v1/apikeys", "/api/v1/audit"} <= set(paths)
 
 
-def test_no_cdn_backed_docs_pages(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 404
+def test_only_the_local_docs_page_is_served(client: TestClient) -> None:
+    # GET /docs is served from packaged files (tests/e2e/test_openapi_browser.py); no ReDoc.
+    assert client.get("/docs").status_code == 200
     assert client.get("/redoc").status_code == 404

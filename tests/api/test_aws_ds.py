@@ -14,7 +14,7 @@ import boto3
 import botocore.auth
 import httpx
 import pytest
-from botocore.auth import SigV4Auth
+from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -562,6 +562,103 @@ def test_signed_but_malformed_requests(env: Env, body: bytes, target: str, aws_t
     assert answer.status_code == 400
     assert answer.headers["x-amzn-requestid"]
     assert answer.json()["__type"] == aws_type
+
+
+# --- a captured request replayed as something else (issue 18, item 1) ----------------------
+
+TARGET = "DirectoryService_20150416."
+JSON_TYPE = ("Content-Type", "application/x-amz-json-1.1")
+
+
+def _capture(env: Env, body: bytes, signed: dict[str, str]) -> list[tuple[str, str]]:
+    """The header lines of a request signed over ``signed`` (plus host and x-amz-date) only."""
+    request = AWSRequest(method="POST", url=env.server.url + "/aws/ds", data=body, headers=signed)
+    SigV4Auth(Credentials(env.admin["id"], env.admin["secret"]), "ds", "us-east-1").add_auth(request)
+    return list(request.headers.items())
+
+
+def _send(env: Env, body: bytes, headers: list[tuple[str, str]]) -> httpx.Response:
+    return httpx.post(env.server.url + "/aws/ds", content=body, headers=headers)
+
+
+def _refused(answer: httpx.Response, aws_type: str) -> str:
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"] == "application/x-amz-json-1.1"
+    assert answer.headers["x-amzn-requestid"]
+    shape = answer.json()
+    assert set(shape) == {"__type", "Message"}
+    assert shape["__type"] == aws_type
+    message: str = shape["Message"]
+    return message
+
+
+def test_a_minimally_signed_request_cannot_be_retargeted(env: Env) -> None:
+    ds = env.ds()
+    directory_id = _create_directory(ds, "replayed.example.com")
+    body = json.dumps({"DirectoryId": directory_id}).encode()
+    captured = _capture(env, body, {})
+    authorization = dict(captured)["Authorization"]
+    assert "SignedHeaders=host;x-amz-date," in authorization
+    as_sent = [*captured, ("X-Amz-Target", TARGET + "DescribeSnapshots"), JSON_TYPE]
+    message = _refused(_send(env, body, as_sent), "IncompleteSignatureException")
+    assert "content-type, x-amz-target not signed" in message
+    replayed = [*captured, ("X-Amz-Target", TARGET + "DeleteDirectory"), JSON_TYPE]
+    _refused(_send(env, body, replayed), "IncompleteSignatureException")
+    # Without the unsigned Content-Type the target alone is still refused.
+    only_target = [*captured, ("X-Amz-Target", TARGET + "DeleteDirectory")]
+    assert "x-amz-target not signed" in _refused(
+        _send(env, body, only_target), "IncompleteSignatureException"
+    )
+    assert _stage(ds, directory_id) == "Active"
+    # Signed with its target (as boto3 does), the same change breaks the signature.
+    signed = _capture(env, body, {"X-Amz-Target": TARGET + "DescribeSnapshots", "Content-Type": JSON_TYPE[1]})
+    assert _send(env, body, signed).status_code == 200
+    swapped = [(k, TARGET + "DeleteDirectory" if k == "X-Amz-Target" else v) for k, v in signed]
+    _refused(_send(env, body, swapped), "InvalidSignatureException")
+    other = json.dumps({"DirectoryId": env.multi_region_id}).encode()
+    _refused(_send(env, other, signed), "InvalidSignatureException")  # the body is signed too
+    assert _stage(ds, directory_id) == "Active"
+
+
+def test_a_second_target_header_is_refused(env: Env) -> None:
+    ds = env.ds()
+    directory_id = _create_directory(ds, "twice.example.com")
+    body = json.dumps({"DirectoryId": directory_id}).encode()
+    signed = _capture(env, body, {"X-Amz-Target": TARGET + "DescribeSnapshots", "Content-Type": JSON_TYPE[1]})
+    for extra in (
+        [("X-Amz-Target", TARGET + "DeleteDirectory")],
+        [("x-amz-target", TARGET + "DescribeSnapshots")],
+        [("Content-Type", "application/json")],
+        [("X-Amz-Date", dict(signed)["X-Amz-Date"])],
+    ):
+        message = _refused(_send(env, body, [*signed, *extra]), "IncompleteSignatureException")
+        assert "2 times: send it once" in message
+    assert _stage(ds, directory_id) == "Active"
+
+
+def test_presigned_query_strings_are_refused(env: Env) -> None:
+    url = env.server.url + "/aws/ds"
+    request = AWSRequest(
+        method="POST",
+        url=url,
+        data=b"{}",
+        headers={"X-Amz-Target": TARGET + "DescribeDirectories", "Content-Type": JSON_TYPE[1]},
+    )
+    SigV4QueryAuth(Credentials(env.admin["id"], env.admin["secret"]), "ds", "us-east-1").add_auth(request)
+    assert "X-Amz-Signature=" in request.url
+    presigned = httpx.post(request.url, content=b"{}", headers=dict(request.headers.items()))
+    assert "presigned" in _refused(presigned, "IncompleteSignatureException")
+    # A header-signed request that also carries X-Amz-* query parameters, in any spelling.
+    for query in ("x-amz-signature=0", "X%2DAmz%2DCredential=x"):
+        signed = AWSRequest(
+            method="POST",
+            url=f"{url}?{query}",
+            data=b"{}",
+            headers={"X-Amz-Target": TARGET + "DescribeDirectories", "Content-Type": JSON_TYPE[1]},
+        )
+        SigV4Auth(Credentials(env.admin["id"], env.admin["secret"]), "ds", "us-east-1").add_auth(signed)
+        answer = httpx.post(f"{url}?{query}", content=b"{}", headers=dict(signed.headers.items()))
+        _refused(answer, "IncompleteSignatureException")
 
 
 def test_restore_older_than_180_days_is_refused(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

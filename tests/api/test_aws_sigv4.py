@@ -166,6 +166,8 @@ def test_missing_authorization_is_refused() -> None:
         "Signature=" + "0" * 64,
         "AWS4-HMAC-SHA256 Credential=ak/20260101/us-east-1/ds/aws4_request, SignedHeaders=x-amz-date;host, "
         "Signature=" + "0" * 64,
+        "AWS4-HMAC-SHA256 Credential=ak/20260101/us-east-1/ds/aws4_request, "
+        "SignedHeaders=host;host;x-amz-date, Signature=" + "0" * 64,
         "AWS4-HMAC-SHA256 Credential=ak/20260101/us-east-1/ds/aws4_request, SignedHeaders=host;x-amz-date, "
         "Signature=zz",
     ],
@@ -208,3 +210,101 @@ def test_unknown_key_error_passes_through() -> None:
 def test_presigned_query_is_refused() -> None:
     request, signed_at = botocore_signed("http://127.0.0.1:8765/aws/ds?X-Amz-Signature=abc")
     _expect("IncompleteSignatureException", request, signed_at)
+
+
+def _signed_over(headers: dict[str, str], extra: list[tuple[str, str]]) -> tuple[SignedRequest, datetime]:
+    """Sign over ``headers`` only (botocore signs what the request holds), then add ``extra``."""
+    request = AWSRequest(method="POST", url="http://127.0.0.1:8765/aws/ds", data=BODY, headers=headers)
+    SigV4Auth(Credentials(KEY_ID, SECRET), "ds", "us-east-1").add_auth(request)
+    wire = [("Host", "127.0.0.1:8765"), *request.headers.items(), *extra]
+    signed_at = datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return SignedRequest("POST", "/aws/ds", "", wire, BODY), signed_at
+
+
+TARGET = ("X-Amz-Target", "DirectoryService_20150416.DescribeSnapshots")
+JSON_TYPE = ("Content-Type", "application/x-amz-json-1.1")
+
+
+@pytest.mark.parametrize(
+    ("signed", "unsigned", "named"),
+    [
+        ({}, [TARGET], "x-amz-target"),
+        ({}, [TARGET, JSON_TYPE], "content-type, x-amz-target"),
+        (dict([TARGET]), [JSON_TYPE], "content-type"),
+        (dict([TARGET, JSON_TYPE]), [("X-Amz-Security-Token", "t")], "x-amz-security-token"),
+        (
+            dict([TARGET, JSON_TYPE]),
+            [("x-amz-content-sha256", sigv4.payload_hash(BODY))],
+            "x-amz-content-sha256",
+        ),
+        (dict([TARGET, JSON_TYPE]), [("X-AMZ-Anything", "1")], "x-amz-anything"),
+    ],
+)
+def test_every_x_amz_header_and_content_type_must_be_signed(
+    signed: dict[str, str], unsigned: list[tuple[str, str]], named: str
+) -> None:
+    request, signed_at = _signed_over(signed, unsigned)
+    message = _expect("IncompleteSignatureException", request, signed_at).message
+    assert f"{named} not signed" in message
+
+
+def test_headers_aws_leaves_unsigned_may_stay_unsigned() -> None:
+    # botocore never signs these (nor does the aws command); X-Amzn-* is not X-Amz-*.
+    extra = [("User-Agent", "Boto3/1"), ("X-Amzn-Trace-Id", "Root=1"), ("Accept-Encoding", "identity")]
+    request, signed_at = _signed_over(dict([TARGET, JSON_TYPE]), extra)
+    assert verify(request, signed_at).access_key_id == KEY_ID
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [
+        ("X-Amz-Target", "DirectoryService_20150416.DeleteDirectory"),
+        ("x-amz-target", "DirectoryService_20150416.DescribeSnapshots"),
+        ("Content-Type", "application/json"),
+        ("Host", "127.0.0.1:8765"),
+        ("X-Amz-Date", "20260101T000000Z"),
+        ("Authorization", "AWS4-HMAC-SHA256 Credential=x"),
+    ],
+)
+def test_a_second_copy_of_a_header_read_once_is_refused(duplicate: tuple[str, str]) -> None:
+    request, signed_at = botocore_signed(extra_wire_headers=[duplicate])
+    message = _expect("IncompleteSignatureException", request, signed_at).message
+    assert f"the {duplicate[0].lower()} header 2 times" in message
+
+
+def test_other_repeated_signed_headers_fold_as_aws_does() -> None:
+    request, signed_at = _signed_over({**dict([TARGET, JSON_TYPE]), "X-Custom": "a"}, [])
+    # Two lines of a header signed once: the canonical value becomes "a,b", so it no longer verifies.
+    doubled = SignedRequest(
+        request.method, request.raw_path, request.raw_query, [*request.headers, ("X-Custom", "b")], BODY
+    )
+    _expect("InvalidSignatureException", doubled, signed_at)
+
+
+@pytest.mark.parametrize("host", ["", "a b", "evil.example, 127.0.0.1:8765", "x/y", "u@h", "h:99999999"])
+def test_a_host_that_is_not_a_host_is_refused(host: str) -> None:
+    request, signed_at = botocore_signed()
+    headers = [(k, host if k.lower() == "host" else v) for k, v in request.headers]
+    odd = SignedRequest(request.method, request.raw_path, request.raw_query, headers, request.body)
+    assert "Host" in _expect("IncompleteSignatureException", odd, signed_at).message
+
+
+@pytest.mark.parametrize("host", ["localhost", "ams_1:8080", "[::1]:8765", "10.0.0.1", "ams.example."])
+def test_host_names_as_clients_send_them_verify(host: str) -> None:
+    request, signed_at = botocore_signed(f"http://{host}/aws/ds")
+    assert verify(request, signed_at).access_key_id == KEY_ID
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "x-amz-signature=abc",
+        "X-Amz-Credential=x",
+        "X%2DAmz%2DAlgorithm=AWS4-HMAC-SHA256",
+        "a=1&X-Amz-Expires=60",
+        "X-Amz-Security-Token",
+    ],
+)
+def test_x_amz_query_parameters_are_refused(query: str) -> None:
+    request, signed_at = botocore_signed(f"http://127.0.0.1:8765/aws/ds?{query}")
+    assert "presigned" in _expect("IncompleteSignatureException", request, signed_at).message

@@ -8,12 +8,13 @@ import json
 import os
 import tarfile
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from ams import apikeys, audit, backup, crypto
-from ams.backup.archive import MANIFEST, ArchiveWriter
+from ams.backup.archive import MANIFEST, ArchiveWriter, archive_mtime
 from ams.backup.embedded import EmbeddedSource
 from ams.clock import ManualClock
 from ams.db.revision import HEAD_REVISION
@@ -244,10 +245,10 @@ def test_an_archive_sealed_under_another_key_is_refused(
         manifest = tar.extractfile(MANIFEST).read()  # type: ignore[union-attr]
     other_key = crypto.generate_master_key()
     with open(forged, "w+b") as handle:
-        writer = ArchiveWriter(handle, 0)
+        writer = ArchiveWriter(handle, _mtime_of(manifest))
         writer.add_bytes(MANIFEST, manifest)
         writer.write_payload(other_key, lambda sink: sink.write(b"x"))
-        writer.finish(other_key, "0" * 16)
+        writer.finish(other_key, json.loads(manifest)["master_key_fingerprint"])
     with pytest.raises(BackupInvalid, match="SHA256SUMS.sealed does not match"):
         backup.verify_backup(forged, instance=instance)
 
@@ -272,7 +273,7 @@ def _evil_archive(instance: Instance, path: Path, member: tarfile.TarInfo, data:
 
     salt = bytes.fromhex(json.loads(manifest)["payload"]["salt"])  # the salt the manifest binds
     with open(path, "w+b") as handle:
-        writer = ArchiveWriter(handle, 0)
+        writer = ArchiveWriter(handle, _mtime_of(manifest))
         writer.add_bytes(MANIFEST, manifest)
         writer.write_payload(mk, produce, salt)
         writer.finish(mk, instance.keyring.fingerprint)
@@ -289,9 +290,9 @@ def test_a_payload_from_another_backup_is_refused(instance: Instance, tmp_path: 
     mk = instance.keyring.master_key()
     forged = tmp_path / "forged.amsbak"
     with open(forged, "w+b") as handle:
-        writer = ArchiveWriter(handle, 0)
+        writer = ArchiveWriter(handle, _mtime_of(manifest))
         writer.add_bytes(MANIFEST, manifest)
-        handle.write(_tar_header("payload.enc", len(payload)))
+        handle.write(_tar_header("payload.enc", len(payload), _mtime_of(manifest)))
         handle.write(payload + bytes(-len(payload) % 512))
         # The sums and the seal describe this manifest and the swapped-in payload.
         writer.sums["payload.enc"] = hashlib.sha256(payload).hexdigest()
@@ -305,9 +306,15 @@ def test_a_payload_from_another_backup_is_refused(instance: Instance, tmp_path: 
     assert tree_digest(instance.home.root) == before
 
 
-def _tar_header(name: str, size: int) -> bytes:
+def _mtime_of(manifest: bytes) -> int:
+    """The time every outer header must carry: the manifest's created_at."""
+    return archive_mtime(datetime.fromisoformat(json.loads(manifest)["created_at"]))
+
+
+def _tar_header(name: str, size: int, mtime: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
+    info.mtime = mtime
     info.mode = 0o600
     return info.tobuf(format=tarfile.GNU_FORMAT)
 

@@ -84,6 +84,9 @@ def test_round_trip_restores_the_backup_point_exactly(
 
     assert table_dump(home.sqlite_path, skip=_GROWS) == at_backup
     assert audit_until(home.sqlite_path, audit_seq) == audit_at_backup
+    # No mode comes from the archive: the executable script is back, owner-only and 0600.
+    assert files_at_backup["scripts/hook.sh"].startswith("0o100700:")
+    files_at_backup["scripts/hook.sh"] = files_at_backup["scripts/hook.sh"].replace("0o100700", "0o100600")
     assert _files(home) == files_at_backup
     again = open_instance(home, populated.clock)
     try:

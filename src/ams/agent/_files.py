@@ -13,7 +13,8 @@ __all__ = ["ensure_private_folder", "write_private"]
 def ensure_private_folder(folder: Path) -> None:
     """Create ``folder`` (and missing parents) 0700; an existing folder is left as it is.
 
-    An existing folder may be shared (``/tmp``): changing its mode is not ours to do.
+    An existing folder may be shared (``/tmp``): changing its mode is not ours to do (the
+    state file's caller refuses one open to others instead).
     """
     missing = []
     while not folder.is_dir():

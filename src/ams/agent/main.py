@@ -19,7 +19,7 @@ import typer
 from ams.agent.client import AgentClient, Interrupted, RetryPolicy, normalise_server_url
 from ams.agent.rotation import check_in
 from ams.agent.setters import Setter, parse_setter, valid_account
-from ams.agent.state import DEFAULT_STATE, AgentState, exclusive, load_state, save_state
+from ams.agent.state import DEFAULT_STATE, AgentState, check_state_folder, exclusive, load_state, save_state
 from ams.cli._runner import DebugOption, debug_requested, run_app, version_callback
 from ams.errors import AlreadyExists, AMSError, BadInput
 
@@ -125,6 +125,7 @@ def register(
     )
     if state_path.exists():
         raise already
+    check_state_folder(state_path)  # before the server hands out a token we could not keep
     with AgentClient(url, retry=_retry(tries, max_delay)) as client:
         answer = client.register(key, device_name)
     state = AgentState(

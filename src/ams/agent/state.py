@@ -1,8 +1,8 @@
 """The agent's state file: which server, which device, its token and the last password version.
 
-JSON, 0600 in a 0700 folder, replaced atomically; the format is in docs/formats.md
-("ams-agent state file"). The token is the device's only credential, so the file is as
-secret as a password.
+JSON, 0600 in a 0700 folder (one open to other users is refused), replaced atomically; the
+format is in docs/formats.md ("ams-agent state file"). The token is the device's only
+credential, so the file is as secret as a password.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,9 +19,17 @@ from typing import Any
 
 from ams.agent._files import ensure_private_folder, write_private
 from ams.agent.client import normalise_server_url
-from ams.errors import AgentNotRegistered, BadInput, Conflict
+from ams.errors import AgentNotRegistered, AgentStateNotPrivate, BadInput, Conflict
 
-__all__ = ["DEFAULT_STATE", "STATE_FORMAT", "AgentState", "exclusive", "load_state", "save_state"]
+__all__ = [
+    "DEFAULT_STATE",
+    "STATE_FORMAT",
+    "AgentState",
+    "check_state_folder",
+    "exclusive",
+    "load_state",
+    "save_state",
+]
 
 DEFAULT_STATE = Path("/var/lib/ams-agent/state.json")
 STATE_FORMAT = 1
@@ -50,6 +59,26 @@ class AgentState:
         }
 
 
+def check_state_folder(path: Path) -> None:
+    """Refuse a state folder (the folder of ``path``) that exists and others can reach: it
+    must be 0700 (docs/formats.md).
+
+    It is not tightened here: an existing folder may be shared (``/tmp``, ``/etc``), and
+    changing its mode is not the agent's to do. The message says how to fix it.
+    """
+    folder = path.parent
+    try:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+    except OSError:
+        return  # reading or writing the file in it reports what is wrong
+    if mode & 0o077:
+        raise AgentStateNotPrivate(
+            f"the agent state folder {folder} is mode {mode:04o}, open to other users, and the state "
+            f"file holds the device token: run `chmod 700 {folder}`, or give --state a file in a "
+            "folder of its own"
+        )
+
+
 def _bad(path: Path, why: str) -> BadInput:
     return BadInput(
         f"the agent state file {path} is not usable ({why}): restore it from a copy, "
@@ -67,6 +96,7 @@ def load_state(path: Path) -> AgentState:
         ) from None
     except OSError as exc:
         raise _bad(path, exc.strerror or type(exc).__name__) from None
+    check_state_folder(path)
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -103,11 +133,13 @@ def load_state(path: Path) -> AgentState:
 
 
 def save_state(path: Path, state: AgentState, *, replace: bool = True) -> bool:
-    """Write the state atomically, 0600 (its folder 0700 when created here).
+    """Write the state atomically, 0600, in a 0700 folder (created so when missing; an
+    existing folder open to others is refused).
 
     With ``replace=False`` an existing file is kept and False is returned.
     """
     ensure_private_folder(path.parent)
+    check_state_folder(path)
     text = json.dumps(state.to_dict(), indent=2, sort_keys=True) + "\n"
     return write_private(path, text.encode("utf-8"), replace=replace)
 
@@ -116,6 +148,7 @@ def save_state(path: Path, state: AgentState, *, replace: bool = True) -> bool:
 def exclusive(path: Path) -> Iterator[None]:
     """Hold ``<state>.lock`` so two agents never rotate the same device at once."""
     ensure_private_folder(path.parent)
+    check_state_folder(path)
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -7,27 +7,61 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from ams import __version__
-from ams.api import aws_ds
+from ams.api import aws_ds, limits
 from ams.api.metrics import Metrics
 from ams.api.routes import agent, apikeys, audit, backups, certificates, devices, directories, health, status
-from ams.errors import AMSError, AuthenticationRequired, MasterKeyLocked
+from ams.errors import (
+    AMSError,
+    AuthenticationRequired,
+    BadInput,
+    InternalError,
+    MasterKeyLocked,
+    MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
+    RequestTooLarge,
+)
 from ams.instance import Instance
 
 __all__ = ["create_app"]
 
 
-def _error_response(exc: AMSError) -> JSONResponse:
-    headers = {}
+def _error_response(exc: AMSError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
     if isinstance(exc, AuthenticationRequired):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, MasterKeyLocked):
         headers["Retry-After"] = "60"
+    if isinstance(exc, RequestTooLarge):
+        # The rest of the refused body may still be on its way: the connection ends here.
+        headers["Connection"] = "close"
     return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+
+
+def _from_http_exception(request: Request, exc: HTTPException) -> AMSError:
+    """Starlette's and FastAPI's own refusals, as AMS errors (the documented shape)."""
+    if exc.status_code == 404:
+        return NotFound(
+            "no route has this path: the API is under /api/v1 (docs/operations.md lists the routes)"
+        )
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return MethodNotAllowed(f"this path does not take {request.method}: use {allowed}")
+    if exc.status_code == 413:
+        return limits.too_large(request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
+    if exc.status_code == 400:
+        # FastAPI's "There was an error parsing the body": not UTF-8, or nested past the parser.
+        return BadInput("the request body is not JSON that can be read: send UTF-8 JSON (RFC 8259)")
+    if exc.status_code in (401, 403):
+        return (AuthenticationRequired if exc.status_code == 401 else PermissionDenied)(str(exc.detail))
+    return BadInput(str(exc.detail)) if exc.status_code < 500 else InternalError()
 
 
 @contextlib.asynccontextmanager
@@ -56,15 +90,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(instance: Instance) -> FastAPI:
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(
         title="AMS",
         version=__version__,
         description="Access Manager Service: device administrator passwords, directories, recovery.",
-        # FastAPI's interactive docs pull their scripts from a CDN; AMS serves no third-party
-        # assets, so only the OpenAPI document itself is published.
-        docs_url=None,
+        # GET /docs: Swagger UI from the fastapi-offline package's own files, never a CDN; no
+        # online validator badge (it would send the document's URL to a third party).
+        docs_url="/docs",
         redoc_url=None,
+        static_url="/docs/static",
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=_lifespan,
+        # Body limits are declared on the routers and routes (ams.api.limits); this one runs
+        # before every route, before authentication.
+        dependencies=[Depends(limits.refuse_oversized)],
     )
     app.state.instance = instance
     app.state.metrics = Metrics(instance)
@@ -73,9 +114,25 @@ def create_app(instance: Instance) -> FastAPI:
     async def ams_error(_request: Request, exc: AMSError) -> JSONResponse:
         return _error_response(exc)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+        return _error_response(_from_http_exception(request, exc), headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the client learns nothing of it.
+        return _error_response(InternalError())
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            reason = (first.get("ctx") or {}).get("error", "not JSON")
+            position = first.get("loc", ("body", 0))[-1]
+            return _error_response(
+                BadInput(f"the request body is not valid JSON ({reason} at character {position}): fix it")
+            )
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return JSONResponse(
             {
@@ -95,6 +152,7 @@ def create_app(instance: Instance) -> FastAPI:
         app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
         return response
 
+    app.add_middleware(limits.RequestLimitsMiddleware)
     for router in (health.router, status.router, apikeys.router, audit.router, certificates.router):
         app.include_router(router)
     for router in (agent.router, devices.router):
@@ -102,6 +160,7 @@ def create_app(instance: Instance) -> FastAPI:
     app.include_router(directories.router)
     app.include_router(backups.router)
     # The AWS Directory Service-compatible endpoint (issue 5): POST /aws/ds, and POST / by target.
+    # It declares no FastAPI body limit: it reads at most 1 MiB itself and answers in AWS's shape.
     app.include_router(aws_ds.router)
     # The web console: GET / and its own paths (the AWS-compatible endpoint keeps POST /).
     from ams.web import install as install_console

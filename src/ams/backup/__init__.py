@@ -1,6 +1,7 @@
 """Backups of the whole instance: the ``.amsbak`` archive, create, verify, restore, schedule.
 
-DESIGN.md section 8 is the contract; docs/formats.md describes the archive byte by byte.
+docs/operations.md says what each command does; docs/formats.md describes the archive
+byte by byte.
 The names below load their module on first use, so a command that only creates a backup
 does not import restore, verify and the schedule as well.
 """

@@ -11,7 +11,9 @@ members, in this order::
 followed by exactly two zero blocks. The writer never seeks back except to fill in the size
 of ``payload.enc`` once the stream is done, so memory stays flat whatever the size. The
 reader parses the outer tar itself (not with :mod:`tarfile`) so every byte is accounted
-for: header checksums, the member list, the zero padding and the end blocks.
+for: each header block must be byte for byte the canonical one (:func:`_header`, its time
+the manifest's ``created_at``), then the member list, the zero padding and the end blocks;
+``SHA256SUMS.sealed`` must be exactly what the writer renders for its HMAC.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hashlib
 import json
 import os
 import queue
-import stat
+import re
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +43,7 @@ __all__ = [
     "ArchiveWriter",
     "Manifest",
     "PAYLOAD_ROOTS",
+    "archive_mtime",
     "extract_payload",
 ]
 
@@ -53,6 +56,7 @@ SEALED = "SHA256SUMS.sealed"
 MEMBERS = (MANIFEST, PAYLOAD, SUMS, SEALED)
 PAYLOAD_ROOTS = ("database", "config", "snapshots")
 _BLOCK = 512
+_HMAC_HEX = re.compile("[0-9a-f]{64}")
 _COPY = 1 << 20
 _SYNC_EVERY = 8 << 20
 
@@ -170,6 +174,10 @@ class Manifest:
         ):
             if not isinstance(data.get(key), str):
                 raise BackupInvalid(f"manifest.json lacks the field {key!r}")
+        try:
+            datetime.fromisoformat(data["created_at"])
+        except ValueError:
+            raise BackupInvalid("manifest.json has a malformed created_at") from None
         return cls(data)
 
 
@@ -274,12 +282,63 @@ class _Sink:
 
 
 def _header(name: str, size: int, mtime: int) -> bytes:
+    """The canonical header of a member: the only one the writer writes and the reader accepts.
+
+    GNU format, mode 0600, owner and group 0 with empty names, regular file, no link name,
+    and every unused byte zero (docs/formats.md, "Canonical headers").
+    """
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = mtime
     info.mode = 0o600
     info.type = tarfile.REGTYPE
     return info.tobuf(format=tarfile.GNU_FORMAT, encoding="utf-8", errors="strict")
+
+
+# The fields of a GNU tar header (offset, length, name), to say which one was altered.
+_HEADER_FIELDS = (
+    (0, 100, "name"),
+    (100, 8, "mode"),
+    (108, 8, "owner id"),
+    (116, 8, "group id"),
+    (124, 12, "size"),
+    (136, 12, "mtime"),
+    (148, 8, "checksum"),
+    (156, 1, "type flag"),
+    (157, 100, "link name"),
+    (257, 8, "magic"),
+    (265, 32, "owner name"),
+    (297, 32, "group name"),
+    (329, 16, "device numbers"),
+    (345, 167, "unused tail"),
+)
+
+
+def _altered_fields(block: bytes, canonical: bytes) -> str:
+    """Which fields differ, as "mode and owner name differ". The checksum changes with any
+    other field, so it is named only when it alone differs."""
+    fields = [n for at, size, n in _HEADER_FIELDS if block[at : at + size] != canonical[at : at + size]]
+    if len(fields) > 1 and "checksum" in fields:
+        fields.remove("checksum")
+    if len(fields) == 1:
+        return f"{fields[0]} differs"
+    return f"{', '.join(fields[:-1])} and {fields[-1]} differ"
+
+
+def archive_mtime(created_at: datetime) -> int:
+    """The mtime of every outer header: the backup's creation time, in whole seconds."""
+    return int(created_at.timestamp())
+
+
+def _sealed_bytes(fingerprint: str, hmac_hex: str) -> bytes:
+    """``SHA256SUMS.sealed`` as the writer renders it; the reader accepts nothing else."""
+    sealed = {
+        "algorithm": "HMAC-SHA256",
+        "key": "HKDF-SHA256(master key, info=ams/derived/v1/backup-seal)",
+        "master_key_fingerprint": fingerprint,
+        "hmac": hmac_hex,
+    }
+    return (json.dumps(sealed, indent=2, sort_keys=True) + "\n").encode("ascii")
 
 
 class ArchiveWriter:
@@ -328,13 +387,7 @@ class ArchiveWriter:
     def finish(self, master_key: bytes, fingerprint: str) -> None:
         sums = self.sums_bytes()
         self.add_bytes(SUMS, sums)
-        sealed = {
-            "algorithm": "HMAC-SHA256",
-            "key": "HKDF-SHA256(master key, info=ams/derived/v1/backup-seal)",
-            "master_key_fingerprint": fingerprint,
-            "hmac": crypto.seal_sums(master_key, sums),
-        }
-        self.add_bytes(SEALED, (json.dumps(sealed, indent=2, sort_keys=True) + "\n").encode("ascii"))
+        self.add_bytes(SEALED, _sealed_bytes(fingerprint, crypto.seal_sums(master_key, sums)))
         self.handle.write(b"\0" * (2 * _BLOCK))
 
 
@@ -413,10 +466,11 @@ class ArchiveReader:
         except PermissionError:
             raise BackupInvalid(f"{path} cannot be read: permission denied") from None
         try:
-            self.members = self._parse()
+            self.members, mtimes = self._parse()
             self.manifest = Manifest.parse(self._read_member(MANIFEST))
+            self._check_mtimes(mtimes)
             self.sums_raw = self._read_member(SUMS)
-            self.sealed = self._parse_sealed(self._read_member(SEALED))
+            self.sealed = self._parse_sealed(self._read_member(SEALED), self.manifest.fingerprint)
         except BaseException:
             self.handle.close()
             raise
@@ -432,9 +486,11 @@ class ArchiveReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _parse(self) -> dict[str, _Member]:
+    def _parse(self) -> tuple[dict[str, _Member], dict[str, int]]:
+        """The members, and the mtime of each header (checked against the manifest after)."""
         size = os.fstat(self.handle.fileno()).st_size
         members: dict[str, _Member] = {}
+        mtimes: dict[str, int] = {}
         offset = 0
         for expected in MEMBERS:
             self.handle.seek(offset)
@@ -454,6 +510,16 @@ class ArchiveReader:
                 raise BackupInvalid(f"the archive holds {info.name!r} where {expected} was expected")
             if info.type != tarfile.REGTYPE:
                 raise BackupUnsafe(f"the archive member {info.name} is not a regular file")
+            try:
+                canonical = _header(expected, info.size, info.mtime)
+            except ValueError:  # a size or time no canonical header can hold
+                canonical = bytes(_BLOCK)
+            if block != canonical:
+                raise BackupInvalid(
+                    f"the tar header of {expected} was altered ({_altered_fields(block, canonical)} "
+                    "from the canonical header AMS writes)"
+                )
+            mtimes[expected] = info.mtime
             data_at = offset + _BLOCK
             end = data_at + info.size
             if end > size:
@@ -470,7 +536,16 @@ class ArchiveReader:
             raise BackupInvalid("the archive is truncated: its end-of-archive blocks are missing")
         if tail != b"\0" * len(tail) or len(tail) != 2 * _BLOCK:
             raise BackupInvalid("the archive has data after its end-of-archive blocks")
-        return members
+        return members, mtimes
+
+    def _check_mtimes(self, mtimes: dict[str, int]) -> None:
+        """Every header's time is the (summed and sealed) manifest's ``created_at``."""
+        expected = archive_mtime(self.manifest.created_at)
+        for name in MEMBERS:
+            if mtimes[name] != expected:
+                raise BackupInvalid(
+                    f"the tar header of {name} was altered (its mtime is not the backup's created_at)"
+                )
 
     def _read_member(self, name: str) -> bytes:
         member = self.members[name]
@@ -480,13 +555,20 @@ class ArchiveReader:
         return self.handle.read(member.size)
 
     @staticmethod
-    def _parse_sealed(raw: bytes) -> dict[str, Any]:
+    def _parse_sealed(raw: bytes, fingerprint: str) -> dict[str, Any]:
         try:
             data = json.loads(raw.decode("ascii"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise BackupInvalid("SHA256SUMS.sealed is not valid JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("hmac"), str):
             raise BackupInvalid("SHA256SUMS.sealed holds no HMAC")
+        if not _HMAC_HEX.fullmatch(data["hmac"]):
+            raise BackupInvalid("SHA256SUMS.sealed was altered: its HMAC is not 64 lowercase hex digits")
+        if raw != _sealed_bytes(fingerprint, data["hmac"]):
+            raise BackupInvalid(
+                "SHA256SUMS.sealed was altered: it differs from what AMS writes for this backup's "
+                "master key fingerprint and HMAC"
+            )
         return data
 
     def expected_sums(self) -> dict[str, str]:
@@ -760,8 +842,9 @@ class _FileWriter:
 def extract_payload(stream: BinaryIO, target: Path, progress: Callable[[int], None] | None = None) -> int:
     """Extract the inner tar into ``target`` (an empty private folder); return the files written.
 
-    Folders are created 0700 and files 0600 (0700 when executable) with O_EXCL|O_NOFOLLOW,
-    so nothing outside ``target`` can be reached, even by a name that repeats.
+    Folders are created 0700 and files 0600 with O_EXCL|O_NOFOLLOW, so nothing outside
+    ``target`` can be reached, even by a name that repeats. Nothing is taken from a member's
+    header but its name, type and size: never its mode, owner or times.
     """
     root = target.resolve()
     files = 0
@@ -782,9 +865,8 @@ def extract_payload(stream: BinaryIO, target: Path, progress: Callable[[int], No
                     )
                 dest.mkdir(mode=0o700, exist_ok=True)
                 continue
-            mode = 0o700 if member.mode & stat.S_IXUSR else 0o600
             try:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             except FileExistsError:
                 raise BackupUnsafe(f"the backup holds {member.name!r} twice; it was refused") from None
             writer.track(fd)

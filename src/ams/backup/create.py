@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ams import __version__, audit
 from ams.backup import catalog
-from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter
+from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter, archive_mtime
 from ams.backup.sqlite_image import DatabaseImage, ImageUnavailable, connection_facts, open_image
 from ams.errors import BackupFailed, NotWritable
 from ams.home import Home, ensure_private_dir, fsync_dir
@@ -385,7 +385,7 @@ def write_backup(
             tmp_file = Path(tmp_name)
             with os.fdopen(fd, "w+b") as handle:
                 os.fchmod(handle.fileno(), 0o600)
-                writer = ArchiveWriter(handle, int(created_at.timestamp()))
+                writer = ArchiveWriter(handle, archive_mtime(created_at))
                 writer.add_bytes(
                     MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
                 )

@@ -5,7 +5,7 @@ schema (``database/ams.db`` in the payload, exactly as for an embedded instance)
 of every AMS table, read inside one ``REPEATABLE READ`` read-only transaction, so the copy
 is one consistent snapshot while the service keeps writing. Verification, the restore
 drill, and restoring onto the embedded database then work unchanged, and a PostgreSQL
-backup can be restored on a machine that has no PostgreSQL at all. (DESIGN.md named
+backup can be restored on a machine that has no PostgreSQL at all. (Not
 ``pg_dump``: that would tie every backup to a matching ``pg_dump``/server version, could
 not be checked without a server, and could only go back to PostgreSQL.)
 

@@ -63,6 +63,7 @@ def serve(
 
     from ams import audit
     from ams.api import create_app
+    from ams.api.limits import MAX_HEADER_BYTES
     from ams.lock import ServiceLock
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,6 +98,10 @@ def serve(
                 lifespan="on",
                 server_header=False,
                 timeout_graceful_shutdown=10,
+                # h11, whose limit on the request line and headers AMS states (ams.api.limits);
+                # a request over it gets 400 from the server before the app sees it.
+                http="h11",
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             )
             server = _server_class(uvicorn)(config)
             log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)

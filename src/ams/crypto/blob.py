@@ -41,7 +41,7 @@ def _oaep() -> padding.OAEP:
 
 
 def encrypt_password(certificate_der: bytes, plaintext: bytes) -> bytes:
-    """Encrypt ``plaintext`` (the UTF-8 JSON of DESIGN section 6) to the certificate's RSA key."""
+    """Encrypt ``plaintext`` (the JSON of docs/formats.md, "Password blob") to the certificate."""
     try:
         cert = x509.load_der_x509_certificate(certificate_der)
     except ValueError:

@@ -1,4 +1,4 @@
-"""Directories (forests) and their point-in-time snapshots (DESIGN section 9).
+"""Directories (forests) and their point-in-time snapshots (docs/architecture.md).
 
 Modules: ``directories`` (create, list, show, delete), ``objects`` (entries by DN),
 ``ldif`` (RFC 2849 read and write), ``snapshots`` (manual and automatic snapshots, restore

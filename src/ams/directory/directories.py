@@ -23,6 +23,7 @@ from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
 from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable
 from ams.instance import Instance
+from ams.textcheck import check_name, check_text
 
 __all__ = [
     "DIRECTORY_TYPES",
@@ -122,7 +123,7 @@ def new_id(prefix: str) -> str:
 
 
 def check_directory_id(directory_id: str) -> str:
-    if not isinstance(directory_id, str) or not _DIRECTORY_ID.match(directory_id):
+    if not isinstance(directory_id, str) or not _DIRECTORY_ID.fullmatch(directory_id):
         raise DirectoryNotFound(
             f"{directory_id!r} is not a directory id (d- and 10 hex digits): list them with "
             "`ams directory list`"
@@ -131,7 +132,7 @@ def check_directory_id(directory_id: str) -> str:
 
 
 def check_region(region: str, what: str = "region") -> str:
-    if not _REGION.match(region or ""):
+    if not _REGION.fullmatch(region or ""):
         raise BadInput(f"{what} {region!r} is not a region name: write it like us-east-1")
     return region
 
@@ -222,11 +223,12 @@ def create(
     actor: str,
 ) -> DirectoryInfo:
     """Create a directory; it is Active at once, with a replica in each additional region."""
-    if not isinstance(dns_name, str) or len(dns_name) > 255 or not _DNS_NAME.match(dns_name):
+    if not isinstance(dns_name, str) or len(dns_name) > 255 or not _DNS_NAME.fullmatch(dns_name):
         raise BadInput(f"{dns_name!r} is not a DNS name: write it like corp.example.com")
     if short_name is None:
         short_name = _default_short_name(dns_name)
-    if len(short_name) > 15 or not _SHORT_NAME.match(short_name):
+    check_name(short_name, "the short name")
+    if len(short_name) > 15 or not _SHORT_NAME.fullmatch(short_name):
         raise BadInput(
             f"short name {short_name!r} is not valid: up to 15 characters, no dot first and "
             'none of \\ / : * ? " < > |'
@@ -237,8 +239,10 @@ def create(
         raise BadInput(f"edition {edition!r} is not known: use Standard or Enterprise")
     if size is not None and size not in SIZES:
         raise BadInput(f"size {size!r} is not known: use Small or Large")
-    if description is not None and len(description) > 128:
-        raise BadInput("the description is longer than 128 characters: shorten it")
+    if description is not None:
+        check_text(description, "the description")
+        if len(description) > 128:
+            raise BadInput("the description is longer than 128 characters: shorten it")
     check_region(region)
     extra = [check_region(r, "additional region") for r in additional_regions]
     if extra:

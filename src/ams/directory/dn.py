@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ams.errors import BadInput
+from ams.textcheck import check_text
 
 __all__ = ["depth", "normalise", "parent", "rdns"]
 
@@ -43,10 +44,13 @@ def normalise(dn: str) -> str:
     """``CN=Alice , OU=People,dc=Example`` → ``cn=alice,ou=people,dc=example``.
 
     Enough for uniqueness and lookups: attribute names and values compare without case and
-    without the spaces around separators; escapes are kept as written.
+    without the spaces around separators; escapes are kept as written. A DN that is not
+    text (a lone surrogate, NUL) is refused (PostgreSQL could not even be asked for a
+    NUL).
     """
-    if not dn or not dn.strip():
+    if not isinstance(dn, str) or not dn.strip():
         raise BadInput("the DN is empty: give one like cn=alice,ou=people,dc=example,dc=com")
+    check_text(dn, "the DN")
     return ",".join(_normalise_rdn(r) for r in rdns(dn))
 
 

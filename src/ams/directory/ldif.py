@@ -2,9 +2,11 @@
 
 Read: an optional ``version: 1`` line, comments (``#``, also folded), folded lines (a line
 starting with one space continues the one before), ``attr: value``, ``attr:: base64``,
-CRLF or LF line ends. Refused with the line number: change records (``changetype:``,
-``control:``), values from URLs (``attr:< url``), bad base64, lines that are not
-``attr: value``, records without ``dn:`` or without an objectClass.
+CRLF or LF line ends. A base64 value is text when it decodes to UTF-8 without NUL, else
+binary. Refused with the line number: change records (``changetype:``, ``control:``),
+values from URLs (``attr:< url``), bad base64, lines that are not UTF-8, a NUL in a plain
+value, a DN that is not text, an objectClass that is not one line of text, lines that are
+not ``attr: value``, records without ``dn:`` or without an objectClass.
 
 Write: each entry (objectClass values first), values that are not
 SAFE-STRING base64-encoded, lines folded at 76 characters, one blank line between records.
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
-from ams.directory.entry import Entry, Value, check_attribute_name
+from ams.directory.entry import Entry, Value, check_attribute_name, text_or_bytes
 from ams.errors import BadInput, LdifInvalid
+from ams.textcheck import check_name
 
 __all__ = ["FOLD_AT", "dump", "emit", "parse"]
 
@@ -29,13 +34,20 @@ def _fail(line: int, what: str) -> LdifInvalid:
     return LdifInvalid(f"LDIF line {line}: {what}; nothing was imported")
 
 
-def _logical_lines(data: bytes) -> Iterator[tuple[int, str | None]]:
+def _physical_lines(data: bytes | BinaryIO) -> Iterable[bytes]:
+    if isinstance(data, bytes):
+        return data.split(b"\n")
+    # A file (an upload spooled to disk) is read a line at a time, never whole.
+    return (line[:-1] if line.endswith(b"\n") else line for line in data)
+
+
+def _logical_lines(data: bytes | BinaryIO) -> Iterator[tuple[int, str | None]]:
     """Unfolded lines with the number of their first physical line; None marks a record
     separator (an empty line). Comments are dropped here."""
     current: list[str] | None = None
     start = 0
     in_comment = False
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(_physical_lines(data), start=1):
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         try:
@@ -79,15 +91,18 @@ def _split(line_no: int, line: str) -> tuple[str, Value]:
             value: Value = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise _fail(line_no, f"the base64 value of {name} is not valid base64") from None
-        try:
-            return name, value.decode("utf-8")
-        except UnicodeDecodeError:
-            return name, value
+        # Text when it is text (UTF-8, no NUL); anything else stays binary.
+        return name, text_or_bytes(value)
     if rest.startswith("<"):
         raise _fail(
             line_no,
             f"values from URLs ({name}:< ...) are not supported: put the value in the file "
             f"base64-encoded, as {name}:: ...",
+        )
+    if "\x00" in rest:
+        raise _fail(
+            line_no,
+            f"the value of {name} holds a NUL character: binary values must be base64, as {name}:: ...",
         )
     return name, rest.lstrip(" ")
 
@@ -96,15 +111,21 @@ def _clip(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def parse(data: bytes | str) -> Iterator[Entry]:
-    """The entries of an LDIF file, one at a time (errors carry the line number)."""
+def parse(data: bytes | str | BinaryIO) -> Iterator[Entry]:
+    """The entries of an LDIF file, one at a time (errors carry the line number). ``data``
+    may be an open binary file, read from where it stands, a line at a time."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    if isinstance(data, bytes):
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+    else:
+        start = data.tell()
+        if data.read(3) != b"\xef\xbb\xbf":
+            data.seek(start)
     record: list[tuple[int, str]] = []
     first_record = True
-    for line_no, line in [*_logical_lines(data), (0, None)]:
+    for line_no, line in itertools.chain(_logical_lines(data), [(0, None)]):
         if line is not None:
             record.append((line_no, line))
             continue
@@ -124,13 +145,20 @@ def parse(data: bytes | str) -> Iterator[Entry]:
         record = []
 
 
+def _name(line_no: int, value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except BadInput as exc:
+        raise _fail(line_no, exc.message) from None
+
+
 def _entry(record: list[tuple[int, str]]) -> Entry:
     dn_no, dn_line = record[0]
     name, value = _split(dn_no, dn_line)
     if name.lower() != "dn":
         raise _fail(dn_no, f"a record must start with 'dn:', not {_clip(dn_line)!r}")
     if isinstance(value, bytes):
-        raise _fail(dn_no, "the DN is not UTF-8 text")
+        raise _fail(dn_no, "the DN is not text (it must be UTF-8 without NUL)")
     if not value.strip():
         raise _fail(dn_no, "the DN is empty")
     classes: list[str] = []
@@ -149,8 +177,8 @@ def _entry(record: list[tuple[int, str]]) -> Entry:
             raise _fail(line_no, "a second dn: line in one record (records are separated by an empty line)")
         if lowered == "objectclass":
             if isinstance(val, bytes):
-                raise _fail(line_no, "an objectClass value is not UTF-8 text")
-            classes.append(val)
+                raise _fail(line_no, "an objectClass value is not text (it must be UTF-8 without NUL)")
+            classes.append(_name(line_no, val, "an objectClass value"))
             continue
         key = keys.setdefault(lowered, attr)
         attributes.setdefault(key, []).append(val)
@@ -183,7 +211,8 @@ def _line(name: str, value: Value) -> str:
         return f"{name}:\n"
     if isinstance(value, str) and _safe(value):
         return _fold(f"{name}: {value}")
-    raw = value if isinstance(value, bytes) else value.encode("utf-8")
+    # surrogatepass: even a str that is not text (which no write lets in) is written, as bytes.
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
     return _fold(f"{name}:: {base64.b64encode(raw).decode('ascii')}")
 
 

@@ -18,9 +18,18 @@ from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
 from ams.directory import directories
 from ams.directory import dn as dnlib
-from ams.directory.entry import Entry, Value, check_attribute_name, decode_values, encode_values
+from ams.directory.entry import (
+    Entry,
+    Value,
+    check_attribute_name,
+    decode_values,
+    encode_values,
+    readable,
+    text_or_bytes,
+)
 from ams.errors import AlreadyExists, BadInput, Conflict, DirectoryEntryNotFound
 from ams.instance import Instance
+from ams.textcheck import check_name, check_text
 
 __all__ = [
     "add",
@@ -53,10 +62,17 @@ def _open(session: Session, directory_id: str, *, write: bool = False) -> Direct
     return row
 
 
-def _row_entry(row: DirectoryObject | Any) -> Entry:
+def _stored_entry(dn: str, classes: str, attributes: str) -> Entry:
+    """An entry as stored, readable whatever an older version let in (ams.directory.entry)."""
     return Entry(
-        dn=row.dn, object_classes=json.loads(row.object_classes), attributes=decode_values(row.attributes)
+        dn=readable(dn),
+        object_classes=[readable(c) for c in json.loads(classes)],
+        attributes=decode_values(attributes),
     )
+
+
+def _row_entry(row: DirectoryObject) -> Entry:
+    return _stored_entry(row.dn, row.object_classes, row.attributes)
 
 
 def _find(session: Session, directory_id: str, generation: int, dn_norm: str) -> DirectoryObject | None:
@@ -82,24 +98,65 @@ def _not_found(directory_id: str, dn: str) -> DirectoryEntryNotFound:
     )
 
 
-def _clean(entry: Entry) -> Entry:
-    """Validate and tidy an entry: objectClass out of the attributes, names checked, no empties."""
+def _check_value(name: str, value: Value) -> Value:
+    """Text values must be text (ams.textcheck); bytes may hold anything."""
+    if isinstance(value, bytes):
+        return value
+    try:
+        return check_text(value, f"a value of attribute {name}")
+    except BadInput as exc:
+        raise BadInput(
+            f'{exc.message}; nothing was changed (binary data goes base64-encoded: {{"base64": "..."}} '
+            f"in JSON, {name}:: in LDIF)"
+        ) from None
+
+
+def _clean(entry: Entry, *, stored: bool = False) -> Entry:
+    """Validate and tidy an entry: objectClass out of the attributes, names and text checked,
+    no empties. Every write passes here, so nothing is stored that a read cannot return.
+
+    ``stored``: the entry merges what is stored with a change whose new values were checked
+    already (:func:`_check_change`); what an older version stored is kept as it reads.
+    """
     if not isinstance(entry.dn, str) or not entry.dn.strip():
         raise BadInput("an entry needs a DN, like cn=alice,ou=people,dc=example,dc=com")
-    classes = [c for c in entry.object_classes if isinstance(c, str) and c.strip()]
+    if not stored:
+        check_text(entry.dn, "the DN")
+    classes = [c for c in entry.object_classes if not isinstance(c, str) or c.strip()]
     attributes: dict[str, list[Value]] = {}
     seen: dict[str, str] = {}
     for name, values in entry.attributes.items():
         check_attribute_name(name)
         if name.lower() == "objectclass":
-            classes.extend(v.decode("utf-8") if isinstance(v, bytes) else v for v in values)
+            classes.extend(c for c in map(_object_class, values) if c.strip())
             continue
         key = seen.setdefault(name.lower(), name)
-        attributes.setdefault(key, []).extend(values)
+        attributes.setdefault(key, []).extend(v if stored else _check_value(key, v) for v in values)
+    if not stored:
+        for c in classes:
+            check_name(c, "an objectClass value")
     if not classes:
         raise BadInput(f"entry {entry.dn!r} has no objectClass: give at least one (e.g. top)")
     unique_classes = list(dict.fromkeys(classes))
     return Entry(dn=entry.dn.strip(), object_classes=unique_classes, attributes=attributes)
+
+
+def _object_class(value: Value) -> str:
+    text = text_or_bytes(value) if isinstance(value, bytes) else value
+    if isinstance(text, bytes):
+        raise BadInput("an objectClass value is binary: give object classes as text")
+    return text
+
+
+def _check_change(change: dict[str, list[Value]]) -> None:
+    """The new values of a modify, checked as :func:`_clean` checks a new entry's."""
+    for name, values in change.items():
+        check_attribute_name(name)
+        for v in values:
+            if name.lower() == "objectclass":
+                check_name(_object_class(v), "an objectClass value")
+            else:
+                _check_value(name, v)
 
 
 def get(instance: Instance, directory_id: str, dn: str, *, region: str | None = None) -> Entry:
@@ -207,6 +264,8 @@ def modify(
     """Change attributes as LDAP modify does: ``replace`` sets (an empty list removes),
     ``add`` appends values, ``delete`` removes the values given (all, when the list is empty)."""
     norm = dnlib.normalise(dn)
+    _check_change(replace or {})
+    _check_change(add or {})
     with instance.transaction() as session:
         directory = _open(session, directory_id, write=True)
         row = _find(session, directory_id, directory.generation, norm)
@@ -242,7 +301,8 @@ def modify(
             if not values or not attrs[key]:
                 del attrs[key]
         classes = attrs.pop("objectClass", [])
-        updated = _clean(Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs}))
+        merged = Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs})
+        updated = _clean(merged, stored=True)
         row.object_classes = json.dumps(updated.object_classes)
         row.attributes = encode_values(updated.attributes)
         audit.record(
@@ -353,5 +413,4 @@ def iter_entries(instance: Instance, directory_id: str, *, region: str | None = 
         ).all()
     keyed = sorted(((dnlib.depth(r[0]), i) for i, r in enumerate(rows)))
     for _depth, i in keyed:
-        dn, classes, attrs = rows[i]
-        yield Entry(dn=dn, object_classes=json.loads(classes), attributes=decode_values(attrs))
+        yield _stored_entry(*rows[i])

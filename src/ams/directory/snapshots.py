@@ -44,6 +44,7 @@ from ams.errors import (
     UnsupportedOperation,
 )
 from ams.instance import Instance
+from ams.textcheck import check_name
 
 __all__ = [
     "AUTO_INTERVAL",
@@ -345,7 +346,7 @@ def _take(
     actor: str,
 ) -> SnapshotInfo:
     if name is not None:
-        name = name.strip() or None
+        name = check_name(name, "the snapshot name").strip() or None
     if name is not None and (len(name) > _NAME_MAX or any(ord(c) < 32 for c in name)):
         raise BadInput(f"the snapshot name is longer than {_NAME_MAX} characters or holds control characters")
     now = instance.clock.now()

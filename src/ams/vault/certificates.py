@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 KEY_PURPOSE = "certificate-private-key"
-# Generated keys are RSA-4096 (DESIGN section 5). Tests that do not look at the size may
+# Generated keys are RSA-4096 (docs/security.md). Tests that do not look at the size may
 # lower this to keep key generation fast.
 KEY_SIZE = 4096
 _SCOPE = re.compile(r"^(agent|d-[0-9a-f]{10})$")
@@ -139,7 +139,7 @@ class LostResult:
 
 
 def check_scope(scope: str) -> str:
-    if not isinstance(scope, str) or not _SCOPE.match(scope):
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise BadInput(
             f"unknown scope {scope!r}: use agent or a directory id (d- and 10 lowercase hex digits)"
         )

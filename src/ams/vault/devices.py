@@ -26,6 +26,7 @@ from ams.errors import (
     RegistrationKeyRefused,
 )
 from ams.instance import Instance
+from ams.textcheck import check_name
 from ams.vault.policy import check_scope
 
 __all__ = [
@@ -142,7 +143,7 @@ def register(
     instance: Instance, registration_key: str, name: str, *, scope: str = DEFAULT_SCOPE
 ) -> RegisteredDevice:
     """``POST /api/v1/agent/register``: a new device and its token (shown once)."""
-    name = name.strip()
+    name = check_name(name, "the device name").strip()
     if not name or len(name) > 255 or not name.isprintable():
         raise BadInput("a device needs a name of 1 to 255 printable characters (its host name)")
     check_scope(scope)

@@ -8,6 +8,15 @@ Versions of a device only grow: a new password must carry a version above every 
 the server holds, and the rotation advice proposes one above both the server's and the
 agent's. When the agent's version differs from the server's current one, one side was
 restored from an older copy: rotate, reason ``rollback``, and record it.
+
+Versions never run out: they are whole numbers up to ``MAX_VERSION`` (2**53 - 1, what
+every JSON reader carries exactly; the columns are 64-bit), and one report may move a
+device at most ``MAX_STEP`` above the highest version the server holds. Agents move by one
+(or by the versions a restored database missed), so the top is out of reach (2**33
+reports), and the advice never names a version the report would refuse: a version the
+agent sends that the server cannot have issued (below 1, or at or above the reach of the
+next report) is not used for ``next_version``, and the device rotates with reason
+``rollback`` to a version the server accepts.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from ams.errors import (
     MasterKeyLocked,
     NotFound,
     PasswordUndecryptable,
+    PasswordVersionOutOfRange,
+    PasswordVersionsExhausted,
     RollbackWindowClosed,
 )
 from ams.instance import Instance
@@ -41,6 +52,8 @@ from ams.vault.devices import AuthenticatedDevice
 from ams.vault.policy import PasswordPolicy, get_policy
 
 __all__ = [
+    "MAX_STEP",
+    "MAX_VERSION",
     "RotationAdvice",
     "StoredPassword",
     "counts_by_certificate",
@@ -53,6 +66,8 @@ __all__ = [
 
 REQUEST_PREFIX = "pr_"
 MAX_BLOB_BYTES = 16384
+MAX_VERSION = 2**53 - 1  # the largest integer JSON carries exactly everywhere
+MAX_STEP = 2**20  # how far above the server's highest version one report may go
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,18 @@ def _highest_version(session: Session, device_id: str) -> int:
     )
 
 
+def _reach(highest: int) -> int:
+    """The highest version a report may carry when the server holds ``highest``."""
+    return min(highest + MAX_STEP, MAX_VERSION)
+
+
+def _exhausted(device_id: str, highest: int) -> PasswordVersionsExhausted:
+    return PasswordVersionsExhausted(
+        f"device {device_id} has used every password version up to {highest}: disable it "
+        "(`ams device disable`) and register the device again (`ams-agent register`)"
+    )
+
+
 # -- GET /api/v1/agent/password -----------------------------------------------------------
 
 
@@ -122,17 +149,27 @@ def decide(instance: Instance, device: AuthenticatedDevice, reported_version: in
             raise NotFound(f"no device {device.id}")
         current = _current(session, device.id)
         server_version = current.version if current is not None else None
+        highest = _highest_version(session, device.id)
+        if highest >= MAX_VERSION:
+            raise _exhausted(device.id, highest)
+        reach = _reach(highest)
+        # A version the server cannot have issued (below 1, or so high that its successor
+        # could not be reported) says nothing about versions in use: it is not built on.
+        usable = reported_version is not None and 1 <= reported_version < reach
         if reported_version != server_version:
             # The agent knows a version the server does not hold as current (the database
             # was restored from an older copy), or the reverse (the device was reverted).
             reason: str | None = "rollback"
+            details: dict[str, Any] = {"device_version": reported_version, "server_version": server_version}
+            if reported_version is not None and not usable:
+                details["device_version_ignored"] = True
             audit.record(
                 session,
                 instance.clock,
                 audit.Event.PASSWORD_ROLLBACK_DETECTED,
                 actor=actor,
                 target=device.id,
-                details={"device_version": reported_version, "server_version": server_version},
+                details=details,
             )
         elif current is None:
             reason = "new"
@@ -142,7 +179,8 @@ def decide(instance: Instance, device: AuthenticatedDevice, reported_version: in
             reason = "expired"
         else:
             reason = None
-        next_version = max(_highest_version(session, device.id), reported_version or 0) + 1
+        basis = reported_version if reported_version is not None and usable else 0
+        next_version = max(highest, basis) + 1
         policy = get_policy(session, device.scope)
     return RotationAdvice(
         rotate=reason is not None,
@@ -221,6 +259,11 @@ def store(
     instance: Instance, device: AuthenticatedDevice, account: str, version: int, blob_b64: str
 ) -> StoredPassword:
     """Accept a new password (as its blob) after test decryption; the previous one becomes history."""
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise PasswordVersionOutOfRange(
+            f"version {str(version)[:24]} is not a whole number from 1 to {MAX_VERSION}: report the "
+            "next_version that GET /api/v1/agent/password advises"
+        )
     raw = decode_blob(blob_b64)
     if raw is None:
         raise _reject(instance, device, "not base64, empty or too large")
@@ -241,6 +284,16 @@ def store(
         if version <= highest:
             raise Conflict(
                 f"version {version} is not above the server's {highest}: ask GET /api/v1/agent/password again"
+            )
+        if highest >= MAX_VERSION:
+            raise _exhausted(device.id, highest)
+        reach = _reach(highest)
+        if version > reach:
+            # A jump this far would bring the device's versions toward the top of the range,
+            # where the next one could no longer be expressed: refused, nothing changes.
+            raise PasswordVersionOutOfRange(
+                f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
+                f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
             )
         policy = get_policy(session, device.scope)
         if current is not None:

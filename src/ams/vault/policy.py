@@ -1,7 +1,7 @@
 """The password policy of a scope: length, maximum age, history retention, the account.
 
 A scope without a row of its own follows the ``default`` row; without that, the built-in
-defaults below (DESIGN section 7: keep 30 passwords, 0 days).
+defaults below (keep 30 passwords, 0 days).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _LIMITS = {
 
 
 def check_scope(scope: str) -> str:
-    if not _SCOPE.match(scope):
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise BadInput(
             f"unknown scope {scope!r}: use agent, a directory id (d- and 10 hex digits) or default"
         )

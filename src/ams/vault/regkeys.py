@@ -18,6 +18,7 @@ from ams import audit, crypto
 from ams.db.models.vault import RegistrationKey
 from ams.errors import AlreadyExists, BadInput, NotFound
 from ams.instance import Instance
+from ams.textcheck import check_name
 
 __all__ = ["CreatedRegistrationKey", "RegistrationKeyInfo", "create", "disable", "find", "list_keys"]
 
@@ -84,7 +85,7 @@ def info_of(row: RegistrationKey) -> RegistrationKeyInfo:
 def create(
     instance: Instance, name: str, actor: str, *, limit: int | None = None, approval: bool = False
 ) -> CreatedRegistrationKey:
-    name = name.strip()
+    name = check_name(name, "the registration key name").strip()
     if not name or len(name) > 128 or not name.isprintable():
         raise BadInput("a registration key needs a name of 1 to 128 printable characters")
     if limit is not None and limit < 1:

@@ -93,7 +93,10 @@ def handle(instance: Instance, signed: sigv4.SignedRequest, request_id: str) -> 
 
 
 def _operation(signed: sigv4.SignedRequest) -> str:
-    target = signed.header("x-amz-target") or ""
+    targets = signed.header_values("x-amz-target")
+    if len(targets) > 1:  # sigv4.verify refuses it first; the operation is never a guess
+        raise AwsError("SerializationException", "the request carries X-Amz-Target more than once")
+    target = targets[0] if targets else ""
     operation = target[len(TARGET_PREFIX) :] if target.startswith(TARGET_PREFIX) else ""
     if operation not in OPERATIONS:
         shown = target[:100] or "none"

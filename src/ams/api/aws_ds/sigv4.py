@@ -18,13 +18,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 from ams import crypto
 
 __all__ = [
     "ALGORITHM",
     "MAX_CLOCK_SKEW",
+    "SINGLE_VALUED",
     "Credential",
     "SignatureError",
     "SignedRequest",
@@ -40,6 +41,17 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 MAX_CLOCK_SKEW = timedelta(minutes=15)
 _AMZ_DATE = re.compile(r"^(\d{8})T(\d{6})Z$")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+# host[:port]: a DNS name or IPv4 address, or an IPv6 literal in brackets (RFC 3986 3.2.2).
+_HOST = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+
+# Headers whose one value the server reads (or that decide what the request does): a second
+# copy is refused, so what was signed and what is acted on can never be two different lines.
+# Every ``x-amz-*`` header is treated the same way.
+SINGLE_VALUED = frozenset({"authorization", "host", "content-type"})
+# Headers that must be among the signed ones whenever the request carries them, besides
+# ``host``, ``x-amz-date`` (always) and every ``x-amz-*`` header: AWS's services demand the
+# same, and botocore signs them all.
+_SIGNED_WHEN_PRESENT = frozenset({"content-type"})
 
 
 class SignatureError(Exception):
@@ -213,6 +225,67 @@ def _parse_amz_date(value: str | None) -> datetime:
         raise SignatureError("IncompleteSignatureException", "X-Amz-Date is not a valid time") from None
 
 
+def _single_valued(name: str) -> bool:
+    return name in SINGLE_VALUED or name.startswith("x-amz-")
+
+
+def _check_header_lines(request: SignedRequest) -> None:
+    """Refuse a second copy of a header the server reads once, and a malformed Host."""
+    counts: dict[str, int] = {}
+    for name, _ in request.headers:
+        lname = name.lower()
+        counts[lname] = counts.get(lname, 0) + 1
+    for name, count in sorted(counts.items()):
+        if count > 1 and _single_valued(name):
+            raise SignatureError(
+                "IncompleteSignatureException",
+                f"the request carries the {name} header {count} times: send it once",
+            )
+    host = request.header("host")
+    if host is not None and not _HOST.match(host):
+        raise SignatureError(
+            "IncompleteSignatureException",
+            "the Host header is not a host name with an optional port: send the endpoint's host",
+        )
+
+
+def _refuse_presigned(raw_query: str) -> None:
+    # Names are compared decoded and without regard to case, so no spelling slips past.
+    names = {name.lower() for name, _ in parse_qsl(raw_query, keep_blank_values=True)}
+    if any(name.startswith("x-amz-") for name in names):
+        raise SignatureError(
+            "IncompleteSignatureException",
+            "query-string (presigned) signatures and X-Amz-* query parameters are not accepted here: "
+            "sign the Authorization header",
+        )
+
+
+def _check_coverage(request: SignedRequest, credential: Credential) -> None:
+    """Every header that changes what the request means must be signed."""
+    for needed in ("host", "x-amz-date"):
+        if needed not in credential.signed_headers:
+            raise SignatureError(
+                "IncompleteSignatureException", f"the signature must cover the {needed} header"
+            )
+    present = sorted({name.lower() for name, _ in request.headers})
+    unsigned = [
+        name
+        for name in present
+        if (name.startswith("x-amz-") or name in _SIGNED_WHEN_PRESENT)
+        and name not in credential.signed_headers
+    ]
+    if unsigned:
+        shown = ", ".join(name[:64] for name in unsigned[:5]) + (", …" if len(unsigned) > 5 else "")
+        raise SignatureError(
+            "IncompleteSignatureException",
+            f"the signature must cover every X-Amz-* header and Content-Type sent: {shown} "
+            "not signed; add them to SignedHeaders",
+        )
+    for name in credential.signed_headers:
+        if not request.header_values(name):
+            raise SignatureError("IncompleteSignatureException", f"signed header {name!r} is missing")
+
+
 def verify(
     request: SignedRequest,
     *,
@@ -223,24 +296,17 @@ def verify(
     """Check the request's SigV4 signature; return the credential it was signed with.
 
     ``secret_for(access_key_id)`` returns the caller's secret, or raises for an unknown
-    key (its exception passes through). Checks, in order: a well-formed Authorization
-    header, the signed headers cover ``host`` and ``x-amz-date``, the scope's service and
-    date, the clock skew (at most 15 minutes either way), the body hash, the signature.
+    key (its exception passes through). Checks, in order: no X-Amz-* query parameters
+    (presigned requests), no second copy of a header read once (``Authorization``, ``Host``,
+    ``Content-Type``, any ``X-Amz-*``), a well-formed Host, a well-formed Authorization
+    header, the signed headers cover ``host``, ``x-amz-date``, ``content-type`` and every
+    ``x-amz-*`` header sent, the scope's service and date, the clock skew (at most 15
+    minutes either way), the body hash, the signature.
     """
-    if "X-Amz-Signature=" in request.raw_query or "X-Amz-Credential=" in request.raw_query:
-        raise SignatureError(
-            "IncompleteSignatureException",
-            "query-string (presigned) signatures are not accepted here: sign the Authorization header",
-        )
+    _refuse_presigned(request.raw_query)
+    _check_header_lines(request)
     credential = parse_authorization(request.header("authorization"))
-    for needed in ("host", "x-amz-date"):
-        if needed not in credential.signed_headers:
-            raise SignatureError(
-                "IncompleteSignatureException", f"the signature must cover the {needed} header"
-            )
-    for name in credential.signed_headers:
-        if not request.header_values(name):
-            raise SignatureError("IncompleteSignatureException", f"signed header {name!r} is missing")
+    _check_coverage(request, credential)
     if credential.service != service:
         raise SignatureError(
             "InvalidSignatureException",

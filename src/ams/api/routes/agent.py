@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, Field
 
+from ams.api import limits
 from ams.api.deps import CurrentInstance
 from ams.errors import BadInput, DeviceTokenInvalid
 from ams.vault import devices, passwords
 from ams.vault.devices import AuthenticatedDevice
 
-router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+router = APIRouter(prefix="/api/v1/agent", tags=["agent"], max_body_size=limits.AGENT_JSON)
 
 
 def _device_token(request: Request) -> str:
@@ -37,7 +39,8 @@ class RegisterBody(BaseModel):
 
 class PasswordBody(BaseModel):
     account: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1, le=2**31 - 1)
+    # A JSON integer (not "3", true or 3.0); its range is the vault's (passwords.store).
+    version: int = Field(strict=True)
     blob: str = Field(min_length=1, max_length=4 * passwords.MAX_BLOB_BYTES)
 
 
@@ -47,31 +50,31 @@ def register(body: RegisterBody, instance: CurrentInstance) -> dict[str, Any]:
     return devices.register(instance, body.registration_key, body.name).to_dict()
 
 
+# Longer than any version (2**53 - 1 has 16 digits), so a damaged state file's number is
+# still read, and then not built on (passwords.decide); longer still is refused.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,63}")
+
+
 def _version(value: str | None) -> int | None:
+    """The query's version as a number; which numbers mean something is the vault's to say."""
     if value is None or not value.strip():
         return None
-    try:
-        parsed = int(value.strip())
-    except ValueError:
-        raise BadInput(
-            f"version={value[:20]!r} is not a whole number: send the last version, or nothing"
-        ) from None
-    if parsed < 1:
-        raise BadInput("version must be 1 or more: send the last version, or nothing")
-    return parsed
+    if not _WHOLE_NUMBER.fullmatch(value.strip()):
+        raise BadInput(f"version={value[:20]!r} is not a whole number: send the last version, or nothing")
+    return int(value.strip())
 
 
 @router.get("/password")
 def rotation_advice(
     instance: CurrentInstance,
     device: AgentDevice,
-    version: Annotated[str | None, Query(max_length=20)] = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
     return passwords.decide(instance, device, _version(version)).to_dict()
 
 
-@router.post("/password", status_code=status.HTTP_201_CREATED)
+@router.post("/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD)
 def report_password(body: PasswordBody, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
     """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
     return passwords.store(instance, device, body.account, body.version, body.blob).to_dict()

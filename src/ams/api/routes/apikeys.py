@@ -8,9 +8,10 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from ams import apikeys
+from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, UnlockedBox
 
-router = APIRouter(prefix="/api/v1/apikeys", tags=["apikeys"])
+router = APIRouter(prefix="/api/v1/apikeys", tags=["apikeys"], max_body_size=limits.ADMIN_JSON)
 
 
 class ApiKeyCreate(BaseModel):

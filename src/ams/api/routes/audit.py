@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from ams import audit
+from ams.api import limits
 from ams.api.deps import CurrentInstance, ReaderKey
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], max_body_size=limits.NO_BODY)
 
 
 @router.get("")

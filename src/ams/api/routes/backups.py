@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from ams import backup
+from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, ReaderKey
 
-router = APIRouter(prefix="/api/v1/backups", tags=["backups"])
+router = APIRouter(prefix="/api/v1/backups", tags=["backups"], max_body_size=limits.NO_BODY)
 
 
 @router.get("")

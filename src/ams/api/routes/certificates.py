@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel
 
+from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, ReaderKey, UnlockedBox
 from ams.vault import certificates
 
-router = APIRouter(prefix="/api/v1/certificates", tags=["certificates"])
+router = APIRouter(prefix="/api/v1/certificates", tags=["certificates"], max_body_size=limits.ADMIN_JSON)
 
 
 class CertificateCreate(BaseModel):

@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, ReaderKey
 from ams.vault import devices, passwords
 
-router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+router = APIRouter(prefix="/api/v1/devices", tags=["devices"], max_body_size=limits.NO_BODY)
 
 
 @router.get("")

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
+from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, ReaderKey
 from ams.directory import directories, ldif, objects, snapshots
 from ams.directory.entry import Entry, attributes_from_json
 from ams.errors import BadInput
 
-router = APIRouter(tags=["directories"])
+router = APIRouter(tags=["directories"], max_body_size=limits.NO_BODY)
+_LDIF_IN_MEMORY = 1024 * 1024
+
+
+class _DnConvertor(Convertor[str]):
+    """A DN in the path, whatever it holds: Starlette's ``path`` (``.*``) stops at a line
+    feed, so an entry whose DN has one could be added but never named again."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("dn", _DnConvertor())
 
 
 def _actor(key: Any) -> str:
@@ -53,7 +73,7 @@ def list_directories(instance: CurrentInstance, _key: ReaderKey) -> list[dict[st
     return [d.to_dict() for d in directories.list_directories(instance)]
 
 
-@router.post("/api/v1/directories", status_code=status.HTTP_201_CREATED)
+@router.post("/api/v1/directories", status_code=status.HTTP_201_CREATED, max_body_size=limits.ADMIN_JSON)
 def create_directory(body: DirectoryCreate, instance: CurrentInstance, key: AdminKey) -> dict[str, Any]:
     return directories.create(
         instance,
@@ -98,7 +118,11 @@ def list_objects(
     return [e.to_dict() for e in entries]
 
 
-@router.post("/api/v1/directories/{directory_id}/objects", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/api/v1/directories/{directory_id}/objects",
+    status_code=status.HTTP_201_CREATED,
+    max_body_size=limits.DIRECTORY_ENTRY,
+)
 def add_object(
     directory_id: str, body: EntryCreate, instance: CurrentInstance, key: AdminKey
 ) -> dict[str, Any]:
@@ -106,14 +130,14 @@ def add_object(
     return objects.add(instance, directory_id, entry, actor=_actor(key)).to_dict()
 
 
-@router.get("/api/v1/directories/{directory_id}/objects/{dn:path}")
+@router.get("/api/v1/directories/{directory_id}/objects/{dn:dn}")
 def read_object(
     directory_id: str, dn: str, instance: CurrentInstance, _key: ReaderKey, region: str | None = None
 ) -> dict[str, Any]:
     return objects.get(instance, directory_id, dn, region=region).to_dict()
 
 
-@router.patch("/api/v1/directories/{directory_id}/objects/{dn:path}")
+@router.patch("/api/v1/directories/{directory_id}/objects/{dn:dn}", max_body_size=limits.DIRECTORY_ENTRY)
 def modify_object(
     directory_id: str, dn: str, body: EntryModify, instance: CurrentInstance, key: AdminKey
 ) -> dict[str, Any]:
@@ -128,25 +152,34 @@ def modify_object(
     ).to_dict()
 
 
-@router.delete("/api/v1/directories/{directory_id}/objects/{dn:path}")
+@router.delete("/api/v1/directories/{directory_id}/objects/{dn:dn}")
 def delete_object(directory_id: str, dn: str, instance: CurrentInstance, key: AdminKey) -> dict[str, Any]:
     return objects.delete(instance, directory_id, dn, actor=_actor(key)).to_dict()
 
 
-@router.post("/api/v1/directories/{directory_id}/import")
+@router.post("/api/v1/directories/{directory_id}/import", max_body_size=limits.LDIF_IMPORT)
 async def import_ldif(
     directory_id: str, request: Request, instance: CurrentInstance, key: AdminKey
 ) -> dict[str, Any]:
     """Import an LDIF body (content records only); all entries or none."""
-    body = await request.body()
-    if not body.strip():
-        raise BadInput("the request body is empty: send LDIF (content type text/plain or application/ldif)")
+    # Up to limits.LDIF_IMPORT, spooled to an unnamed 0600 temporary file as it arrives
+    # (LDIF may carry password hashes): the first MiB in memory, the rest on disk.
+    with tempfile.SpooledTemporaryFile(max_size=_LDIF_IN_MEMORY) as spool:
+        async for chunk in request.stream():
+            spool.write(chunk)
+        size = spool.tell()
+        spool.seek(0)
+        if size < _LDIF_IN_MEMORY and not spool.read().strip():
+            raise BadInput(
+                "the request body is empty: send LDIF (content type text/plain or application/ldif)"
+            )
+        spool.seek(0)
 
-    # One transaction: a bad line anywhere rolls back every entry before it.
-    def work() -> int:
-        return objects.import_entries(instance, directory_id, ldif.parse(body), actor=_actor(key))
+        # One transaction: a bad line anywhere rolls back every entry before it.
+        def work() -> int:
+            return objects.import_entries(instance, directory_id, ldif.parse(spool), actor=_actor(key))
 
-    count = await run_in_threadpool(work)
+        count = await run_in_threadpool(work)
     return {"directory_id": directory_id, "imported": count}
 
 
@@ -166,7 +199,11 @@ def list_directory_snapshots(
     return [s.to_dict() for s in snapshots.list_snapshots(instance, directory_id)]
 
 
-@router.post("/api/v1/directories/{directory_id}/snapshots", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/api/v1/directories/{directory_id}/snapshots",
+    status_code=status.HTTP_201_CREATED,
+    max_body_size=limits.ADMIN_JSON,
+)
 def create_snapshot(
     directory_id: str,
     instance: CurrentInstance,

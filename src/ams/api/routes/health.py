@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from ams.api import limits
 from ams.api.deps import CurrentInstance
 
-router = APIRouter()
+router = APIRouter(max_body_size=limits.NO_BODY)
 
 
 @router.get("/healthz", tags=["health"])

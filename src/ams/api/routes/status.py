@@ -6,10 +6,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from ams.api import limits
 from ams.api.deps import CurrentInstance, ReaderKey
 from ams.status import instance_status
 
-router = APIRouter(prefix="/api/v1", tags=["status"])
+router = APIRouter(prefix="/api/v1", tags=["status"], max_body_size=limits.NO_BODY)
 
 
 @router.get("/status")

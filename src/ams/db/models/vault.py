@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ams.db.models.base import Base, Timestamp
 
 __all__ = ["Device", "DevicePassword", "PasswordPolicyRow", "RegistrationKey"]
+
+# Password versions: 64-bit (BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit already).
+Version = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class RegistrationKey(Base):
@@ -43,7 +55,7 @@ class Device(Base):
     approved_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     # The version of the current password as this database knows it (None: no password yet).
-    current_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    current_version: Mapped[int | None] = mapped_column(Version, nullable=True)
     # `ams device expire`: rotate at the next check-in with reason "forced".
     force_rotation: Mapped[bool] = mapped_column(Boolean, default=False)
     forced_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
@@ -60,7 +72,7 @@ class DevicePassword(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(32), ForeignKey("devices.id", ondelete="CASCADE"))
-    version: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Version)
     account: Mapped[str] = mapped_column(String(64))
     blob: Mapped[bytes] = mapped_column(LargeBinary)
     certificate_thumbprint: Mapped[str] = mapped_column(String(64), index=True)

@@ -1,7 +1,7 @@
 """Web console users and sessions.
 
-Revision ID: 0006_console
-Revises: 0005_backups
+Revision ID: 0007_console
+Revises: 0006_password_versions
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_console"
-down_revision = "0005_backups"
+revision = "0007_console"
+down_revision = "0006_password_versions"
 branch_labels = None
 depends_on = None
 
