@@ -14,9 +14,12 @@ from starlette.responses import Response
 from ams import __version__, users
 from ams.web import forms
 
-__all__ = ["STATIC", "first_error", "instance_of", "now_of", "posted", "render"]
+__all__ = ["FORM_BODY", "STATIC", "first_error", "instance_of", "now_of", "posted", "render"]
 
 _HERE = Path(__file__).parent
+# The largest form a console page posts (a few fields and a CSRF token); the PFX upload
+# declares its own limit (ams.web.certificates).
+FORM_BODY = 16 * 1024
 STATIC = _HERE / "static"
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 

@@ -21,12 +21,12 @@ from ams.apikeys import Role
 from ams.errors import AMSError, BadInput, PermissionDenied, WeakPassword
 from ams.security.policy import password_rule
 from ams.web import forms
-from ams.web._render import first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
 from ams.web.session import ConsoleRefused, current
 
 __all__ = ["MAX_PFX_BYTES", "router"]
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, max_body_size=FORM_BODY)
 # A PFX of one certificate and its RSA key is a few kilobytes; this leaves room for chains.
 MAX_PFX_BYTES = 256 * 1024
 _POLICY_FIELDS = ("length", "max_age_days", "history_keep_count", "history_keep_days")
@@ -169,7 +169,7 @@ async def export(request: Request, thumbprint: str) -> Response:
     )
 
 
-@router.post("/certificates/import")
+@router.post("/certificates/import", max_body_size=MAX_PFX_BYTES + FORM_BODY)
 async def import_pfx(request: Request) -> Response:
     from ams.vault import certificates
 

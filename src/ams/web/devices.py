@@ -17,12 +17,12 @@ from starlette.responses import RedirectResponse, Response
 from ams.apikeys import Role
 from ams.errors import AMSError, BadInput, PermissionDenied
 from ams.web import forms
-from ams.web._render import first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
 from ams.web.session import ConsoleRefused, current
 
 __all__ = ["router"]
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, max_body_size=FORM_BODY)
 _LIST_LIMIT = 500
 _STATUSES = ("active", "pending", "disabled")
 

@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from ams import audit, users
 from ams.errors import AMSError, AuthenticationRequired, BadInput, PermissionDenied
 from ams.web import forms
-from ams.web._render import STATIC, first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, STATIC, first_error, instance_of, now_of, posted, render
 from ams.web.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -33,7 +33,7 @@ from ams.web.session import (
 
 __all__ = ["install", "router"]
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, max_body_size=FORM_BODY)
 _AUDIT_PAGE = 50
 
 

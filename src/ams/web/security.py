@@ -17,12 +17,12 @@ from ams.apikeys import Role
 from ams.errors import AMSError, PermissionDenied, WeakPassword
 from ams.security.policy import password_rule
 from ams.web import forms
-from ams.web._render import first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
 from ams.web.session import ConsoleRefused, current
 
 __all__ = ["router"]
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, max_body_size=FORM_BODY)
 
 RECOVERY_WARNING = (
     "Keep the recovery password offline (on paper, in a safe). It is the only way to open a "
