@@ -19,8 +19,8 @@ from ams.clock import ManualClock
 from ams.errors import BackupFailed, BackupInvalid, BackupUnsafe, MasterKeyLocked
 from ams.home import Home
 from ams.instance import Instance, open_instance
-from conftest import tree_digest
 from backup_support import RECOVERY, Fleet
+from conftest import tree_digest
 
 
 def _members(path: Path) -> list[tarfile.TarInfo]:
@@ -47,7 +47,7 @@ def test_archive_is_a_plain_tar_with_a_readable_manifest(populated: Instance) ->
     assert manifest["kind"] == "manual" and manifest["backend"] == "sqlite"
     assert manifest["instance_id"] == populated.id
     assert manifest["master_key_fingerprint"] == populated.keyring.fingerprint
-    assert manifest["schema_revision"] == "0005_backups"
+    assert manifest["schema_revision"] == "0006_home_identity"
     assert manifest["recovery_password_set_at"].startswith("2026-01-01T00:00:00")
     assert (
         set(manifest["recovery_wrapping"]) >= {"kdf", "nonce", "ciphertext"} or manifest["recovery_wrapping"]

@@ -20,6 +20,7 @@ from ams import audit, backup
 from ams.backup.create import create_backup_at, write_backup
 from ams.backup.embedded import EmbeddedSource
 from ams.clock import ManualClock
+from ams.db.revision import HEAD_REVISION
 from ams.errors import MasterKeyLocked, SchemaMismatch
 from ams.home import Home
 from ams.instance import Instance, open_instance
@@ -170,7 +171,7 @@ def test_anything_out_of_the_ordinary_goes_through_the_instance(
         create_backup_at(home, actor="test")
     conn = sqlite3.connect(home.sqlite_path)
     with conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0005_backups'")
+        conn.execute("UPDATE alembic_version SET version_num = ?", (HEAD_REVISION,))
     conn.close()
 
     # No service key, or another one: locked, refused by the instance with its reason.

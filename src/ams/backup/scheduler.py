@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from ams import audit
 from ams.backup import journal
-from ams.backup.schedule import due_at, run_due
+from ams.backup.schedule import due_at, paused_reason, run_due
 from ams.clock import ManualClock
 from ams.instance import Instance
 
@@ -78,7 +78,10 @@ class BackupScheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
-                wait = (due_at(self.instance) - self.instance.clock.now()).total_seconds()
+                if paused_reason(self.instance) is not None:
+                    wait = self.poll  # until the administrator confirms the destination
+                else:
+                    wait = (due_at(self.instance) - self.instance.clock.now()).total_seconds()
             except Exception:  # noqa: BLE001 - the scheduler outlives any one failure
                 log.exception("the backup scheduler met an error; it tries again later")
                 wait = self.poll
