@@ -49,10 +49,10 @@ def test_an_older_backup_keeps_the_newer_recovery_password_or_says_which_is_in_f
 
     # Restoring the older backup over the same instance keeps the password set last.
     restored = _ok("backup", "restore", old["path"], "--yes", home=home)
-    assert restored["recovery_password"]["outcome"] == "kept"
-    assert restored["recovery_password"]["set_at"] == newer_at
     status = _ok("status", home=home)
     assert status["recovery_password_set_at"] == newer_at and status["recovery_password_notice"] is None
+    assert restored["recovery_password"]["outcome"] == "kept"
+    assert restored["recovery_password"]["set_at"] == newer_at
     # The service key is lost: only the NEW password unlocks, the leaked one does not.
     (home / "keys" / "service.key").unlink()
     leaked = run_ams("security", "unlock", "--password-stdin", home=home, input=RECOVERY_PASSWORD + "\n")
@@ -99,11 +99,8 @@ def test_a_copy_restored_from_another_home_never_prunes_that_homes_backups(tmp_p
     )
     assert restored.returncode == 0, restored.stderr
     said = " ".join(restored.stdout.split())
-    assert "Scheduled backups are paused" in said and "`ams backup schedule set --dest DIR`" in said
-    assert str(shared) in said
-    assert "PAUSED" in run_ams("status", home=copy).stdout
+    status_while_paused = run_ams("status", home=copy).stdout
     listed = {e["backup_id"]: e for e in _ok("backup", "list", home=copy)}
-    assert listed[first["backup_id"]]["written_here"] is False
 
     # While paused, the copy's own backups (a pre-restore one here) stay in its own folder.
     again = _ok("backup", "restore", second["path"], "--yes", home=copy)
@@ -127,6 +124,10 @@ def test_a_copy_restored_from_another_home_never_prunes_that_homes_backups(tmp_p
     assert own["backup_id"] in pruned and not Path(own["path"]).exists()
     assert Path(first["path"]).is_file() and Path(second["path"]).is_file()
     assert not pruned & {first["backup_id"], second["backup_id"]}
+    # The restore said how to go on, and `ams status` showed the pause.
+    assert "Scheduled backups are paused" in said and "`ams backup schedule set --dest DIR`" in said
+    assert str(shared) in said and "PAUSED" in status_while_paused
+    assert listed[first["backup_id"]]["written_here"] is False
 
 
 def test_the_catalog_is_reconciled_with_the_folder_after_a_restore_and_on_demand(tmp_path: Path) -> None:
@@ -134,11 +135,11 @@ def test_the_catalog_is_reconciled_with_the_folder_after_a_restore_and_on_demand
     _init(home)
     made = [_ok("backup", "create", home=home) for _ in range(2)]
     restored = _ok("backup", "restore", made[0]["path"], "--yes", home=home)
-    assert set(restored["catalog"]["added"]) == {m["backup_id"] for m in made}
     listed = {e["backup_id"]: e for e in _ok("backup", "list", home=home)}
     later = made[1]  # made after the restored one: still listed, and this home's
-    assert listed[later["backup_id"]]["path"] == later["path"]
+    assert later["backup_id"] in listed and listed[later["backup_id"]]["path"] == later["path"]
     assert listed[later["backup_id"]]["written_here"] is True
+    assert set(restored["catalog"]["added"]) == {m["backup_id"] for m in made}
 
     # On demand: by the headers, not by the names.
     folder = home / "backups"
