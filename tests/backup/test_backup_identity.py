@@ -13,6 +13,7 @@ from ams.backup.scheduler import BackupScheduler
 from ams.clock import ManualClock
 from ams.db.models.backups import BackupRecord, BackupSchedule
 from ams.instance import Instance
+from conftest import run_ams
 
 
 def test_a_paused_schedule_waits_and_retention_deletes_only_this_homes_archives(
@@ -62,3 +63,14 @@ def test_only_what_nobody_holds_is_a_leftover(tmp_path: Path) -> None:
         handle.close()
     assert leftovers.clean(tmp_path) == sorted([work.name, tmp.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+
+
+def test_a_killed_backup_is_cleaned_by_the_next_command(instance: Instance) -> None:
+    home = instance.home
+    instance.close()
+    (home.backups_dir / ".bk_0123456789abcdef.k1.work").mkdir(mode=0o700)
+    (home.backups_dir / ".ams-20260101T000000Z-manual-0123456789abcdef.amsbak.k2.tmp").write_bytes(b"part")
+    shown = run_ams("status", home=home.root)
+    assert shown.returncode == 0, shown.stderr
+    assert "removed what a crashed backup left" in shown.stderr
+    assert list(home.backups_dir.iterdir()) == []

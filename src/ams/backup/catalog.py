@@ -46,6 +46,7 @@ __all__ = [
     "add_complete",
     "add_complete_sqlite",
     "add_failed",
+    "clean_leftovers",
     "default_destination",
     "default_destination_sqlite",
     "list_backups",
@@ -137,6 +138,29 @@ def default_destination(instance: Instance) -> Path:
 def default_destination_sqlite(conn: sqlite3.Connection, home: Home) -> Path:
     row = conn.execute("SELECT destination, paused_reason FROM backup_schedule WHERE id = 1").fetchone()
     return Path(row[0]) if row is not None and row[0] and not row[1] else home.backups_dir
+
+
+def clean_leftovers(instance: Instance, actor: str) -> list[str]:
+    """Remove what a crashed backup (a restore's pre-restore backup among them) left in this
+    home's backup folders (ams.backup.leftovers); audit it (1509). Returns the paths."""
+    from ams import audit
+
+    # Not a paused schedule's destination: another home's folder until confirmed.
+    folders = {instance.home.backups_dir, default_destination(instance)}
+    removed: list[str] = []
+    for folder in sorted(folders):
+        names = leftovers.clean(folder)
+        removed += [str(folder / n) for n in names]
+        if names:
+            with instance.transaction() as session:
+                audit.record(
+                    session,
+                    instance.clock,
+                    audit.Event.BACKUP_LEFTOVERS_REMOVED,
+                    actor=actor,
+                    details={"folder": str(folder), "names": names},
+                )
+    return removed
 
 
 def list_backups(instance: Instance, *, include_failed: bool = True) -> list[BackupEntry]:

@@ -7,9 +7,11 @@ writer holds an exclusive ``flock`` on each for as long as it works; the kernel 
 when the process dies. :func:`clean` removes only what nobody holds: a leftover, never the
 work of a backup still running (the service's scheduled one, say).
 
-Called by the next command that can see the folder: the next backup into it, a restore,
-the command that resolves an interrupted restore (ams.backup.restore.resolve_interrupted),
-and ``ams backup list --rescan``.
+Called by the next command that can see the folder: every command that opens a home
+cleans its ``backups/`` (:func:`clean_home`, no database needed); the command that
+resolves an interrupted restore and ``ams serve`` at start also clean the schedule's
+destination (:func:`ams.backup.catalog.clean_leftovers`, audited); the next backup into a
+folder, a restore and ``ams backup list --rescan`` clean the folders they use.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 __all__ = ["clean", "hold", "is_leftover"]
+
+if TYPE_CHECKING:
+    from ams.home import Home
 
 
 def is_leftover(name: str) -> bool:
@@ -79,3 +85,9 @@ def clean(folder: Path) -> list[str]:
         finally:
             os.close(fd)
     return removed
+
+
+def clean_home(home: Home) -> list[str]:
+    """:func:`clean` on the home's own ``backups/`` folder: one directory listing when there
+    is nothing to remove."""
+    return clean(home.backups_dir) if home.backups_dir.is_dir() else []

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ams import audit
-from ams.backup import catalog, journal, leftovers
+from ams.backup import catalog, journal
 from ams.backup.archive import ArchiveReader
 from ams.backup.create import BackupResult, create_backup
 from ams.backup.staging import (
@@ -148,36 +148,10 @@ def resolve_interrupted(
                     actor=actor,
                     details={"action": action},
                 )
-            clean_leftovers(instance, actor)
+            catalog.clean_leftovers(instance, actor)
         finally:
             instance.close()
     return action
-
-
-def clean_leftovers(instance: Instance, actor: str) -> list[str]:
-    """Remove what a crashed backup (a restore's pre-restore backup among them) left in this
-    home's backup folders (ams.backup.leftovers); audit it (1509). Returns the paths."""
-    from ams.db.models.backups import BackupSchedule
-
-    folders = {instance.home.backups_dir, catalog.default_destination(instance)}
-    with instance.session() as session:
-        row = session.get(BackupSchedule, 1)
-        if row is not None and row.destination:
-            folders.add(Path(row.destination))
-    removed: list[str] = []
-    for folder in sorted(folders):
-        names = leftovers.clean(folder)
-        removed += [str(folder / n) for n in names]
-        if names:
-            with instance.transaction() as session:
-                audit.record(
-                    session,
-                    instance.clock,
-                    audit.Event.BACKUP_LEFTOVERS_REMOVED,
-                    actor=actor,
-                    details={"folder": str(folder), "names": names},
-                )
-    return removed
 
 
 def _refuse_if_running(home: Home) -> None:
