@@ -9,10 +9,10 @@ Order of work, and why:
    database's instance id, fingerprint and schema; migrate the staged copy forward.
 4. Wrap the master key for this machine's service key (a new key when the recovery
    password was needed), write a ``pre-restore`` backup of the current state, and record
-   both in the staged database.
+   both in the staged database, with what the restore does around the data (below) and a
+   catalog reconciled with what the backup folders hold (ams.backup.catalog.rescan_sqlite:
+   the restored catalog is as old as the backup).
 5. Swap ``data``, ``config`` and ``snapshots`` under the journal (ams.backup.journal).
-6. Reconcile the catalog with what the backup folders hold (ams.backup.catalog.rescan):
-   the restored catalog is as old as the backup.
 
 What a restore does around the data (DESIGN.md section 8), decided in step 4 and written
 into the staged database with the 1503 event:
