@@ -330,7 +330,7 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
     """One scheduled run: back up, verify, prune. A failure is recorded, never raised."""
     settings = get_settings(instance)
     started = instance.clock.now()
-    dest = Path(settings.destination) if settings.destination else instance.home.backups_dir
+    dest = catalog.default_destination(instance)  # this home's backups/ while paused
     result: BackupResult | None = None
     try:
         result = create_backup(instance, dest=dest, kind="scheduled", actor=actor)
