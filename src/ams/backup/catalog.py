@@ -371,18 +371,25 @@ def _scan(folder: Path, instance_id: str, master_key: bytes | None, result: Resc
 
 
 def _survey(
-    folders: list[Path], instance_id: str, master_key: bytes | None, result: RescanResult
+    folders: list[Path],
+    own: set[Path],
+    instance_id: str,
+    master_key: bytes | None,
+    result: RescanResult,
 ) -> tuple[dict[str, _Found], set[str]]:
     """Every archive of this instance in ``folders`` by backup id, and the folders that are
-    there; leftovers of crashed backups are removed on the way."""
+    there; leftovers of crashed backups are removed on the way, in this home's ``own``
+    folders only (the others may be another home's)."""
     found: dict[str, _Found] = {}
     present: set[str] = set()
+    mine = {os.path.abspath(f) for f in own}
     for folder in folders:
         if not folder.is_dir():
             continue
         present.add(str(folder))
         result.folders.append(str(folder))
-        result.leftovers_removed += [str(folder / n) for n in leftovers.clean(folder)]
+        if str(folder) in mine:
+            result.leftovers_removed += [str(folder / n) for n in leftovers.clean(folder)]
         for item in _scan(folder, instance_id, master_key, result):
             found.setdefault(item.backup_id, item)
     return found, present
@@ -428,7 +435,8 @@ def rescan(
     master_key: bytes | None = None
     with contextlib.suppress(AMSError):
         master_key = instance.keyring.master_key()
-    found, present = _survey(scan_folders(instance), instance.id, master_key, result)
+    own = {instance.home.backups_dir, default_destination(instance)}
+    found, present = _survey(scan_folders(instance), own, instance.id, master_key, result)
     with instance.transaction() as session:
         rows = {
             r.id: r for r in session.scalars(select(BackupRecord).where(BackupRecord.status == "complete"))
@@ -472,7 +480,8 @@ def rescan_sqlite(
     rows = dict(conn.execute("SELECT id, path FROM backups WHERE status = 'complete'").fetchall())
     paths = [p for p in rows.values() if p]
     result = RescanResult()
-    found, present = _survey(_folders(home, row[0] if row else None, paths), instance_id, master_key, result)
+    folders = _folders(home, row[0] if row else None, paths)
+    found, present = _survey(folders, {home.backups_dir}, instance_id, master_key, result)
     moves, adds = _plan(rows, found, present, result)
     for backup_id, path in moves.items():
         conn.execute("UPDATE backups SET path = ? WHERE id = ?", (path, backup_id))
