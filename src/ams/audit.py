@@ -75,6 +75,9 @@ class Event(IntEnum):
     BACKUP_PRUNED = 1504
     BACKUP_SCHEDULE_CHANGED = 1505
     RESTORE_INTERRUPTED_RESOLVED = 1506
+    BACKUP_CATALOG_RESCANNED = 1507
+    BACKUP_SCHEDULE_PAUSED = 1508
+    BACKUP_LEFTOVERS_REMOVED = 1509
     # 1600-1649: directories and snapshots
     DIRECTORY_CREATED = 1600
     DIRECTORY_DELETED = 1601
@@ -145,10 +148,24 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.BACKUP_CREATED: "a backup archive was written (target: backup id; details: kind, file, size)",
     Event.BACKUP_FAILED: "a backup could not be written (details: kind, destination, reason)",
     Event.BACKUP_VERIFIED: "a backup archive was verified (target: backup id; details: deep, result)",
-    Event.BACKUP_RESTORED: "the instance was restored from a backup (target: backup id; details: file)",
+    Event.BACKUP_RESTORED: (
+        "the instance was restored from a backup (target: backup id; details: file, recovery "
+        "password kept or brought back, home identity, schedule paused, catalog rescan)"
+    ),
     Event.BACKUP_PRUNED: "retention removed a backup archive (target: backup id; details: file)",
     Event.BACKUP_SCHEDULE_CHANGED: "the backup schedule or retention was changed (details: new values)",
     Event.RESTORE_INTERRUPTED_RESOLVED: "an interrupted restore was rolled back or finished",
+    Event.BACKUP_CATALOG_RESCANNED: (
+        "the backup catalog was reconciled with the archives its folders hold, by their headers "
+        "(details: folders, added, moved, removed, unreadable)"
+    ),
+    Event.BACKUP_SCHEDULE_PAUSED: (
+        "a restore brought another home's backup schedule: scheduled backups wait until the "
+        "destination is confirmed or changed (details: destination, from home, to home)"
+    ),
+    Event.BACKUP_LEFTOVERS_REMOVED: (
+        "what a crashed backup or restore left in a backup folder was removed (details: folder, names)"
+    ),
     Event.DIRECTORY_CREATED: "a directory was created",
     Event.DIRECTORY_DELETED: "a directory, its entries and its snapshots were deleted",
     Event.DIRECTORY_ENTRY_ADDED: "an entry was added to a directory",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ams.errors import BadInput, NotWritable
 
-__all__ = ["Home", "atomic_write", "ensure_private_dir", "resolve_home"]
+__all__ = ["Home", "atomic_write", "ensure_private_dir", "new_home_id", "resolve_home"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,12 @@ class Home:
 
     def looks_initialised(self) -> bool:
         return self.config_file.exists()
+
+
+def new_home_id() -> str:
+    """A new home identity, "hm_" + 16 hex digits: given at `ams init` and to the home a
+    backup is restored into when it held no instance (docs/formats.md, "Home identity")."""
+    return "hm_" + secrets.token_hex(8)
 
 
 def resolve_home(option: Path | None) -> Home:

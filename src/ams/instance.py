@@ -36,7 +36,7 @@ from ams.errors import (
     NotWritable,
     SchemaMismatch,
 )
-from ams.home import Home, atomic_write, ensure_private_dir, fsync_dir
+from ams.home import Home, atomic_write, ensure_private_dir, fsync_dir, new_home_id
 from ams.lock import service_pid
 from ams.security.keyring import Keyring, initial_wrappings
 from ams.security.policy import check_password_strength
@@ -60,6 +60,14 @@ class Instance:
     @property
     def id(self) -> str:
         return self.keyring.instance_id
+
+    @property
+    def home_id(self) -> str | None:
+        """This home's identity (ams.home.new_home_id): what the backup catalog records as
+        the writer of each archive, so that retention deletes only this home's."""
+        with self.session() as session:
+            value: str | None = session.scalars(select(InstanceRow.home_id)).one()
+            return value
 
     @property
     def engine_name(self) -> str:
@@ -274,6 +282,7 @@ def create_instance(
                         created_at=now,
                         created_by_version=__version__,
                         master_key_fingerprint=fingerprint,
+                        home_id=new_home_id(),
                     )
                 )
                 session.add_all(wrappings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -47,10 +48,29 @@ def instance_status(instance: Instance) -> dict[str, Any]:
             "locked_reason": keyring.lock_reason,
         },
         "recovery_password_set_at": set_at.isoformat() if set_at else None,
+        "recovery_password_notice": _recovery_notice(instance, set_at),
+        "home_id": instance.home_id,
         "service": {"running": pid is not None, "pid": pid or None},
         "counts": counts,
         "backup": _backup_status(instance),
     }
+
+
+def _recovery_notice(instance: Instance, set_at: datetime | None) -> str | None:
+    """Issue 17: after a restore brought back the backup's recovery password, say so until
+    a new one is set (the 1503 event records it; ams.backup.restore)."""
+    from ams import audit
+
+    with instance.session() as session:
+        restored = audit.list_events(session, event_id=int(audit.Event.BACKUP_RESTORED), limit=1)
+    if not restored or set_at is None:
+        return None
+    recovery = restored[-1].details.get("recovery_password")
+    if not isinstance(recovery, dict) or not recovery.get("notice"):
+        return None
+    if recovery.get("set_at") != set_at.isoformat():
+        return None  # a new recovery password was set since
+    return str(recovery["notice"])
 
 
 def _backup_status(instance: Instance) -> dict[str, Any]:

@@ -110,9 +110,16 @@ def test_a_postgres_backup_restores_onto_postgres_and_onto_the_embedded_database
     try:
         assert embedded.engine_name == "sqlite"
         # The same rows, except the service wrapping: this machine has a new service key.
+        # And a new home: its own identity, the backup's schedule paused (issue 17).
         here = _steady(_rows(embedded))
         wrappings = here.pop("master_key_wrappings")
-        assert here == {k: v for k, v in _steady(at_backup).items() if k != "master_key_wrappings"}
+        [row] = [json.loads(r) for r in here.pop("instance")]
+        [was] = [json.loads(r) for r in at_backup["instance"]]
+        assert row["home_id"] != was["home_id"] and {**row, "home_id": None} == {**was, "home_id": None}
+        [schedule] = [json.loads(r) for r in here.pop("backup_schedule")]
+        assert schedule["paused_reason"] and moved.schedule_paused == schedule["paused_reason"]
+        changed = ("master_key_wrappings", "instance", "backup_schedule")
+        assert here == {k: v for k, v in _steady(at_backup).items() if k not in changed}
         recovery = [w for w in at_backup["master_key_wrappings"] if '"kind": "recovery"' in w]
         assert recovery and recovery[0] in wrappings
         for device_id, password in expected.items():

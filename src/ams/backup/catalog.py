@@ -3,17 +3,29 @@
 Through the ORM for an open instance; ``*_sqlite`` do the same on a plain :mod:`sqlite3`
 connection for ``ams backup create`` on the embedded database (:mod:`ams.backup.embedded`),
 which is why the database layer is imported inside the functions.
+
+Each row records the home that wrote the archive (``home_id``, the manifest's and
+``instance.home_id``): retention deletes only this home's archives, so a copy restored
+from another home's backup never touches that home's files. :func:`rescan` makes the
+catalog true to what the folders hold again (after a restore, which brings back an older
+catalog, and on demand with ``ams backup list --rescan``): it reads each file's header
+(manifest, its sum, the seal when the key is at hand), never trusting a file name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ams.backup import leftovers
+from ams.clock import as_utc
 from ams.db.sqlite import db_time
+from ams.errors import AMSError
 from ams.home import Home
 
 if TYPE_CHECKING:
@@ -23,15 +35,25 @@ if TYPE_CHECKING:
     from ams.db.models.backups import BackupRecord
     from ams.instance import Instance
 
+# The schedule's defaults (ams.backup.schedule), here so that a restore can write the
+# schedule row without loading the database layer.
+SCHEDULE_DEFAULT_AT = "02:00"
+SCHEDULE_DEFAULT_RETAIN_DAYS = 14
+
 __all__ = [
     "BackupEntry",
+    "RescanResult",
     "add_complete",
     "add_complete_sqlite",
     "add_failed",
+    "clean_leftovers",
     "default_destination",
     "default_destination_sqlite",
     "list_backups",
     "mark_verified",
+    "rescan",
+    "rescan_sqlite",
+    "scan_folders",
 ]
 
 
@@ -51,6 +73,8 @@ class BackupEntry:
     verified_ok: bool | None
     error: str | None
     exists: bool
+    home_id: str | None = None
+    written_here: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,10 +97,12 @@ class BackupEntry:
             "verified_at": self.verified_at.isoformat() if self.verified_at else None,
             "verified_ok": self.verified_ok,
             "error": self.error,
+            "home_id": self.home_id,
+            "written_here": self.written_here,
         }
 
 
-def _entry(row: BackupRecord) -> BackupEntry:
+def _entry(row: BackupRecord, home_id: str | None = None) -> BackupEntry:
     return BackupEntry(
         backup_id=row.id,
         kind=row.kind,
@@ -92,22 +118,49 @@ def _entry(row: BackupRecord) -> BackupEntry:
         verified_ok=row.verified_ok,
         error=row.error,
         exists=bool(row.path) and Path(row.path).is_file(),
+        home_id=row.home_id,
+        written_here=(row.home_id == home_id) if home_id and row.status == "complete" else None,
     )
 
 
 def default_destination(instance: Instance) -> Path:
+    """The schedule's destination; this home's backups/ while the schedule is paused (a
+    restore brought another home's destination, not yet confirmed) or none is set."""
     from ams.db.models.backups import BackupSchedule
 
     with instance.session() as session:
         row = session.get(BackupSchedule, 1)
-        if row is not None and row.destination:
+        if row is not None and row.destination and not row.paused_reason:
             return Path(row.destination)
     return instance.home.backups_dir
 
 
 def default_destination_sqlite(conn: sqlite3.Connection, home: Home) -> Path:
-    row = conn.execute("SELECT destination FROM backup_schedule WHERE id = 1").fetchone()
-    return Path(row[0]) if row is not None and row[0] else home.backups_dir
+    row = conn.execute("SELECT destination, paused_reason FROM backup_schedule WHERE id = 1").fetchone()
+    return Path(row[0]) if row is not None and row[0] and not row[1] else home.backups_dir
+
+
+def clean_leftovers(instance: Instance, actor: str) -> list[str]:
+    """Remove what a crashed backup (a restore's pre-restore backup among them) left in this
+    home's backup folders (ams.backup.leftovers); audit it (1509). Returns the paths."""
+    from ams import audit
+
+    # Not a paused schedule's destination: another home's folder until confirmed.
+    folders = {instance.home.backups_dir, default_destination(instance)}
+    removed: list[str] = []
+    for folder in sorted(folders):
+        names = leftovers.clean(folder)
+        removed += [str(folder / n) for n in names]
+        if names:
+            with instance.transaction() as session:
+                audit.record(
+                    session,
+                    instance.clock,
+                    audit.Event.BACKUP_LEFTOVERS_REMOVED,
+                    actor=actor,
+                    details={"folder": str(folder), "names": names},
+                )
+    return removed
 
 
 def list_backups(instance: Instance, *, include_failed: bool = True) -> list[BackupEntry]:
@@ -116,11 +169,12 @@ def list_backups(instance: Instance, *, include_failed: bool = True) -> list[Bac
 
     from ams.db.models.backups import BackupRecord
 
+    home_id = instance.home_id
     with instance.session() as session:
         query = select(BackupRecord).order_by(BackupRecord.created_at.desc(), BackupRecord.id)
         if not include_failed:
             query = query.where(BackupRecord.status == "complete")
-        return [_entry(r) for r in session.scalars(query)]
+        return [_entry(r, home_id) for r in session.scalars(query)]
 
 
 def add_complete(session: Session, result: BackupResult) -> None:
@@ -139,6 +193,7 @@ def add_complete(session: Session, result: BackupResult) -> None:
             mk_fingerprint=result.fingerprint,
             schema_revision=result.schema_revision,
             recovery_password_set_at=datetime.fromisoformat(set_at) if set_at else None,
+            home_id=result.home_id,
         )
     )
 
@@ -148,7 +203,8 @@ def add_complete_sqlite(conn: sqlite3.Connection, result: BackupResult) -> None:
     set_at = result.recovery_password_set_at
     conn.execute(
         "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, duration_seconds,"
-        " mk_fingerprint, schema_revision, recovery_password_set_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " mk_fingerprint, schema_revision, recovery_password_set_at, home_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             result.backup_id,
             result.kind,
@@ -160,6 +216,7 @@ def add_complete_sqlite(conn: sqlite3.Connection, result: BackupResult) -> None:
             result.fingerprint,
             result.schema_revision,
             db_time(datetime.fromisoformat(set_at)) if set_at else None,
+            result.home_id,
         ),
     )
 
@@ -200,3 +257,251 @@ def created_details(result: BackupResult) -> dict[str, Any]:
         "size": result.size_bytes,
         "seconds": round(result.duration_seconds, 3),
     }
+
+
+# -- reconciling the catalog with the folders -------------------------------------------------
+
+
+@dataclass
+class RescanResult:
+    """What :func:`rescan` found and changed."""
+
+    folders: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    leftovers_removed: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.moved or self.removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folders": self.folders,
+            "added": self.added,
+            "moved": self.moved,
+            "removed": self.removed,
+            "unreadable": self.unreadable,
+            "leftovers_removed": self.leftovers_removed,
+        }
+
+
+@dataclass(frozen=True)
+class _Found:
+    path: Path
+    backup_id: str
+    kind: str
+    created_at: datetime
+    size_bytes: int
+    fingerprint: str
+    schema_revision: str
+    recovery_password_set_at: datetime | None
+    home_id: str | None
+
+
+def scan_folders(instance: Instance) -> list[Path]:
+    """Where this instance's backups may be: its backups/, the schedule's destination (even
+    a paused one) and every folder the catalog names."""
+    from sqlalchemy import select
+
+    from ams.db.models.backups import BackupRecord, BackupSchedule
+
+    with instance.session() as session:
+        row = session.get(BackupSchedule, 1)
+        paths = list(session.scalars(select(BackupRecord.path).where(BackupRecord.path.is_not(None))))
+        return _folders(instance.home, row.destination if row is not None else None, paths)
+
+
+def _folders(home: Home, destination: str | None, paths: list[str]) -> list[Path]:
+    folders = [home.backups_dir, *([Path(destination)] if destination else [])]
+    folders += [Path(p).parent for p in paths]
+    unique: dict[str, Path] = {}
+    for folder in folders:
+        unique.setdefault(os.path.abspath(folder), Path(os.path.abspath(folder)))
+    return list(unique.values())
+
+
+def _read_header(path: Path, instance_id: str, master_key: bytes | None) -> _Found | None:
+    """The backup a file holds, proven by its header; None when it is not one of this
+    instance's backups. :class:`AMSError` when it claims to be one and does not verify."""
+    from ams.backup.archive import ArchiveReader
+
+    with ArchiveReader(path) as reader:
+        manifest = reader.manifest
+        if manifest.instance_id != instance_id:
+            return None
+        reader.check_manifest_sum()
+        if master_key is not None:
+            reader.check_seal(master_key)
+        set_at = manifest.recovery_password_set_at
+        home_id = manifest.data.get("home_id")
+        return _Found(
+            path=path,
+            backup_id=manifest.backup_id,
+            kind=manifest.kind,
+            created_at=as_utc(manifest.created_at),
+            size_bytes=path.stat().st_size,
+            fingerprint=manifest.fingerprint,
+            schema_revision=manifest.schema_revision,
+            recovery_password_set_at=as_utc(datetime.fromisoformat(set_at)) if set_at else None,
+            home_id=home_id if isinstance(home_id, str) else None,
+        )
+
+
+def _scan(folder: Path, instance_id: str, master_key: bytes | None, result: RescanResult) -> list[_Found]:
+    found: list[_Found] = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return found
+    for path in entries:
+        if path.name.startswith(".") or not path.is_file() or path.is_symlink():
+            continue
+        try:
+            item = _read_header(path, instance_id, master_key)
+        except (AMSError, OSError, ValueError, KeyError, TypeError):
+            if path.name.endswith(".amsbak"):
+                result.unreadable.append(str(path))
+            continue
+        if item is not None:
+            found.append(item)
+    return found
+
+
+def _survey(
+    folders: list[Path],
+    own: set[Path],
+    instance_id: str,
+    master_key: bytes | None,
+    result: RescanResult,
+) -> tuple[dict[str, _Found], set[str]]:
+    """Every archive of this instance in ``folders`` by backup id, and the folders that are
+    there; leftovers of crashed backups are removed on the way, in this home's ``own``
+    folders only (the others may be another home's)."""
+    found: dict[str, _Found] = {}
+    present: set[str] = set()
+    mine = {os.path.abspath(f) for f in own}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        present.add(str(folder))
+        result.folders.append(str(folder))
+        if str(folder) in mine:
+            result.leftovers_removed += [str(folder / n) for n in leftovers.clean(folder)]
+        for item in _scan(folder, instance_id, master_key, result):
+            found.setdefault(item.backup_id, item)
+    return found, present
+
+
+def _plan(
+    rows: dict[str, str | None], found: dict[str, _Found], present: set[str], result: RescanResult
+) -> tuple[dict[str, str], list[_Found]]:
+    """From the complete rows (id: path): ({id: new path}, the archives to add); fills
+    ``result`` (the ids it lists under ``removed`` are the rows to delete)."""
+    moves: dict[str, str] = {}
+    for backup_id, path in rows.items():
+        if path and Path(path).is_file():
+            continue
+        item = found.get(backup_id)
+        if item is not None:
+            moves[backup_id] = str(item.path)
+            result.moved.append(backup_id)
+        elif path and os.path.abspath(Path(path).parent) in present:
+            result.removed.append(backup_id)  # its folder is there, the file is gone
+    adds = [item for backup_id, item in found.items() if backup_id not in rows]
+    result.added += [item.backup_id for item in adds]
+    return moves, adds
+
+
+def rescan(
+    instance: Instance, *, actor: str, event: bool = True, restore_id: str | None = None
+) -> RescanResult:
+    """Reconcile the catalog with what :func:`scan_folders` hold, by their headers.
+
+    Adds every archive of this instance that the catalog lacks (recording the home that
+    wrote it, from its manifest), follows an archive that moved, and drops the rows of
+    archives whose folder is there but whose file is not (an unreachable folder changes
+    nothing). Leftovers of crashed backups in those folders are removed
+    (:mod:`ams.backup.leftovers`). With ``event``, audited (1507).
+    """
+    from sqlalchemy import select
+
+    from ams import audit
+    from ams.db.models.backups import BackupRecord
+
+    result = RescanResult()
+    master_key: bytes | None = None
+    with contextlib.suppress(AMSError):
+        master_key = instance.keyring.master_key()
+    own = {instance.home.backups_dir, default_destination(instance)}
+    found, present = _survey(scan_folders(instance), own, instance.id, master_key, result)
+    with instance.transaction() as session:
+        rows = {
+            r.id: r for r in session.scalars(select(BackupRecord).where(BackupRecord.status == "complete"))
+        }
+        moves, adds = _plan({k: r.path for k, r in rows.items()}, found, present, result)
+        for backup_id, path in moves.items():
+            rows[backup_id].path = path
+        for backup_id in result.removed:
+            session.delete(rows[backup_id])
+        for item in adds:
+            session.add(
+                BackupRecord(
+                    id=item.backup_id,
+                    kind=item.kind,
+                    status="complete",
+                    path=str(item.path),
+                    created_at=item.created_at,
+                    size_bytes=item.size_bytes,
+                    mk_fingerprint=item.fingerprint,
+                    schema_revision=item.schema_revision,
+                    recovery_password_set_at=item.recovery_password_set_at,
+                    home_id=item.home_id,
+                )
+            )
+        if event:
+            details: dict[str, Any] = result.to_dict()
+            if restore_id:
+                details["restore_id"] = restore_id
+            audit.record(
+                session, instance.clock, audit.Event.BACKUP_CATALOG_RESCANNED, actor=actor, details=details
+            )
+    return result
+
+
+def rescan_sqlite(
+    conn: sqlite3.Connection, home: Home, instance_id: str, master_key: bytes | None
+) -> RescanResult:
+    """:func:`rescan` on a plain sqlite3 connection (a restore's staged database, before it
+    is swapped in), inside the caller's transaction; the caller records the event."""
+    row = conn.execute("SELECT destination FROM backup_schedule WHERE id = 1").fetchone()
+    rows = dict(conn.execute("SELECT id, path FROM backups WHERE status = 'complete'").fetchall())
+    paths = [p for p in rows.values() if p]
+    result = RescanResult()
+    folders = _folders(home, row[0] if row else None, paths)
+    found, present = _survey(folders, {home.backups_dir}, instance_id, master_key, result)
+    moves, adds = _plan(rows, found, present, result)
+    for backup_id, path in moves.items():
+        conn.execute("UPDATE backups SET path = ? WHERE id = ?", (path, backup_id))
+    for backup_id in result.removed:
+        conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+    for item in adds:
+        conn.execute(
+            "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, mk_fingerprint,"
+            " schema_revision, recovery_password_set_at, home_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.backup_id,
+                item.kind,
+                "complete",
+                str(item.path),
+                db_time(item.created_at),
+                item.size_bytes,
+                item.fingerprint,
+                item.schema_revision,
+                db_time(item.recovery_password_set_at) if item.recovery_password_set_at else None,
+                item.home_id,
+            ),
+        )
+    return result

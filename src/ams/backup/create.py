@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ams import __version__, audit
-from ams.backup import catalog
+from ams.backup import catalog, leftovers
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter, archive_mtime
 from ams.backup.sqlite_image import DatabaseImage, ImageUnavailable, connection_facts, open_image
 from ams.errors import BackupFailed, NotWritable
@@ -76,6 +76,7 @@ class BackupResult:
     schema_revision: str
     recovery_password_set_at: str | None
     manifest: dict[str, Any]
+    home_id: str | None = None  # the home that wrote it (manifest "home_id")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +89,7 @@ class BackupResult:
             "master_key_fingerprint": self.fingerprint,
             "schema_revision": self.schema_revision,
             "recovery_password_set_at": self.recovery_password_set_at,
+            "home_id": self.home_id,
             "counts": self.manifest.get("counts", {}),
         }
 
@@ -331,6 +333,7 @@ def write_backup(
     final = target_dir / name
     scratch: Path | None = None
     tmp_file: Path | None = None
+    held: list[int] = []  # flocks on the scratch folder and the temporary file (ams.backup.leftovers)
     try:
         if not target_dir.exists():
             ensure_private_dir(target_dir)
@@ -340,8 +343,10 @@ def write_backup(
             raise BackupFailed(
                 f"cannot write the backup in {target_dir}: permission denied; choose a writable --dest"
             )
+        leftovers.clean(target_dir)  # what a crashed backup or restore left here
         salt = secrets.token_bytes(16)  # the payload key's salt, recorded in the manifest
         scratch = Path(tempfile.mkdtemp(prefix=f".{backup_id}.", suffix=".work", dir=target_dir))
+        held.append(leftovers.hold(scratch))
         if progress:
             progress(0, 0, "reading the database")
         home = source.home
@@ -384,6 +389,7 @@ def write_backup(
             fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target_dir)
             tmp_file = Path(tmp_name)
             with os.fdopen(fd, "w+b") as handle:
+                leftovers.hold(tmp_file, handle.fileno())  # released when the handle closes
                 os.fchmod(handle.fileno(), 0o600)
                 writer = ArchiveWriter(handle, archive_mtime(created_at))
                 writer.add_bytes(
@@ -411,6 +417,8 @@ def write_backup(
                 tmp_file.unlink()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+        for fd in held:
+            os.close(fd)
     result = BackupResult(
         backup_id=backup_id,
         path=final,
@@ -422,6 +430,7 @@ def write_backup(
         schema_revision=manifest["schema_revision"],
         recovery_password_set_at=manifest["recovery_password_set_at"],
         manifest=manifest,
+        home_id=manifest.get("home_id"),
     )
     if record:
         source.record(result, actor)

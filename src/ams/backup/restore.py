@@ -9,8 +9,22 @@ Order of work, and why:
    database's instance id, fingerprint and schema; migrate the staged copy forward.
 4. Wrap the master key for this machine's service key (a new key when the recovery
    password was needed), write a ``pre-restore`` backup of the current state, and record
-   both in the staged database.
+   both in the staged database, with what the restore does around the data (below) and a
+   catalog reconciled with what the backup folders hold (ams.backup.catalog.rescan_sqlite:
+   the restored catalog is as old as the backup).
 5. Swap ``data``, ``config`` and ``snapshots`` under the journal (ams.backup.journal).
+
+What a restore does around the data (DESIGN.md section 8), decided in step 4 and written
+into the staged database with the 1503 event:
+
+- The recovery password: when the backup holds the master key this instance already has,
+  the newer of the two recovery wrappings stays (the password the administrator set
+  last). Otherwise the backup's is in force from now on, and the restore's output, its
+  event and ``ams status`` say so, with the date it was set.
+- The home's identity (``instance.home_id``): kept by a restore over an instance, new for
+  a home that held none. When the backup was written by another home, its schedule is
+  paused until the administrator confirms or changes the destination, and retention
+  never deletes that home's archives (ams.backup.schedule.prune).
 
 Any failure before the journal's commit puts every folder back and removes what was
 written, so the instance is exactly as it was.
@@ -23,9 +37,11 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +57,10 @@ from ams.backup.staging import (
     stage_archive,
     stage_service_key,
 )
-from ams.clock import Clock, clock_from_env
+from ams.clock import Clock, as_utc, clock_from_env
 from ams.config import load_settings
 from ams.db import migrate, sqlite
+from ams.db.sqlite import db_time
 from ams.errors import (
     AMSError,
     BadInput,
@@ -52,9 +69,9 @@ from ams.errors import (
     SchemaMismatch,
     ServiceRunning,
 )
-from ams.home import Home, ensure_private_dir, fsync_dir
+from ams.home import Home, ensure_private_dir, fsync_dir, new_home_id
 from ams.lock import ServiceLock, service_pid
-from ams.security.service_key import ServiceKeySource
+from ams.security.service_key import RECOVERY, ServiceKeySource
 
 if TYPE_CHECKING:
     from ams.backup.pg import PostgresRestore
@@ -77,6 +94,11 @@ class RestoreResult:
     new_service_key: bool
     resolved_interrupted: str | None
     database: str = "sqlite"
+    recovery_password: dict[str, Any] | None = None
+    home_id: str | None = None
+    from_home_id: str | None = None
+    schedule_paused: str | None = None
+    catalog: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +114,11 @@ class RestoreResult:
             "new_service_key": self.new_service_key,
             "resolved_interrupted_restore": self.resolved_interrupted,
             "database": self.database,
+            "recovery_password": self.recovery_password,
+            "home_id": self.home_id,
+            "backup_home_id": self.from_home_id,
+            "schedule_paused": self.schedule_paused,
+            "catalog": self.catalog,
         }
 
 
@@ -121,6 +148,7 @@ def resolve_interrupted(
                     actor=actor,
                     details={"action": action},
                 )
+            catalog.clean_leftovers(instance, actor)
         finally:
             instance.close()
     return action
@@ -225,10 +253,15 @@ def _record_in_staged(
     migrated_from: str | None,
     new_key: bool,
     restore_id: str,
+    around: _Around,
+    home: Home,
+    instance_id: str,
+    master_key: bytes,
 ) -> None:
     conn = sqlite.connect(db_path)
     try:
         conn.execute("BEGIN IMMEDIATE")
+        _apply_around(conn, around, clock)
         if pre is not None:
             catalog.add_complete_sqlite(conn, pre)
             audit.record_sqlite(
@@ -238,6 +271,29 @@ def _record_in_staged(
                 actor=actor,
                 target=pre.backup_id,
                 details=catalog.created_details(pre),
+            )
+        # The restored catalog is as old as the backup: true to the folders again.
+        found = catalog.rescan_sqlite(conn, home, instance_id, master_key)
+        around.rescan = found.to_dict()
+        audit.record_sqlite(
+            conn,
+            clock,
+            audit.Event.BACKUP_CATALOG_RESCANNED,
+            actor=actor,
+            details={**around.rescan, "restore_id": restore_id},
+        )
+        if around.paused:
+            audit.record_sqlite(
+                conn,
+                clock,
+                audit.Event.BACKUP_SCHEDULE_PAUSED,
+                actor=actor,
+                details={
+                    "destination": around.destination,
+                    "from_home": around.from_home_id,
+                    "home": around.home_id,
+                    "reason": around.paused,
+                },
             )
         if migrated_from:
             audit.record_sqlite(
@@ -259,11 +315,124 @@ def _record_in_staged(
                 "pre_restore": pre.backup_id if pre else None,
                 "migrated_from": migrated_from,
                 "new_service_key": new_key,
+                "recovery_password": around.recovery,
+                "home_id": around.home_id,
+                "backup_home_id": around.from_home_id,
+                "schedule_paused": around.paused,
             },
         )
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+RECOVERY_NOTICE = (
+    "the recovery password is now the one in use on {date}; set a new one with "
+    "`ams security recovery-password set`"
+)
+
+
+@dataclass
+class _Around:
+    """What the restore does around the data: the recovery wrapping in force, the home's
+    identity, the schedule."""
+
+    home_id: str
+    from_home_id: str | None
+    recovery: dict[str, Any]
+    keep_wrapping: tuple[str, datetime] | None  # the current recovery wrapping, to keep
+    paused: str | None
+    destination: str | None
+    rescan: dict[str, Any] | None = None
+
+
+def _recovery_row(conn: sqlite3.Connection) -> tuple[str, datetime] | None:
+    row = conn.execute(
+        "SELECT wrapping, created_at FROM master_key_wrappings WHERE kind = ?", (RECOVERY,)
+    ).fetchone()
+    return (row[0], as_utc(datetime.fromisoformat(row[1]))) if row else None
+
+
+def _decide_around(db_path: Path, current: Instance | None, manifest: Any) -> _Around:
+    """Decide (from the staged database and the current instance) what :class:`_Around` says."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        staged = _recovery_row(conn)
+        from_home = conn.execute("SELECT home_id FROM instance").fetchone()[0]
+        row = conn.execute("SELECT destination FROM backup_schedule WHERE id = 1").fetchone()
+        destination = row[0] if row else None
+    finally:
+        conn.close()
+    current_home: str | None = None
+    mine: tuple[str, datetime] | None = None  # the current recovery wrapping, same master key
+    previous: datetime | None = None
+    if current is not None:
+        from ams.db.models import KeyWrapping
+
+        try:
+            current_home = current.home_id
+            with current.session() as session:
+                wrapping = session.get(KeyWrapping, RECOVERY)
+                if wrapping is not None:
+                    previous = as_utc(wrapping.created_at)
+                    if (
+                        current.id == manifest.instance_id
+                        and current.keyring.fingerprint == manifest.fingerprint
+                    ):
+                        mine = (wrapping.wrapping, previous)
+        except Exception:  # noqa: BLE001 - an unreadable current state: treated as none
+            current_home, mine, previous = None, None, None
+    home_id = current_home or new_home_id()
+    staged_at = staged[1] if staged else None
+    keep = None
+    if mine is not None and (staged is None or mine[0] == staged[0]):
+        outcome, in_force = "unchanged", mine[1]
+        keep = mine if staged is None else None
+    elif mine is not None and staged_at is not None and mine[1] > staged_at:
+        outcome, in_force, keep = "kept", mine[1], mine
+    else:
+        outcome, in_force = "from-backup", staged_at
+    when = in_force.isoformat() if in_force else "an unknown date"
+    recovery = {
+        "outcome": outcome,
+        "set_at": in_force.isoformat() if in_force else None,
+        "previous_set_at": previous.isoformat() if previous else None,
+        "notice": RECOVERY_NOTICE.format(date=when) if outcome == "from-backup" else None,
+    }
+    paused = None
+    if from_home != home_id:
+        where = destination or "the backups/ folder of its own home"
+        paused = (
+            f"this home was restored from a backup of another home ({from_home or 'unknown'}), whose "
+            f"schedule sent backups to {where}: confirm that destination, or choose this home's own, with "
+            "`ams backup schedule set --dest DIR`; until then backups go to this home's backups/ folder "
+            "and retention never deletes the other home's"
+        )
+    return _Around(home_id, from_home, recovery, keep, paused, destination)
+
+
+def _apply_around(conn: sqlite3.Connection, around: _Around, clock: Clock) -> None:
+    """Write :class:`_Around` into the staged database (inside the caller's transaction)."""
+    conn.execute("UPDATE instance SET home_id = ?", (around.home_id,))
+    if around.keep_wrapping is not None:
+        wrapping, set_at = around.keep_wrapping
+        conn.execute("DELETE FROM master_key_wrappings WHERE kind = ?", (RECOVERY,))
+        conn.execute(
+            "INSERT INTO master_key_wrappings (kind, wrapping, key_source, created_at)"
+            " VALUES (?, ?, NULL, ?)",
+            (RECOVERY, wrapping, db_time(set_at)),
+        )
+    if around.paused:
+        if conn.execute("SELECT 1 FROM backup_schedule WHERE id = 1").fetchone() is None:
+            conn.execute(
+                "INSERT INTO backup_schedule (id, at_time, retain_days, consecutive_failures, failures_total)"
+                " VALUES (1, ?, ?, 0, 0)",
+                (catalog.SCHEDULE_DEFAULT_AT, catalog.SCHEDULE_DEFAULT_RETAIN_DAYS),
+            )
+        conn.execute(
+            "UPDATE backup_schedule SET paused_reason = ?, updated_at = ? WHERE id = 1",
+            (around.paused, db_time(clock.now())),
+        )
 
 
 def _migrate_staged(db_path: Path, revision: str) -> str | None:
@@ -383,6 +552,7 @@ def _restore(
             install_service_wrapping(
                 staged.db_path, master_key, manifest.instance_id, service_key, key_kind, clock.now()
             )
+        around = _decide_around(staged.db_path, current, manifest)
         if current is not None and skipped is None:
             pre = create_backup(
                 current,
@@ -395,7 +565,19 @@ def _restore(
             current.close()
             current = None
         _record_in_staged(
-            staged.db_path, clock, actor, manifest.backup_id, archive, pre, migrated_from, new_key, restore_id
+            staged.db_path,
+            clock,
+            actor,
+            manifest.backup_id,
+            archive,
+            pre,
+            migrated_from,
+            new_key,
+            restore_id,
+            around,
+            home,
+            manifest.instance_id,
+            master_key,
         )
         config_url = _keep_database_setting(home, staged.root / "config" / "ams.toml", database_url)
         target_url = _target_url(home, config_url)
@@ -451,6 +633,11 @@ def _restore(
         new_service_key=new_key,
         resolved_interrupted=resolved,
         database=_database_label(target_url),
+        recovery_password=around.recovery,
+        home_id=around.home_id,
+        from_home_id=around.from_home_id,
+        schedule_paused=around.paused,
+        catalog=around.rescan,
     )
 
 

@@ -6,8 +6,13 @@ next start, not once per missed slot. Each run writes a backup, verifies it, and
 
 Retention is either ``retain_days`` (0-365; 0 keeps everything) or keep-last/daily/weekly/
 monthly (a backup is kept when any rule keeps it). Pruning considers complete ``manual``
-and ``scheduled`` backups (``pre-restore`` ones stay until deleted by hand) and never
-removes the newest backup that verified, nor the newest backup at all.
+and ``scheduled`` backups that THIS home wrote (``backups.home_id``: a copy restored from
+another home's backup never deletes that home's files; ``pre-restore`` ones stay until
+deleted by hand) and never removes the newest backup that verified, nor the newest at all.
+
+A restore that brings another home's schedule pauses it (``paused_reason``): no scheduled
+run until the administrator confirms or changes the destination with
+``ams backup schedule set --dest DIR``.
 """
 
 from __future__ import annotations
@@ -35,14 +40,15 @@ __all__ = [
     "due_at",
     "get_settings",
     "parse_duration",
+    "paused_reason",
     "prune",
     "run_due",
     "run_scheduled",
     "set_settings",
 ]
 
-DEFAULT_AT = "02:00"
-DEFAULT_RETAIN_DAYS = 14
+DEFAULT_AT = catalog.SCHEDULE_DEFAULT_AT  # "02:00"
+DEFAULT_RETAIN_DAYS = catalog.SCHEDULE_DEFAULT_RETAIN_DAYS  # 14
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -191,8 +197,10 @@ def set_settings(
             row.at_time, row.every_seconds = at_value, None
         if every_value is not None:
             row.at_time, row.every_seconds = None, every_value
+        resumed = dest_value is not None and bool(row.paused_reason)
         if dest_value is not None:
             row.destination = dest_value
+            row.paused_reason = None  # the administrator chose the destination: runs resume
         if retain_days is not None:
             row.retain_days = retain_days
             row.keep_last = row.keep_daily = row.keep_weekly = row.keep_monthly = None
@@ -207,7 +215,7 @@ def set_settings(
             instance.clock,
             audit.Event.BACKUP_SCHEDULE_CHANGED,
             actor=actor,
-            details=result.to_dict(),
+            details={**result.to_dict(), **({"resumed": True} if resumed else {})},
         )
     return result
 
@@ -273,11 +281,18 @@ def prune(instance: Instance, *, actor: str, settings: ScheduleSettings | None =
     """Delete the backups the retention policy no longer keeps; return their ids."""
     settings = settings or get_settings(instance)
     now = instance.clock.now()
+    home_id = instance.home_id
+    if not home_id:
+        return []  # no identity: nothing is provably this home's
     with instance.session() as session:
         rows = list(
             session.scalars(
                 select(BackupRecord)
-                .where(BackupRecord.status == "complete", BackupRecord.kind.in_(("manual", "scheduled")))
+                .where(
+                    BackupRecord.status == "complete",
+                    BackupRecord.kind.in_(("manual", "scheduled")),
+                    BackupRecord.home_id == home_id,  # only what this home wrote
+                )
                 .order_by(BackupRecord.created_at.desc(), BackupRecord.id)
             )
         )
@@ -315,7 +330,7 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
     """One scheduled run: back up, verify, prune. A failure is recorded, never raised."""
     settings = get_settings(instance)
     started = instance.clock.now()
-    dest = Path(settings.destination) if settings.destination else instance.home.backups_dir
+    dest = catalog.default_destination(instance)  # this home's backups/ while paused
     result: BackupResult | None = None
     try:
         result = create_backup(instance, dest=dest, kind="scheduled", actor=actor)
@@ -376,10 +391,18 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
 
 
 def run_due(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any] | None:
-    """Run the scheduled backup when it is due; None when it is not."""
-    if instance.clock.now() < due_at(instance):
+    """Run the scheduled backup when it is due; None when it is not, or while paused."""
+    if paused_reason(instance) is not None or instance.clock.now() < due_at(instance):
         return None
     return run_scheduled(instance, actor=actor)
+
+
+def paused_reason(instance: Instance) -> str | None:
+    """Why scheduled backups wait for the administrator (a restore brought another home's
+    destination), or None when they run."""
+    with instance.session() as session:
+        row = session.get(BackupSchedule, 1)
+        return row.paused_reason if row is not None else None
 
 
 def schedule_status(instance: Instance) -> dict[str, Any]:
@@ -398,6 +421,7 @@ def schedule_status(instance: Instance) -> dict[str, Any]:
         settings = _settings_of(row)
     return {
         "schedule": settings.describe(),
+        "paused": row.paused_reason if row is not None else None,
         "next_scheduled": due_at(instance).isoformat(),
         "last_backup": (
             {

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import text
 
 from ams import audit
-from ams.backup import journal
-from ams.backup.schedule import due_at, run_due
+from ams.backup import catalog, journal
+from ams.backup.schedule import due_at, paused_reason, run_due
 from ams.clock import ManualClock
 from ams.instance import Instance
 
@@ -49,6 +49,11 @@ class BackupScheduler:
                     actor="service",
                     details={"action": "finished at service start"},
                 )
+        # What a backup killed with the previous service (or a crashed command) left behind.
+        try:
+            catalog.clean_leftovers(self.instance, "service")
+        except Exception:  # noqa: BLE001 - never keeps the service from starting
+            log.exception("the leftovers of crashed backups could not be removed")
         if isinstance(self.instance.clock, ManualClock):
             # In-process tests (a TestClient around an app) move a ManualClock for their own
             # reasons; a backup thread must not act on it behind their back. They call tick().
@@ -78,7 +83,10 @@ class BackupScheduler:
         while not self._stop.is_set():
             try:
                 self.tick()
-                wait = (due_at(self.instance) - self.instance.clock.now()).total_seconds()
+                if paused_reason(self.instance) is not None:
+                    wait = self.poll  # until the administrator confirms the destination
+                else:
+                    wait = (due_at(self.instance) - self.instance.clock.now()).total_seconds()
             except Exception:  # noqa: BLE001 - the scheduler outlives any one failure
                 log.exception("the backup scheduler met an error; it tries again later")
                 wait = self.poll

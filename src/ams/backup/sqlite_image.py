@@ -96,6 +96,12 @@ def connection_facts(conn: sqlite3.Connection) -> dict[str, Any]:
     counts = {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}  # noqa: S608
     revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     instance_id, fingerprint = conn.execute("SELECT id, master_key_fingerprint FROM instance").fetchone()
+    # The home that writes this backup (revision 0006 on); older schemas have none.
+    home_id = (
+        conn.execute("SELECT home_id FROM instance").fetchone()[0]
+        if any(r[1] == "home_id" for r in conn.execute('PRAGMA table_info("instance")'))
+        else None
+    )
     row = conn.execute(
         "SELECT wrapping, created_at FROM master_key_wrappings WHERE kind='recovery'"
     ).fetchone()
@@ -117,6 +123,7 @@ def connection_facts(conn: sqlite3.Connection) -> dict[str, Any]:
         "schema_revision": revision,
         "instance_id": instance_id,
         "master_key_fingerprint": fingerprint,
+        "home_id": home_id,
         "recovery_wrapping": json.loads(row[0]) if row else None,
         "recovery_password_set_at": _utc_text(row[1]) if row else None,
         "certificates": certificates,

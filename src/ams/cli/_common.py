@@ -70,18 +70,24 @@ def opened(option: Path | None) -> Iterator[Instance]:
 
 
 def finish_interrupted_restore(home: Home) -> None:
-    """Before anything opens the instance, finish or undo a restore that a crash interrupted.
+    """Before anything opens the instance, finish or undo a restore that a crash interrupted,
+    and remove what a crashed backup left in ``backups/`` (ams.backup.leftovers).
 
-    Cheap when there is none (one stat); a restore still at work holds the service lock and
-    is left alone (ams.backup.restore.resolve_interrupted).
+    Cheap when there is none (one stat, one listing); a restore still at work holds the
+    service lock and is left alone (ams.backup.restore.resolve_interrupted), a backup still
+    at work holds a lock on its scratch files.
     """
-    if not (home.root / ".restore").exists():
-        return
-    from ams.backup.restore import resolve_interrupted
+    from ams.backup.leftovers import clean_home
 
-    action = resolve_interrupted(home, actor=actor())
-    if action:
-        note(f"note: a restore that was interrupted has been {action} (event 1506)")
+    if (home.root / ".restore").exists():
+        from ams.backup.restore import resolve_interrupted
+
+        action = resolve_interrupted(home, actor=actor())
+        if action:
+            note(f"note: a restore that was interrupted has been {action} (event 1506)")
+    removed = clean_home(home)  # what a crashed backup left in backups/
+    if removed:
+        note(f"note: removed what a crashed backup left in {home.backups_dir}: {', '.join(removed)}")
 
 
 def actor() -> str:

@@ -88,16 +88,35 @@ def create(
 
 
 @app.command("list")
-def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
+def list_(
+    home: HomeOption = None,
+    rescan: Annotated[
+        bool,
+        typer.Option(
+            "--rescan",
+            help="First reconcile the catalog with the archives the backup folders hold (by their headers).",
+        ),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
     """The backups this instance made, newest first (with the recovery password each needs)."""
     from ams import backup
+    from ams.backup.catalog import rescan as rescan_catalog
 
     finish_interrupted_restore(home_of(home))
     with opened(home) as instance:
+        found = rescan_catalog(instance, actor=actor()) if rescan else None
         entries = [e.to_dict() for e in backup.list_backups(instance)]
     if json_out:
-        emit_json(entries)
+        emit_json({"rescan": found.to_dict(), "backups": entries} if found else entries)
         return
+    if found:
+        console.print(
+            f"Rescanned {len(found.folders)} folder(s): {len(found.added)} added, {len(found.moved)} moved, "
+            f"{len(found.removed)} removed (file gone), {len(found.unreadable)} unreadable."
+        )
+        for path in found.unreadable:
+            console.print(f"    not a valid backup of this instance: {path}")
     if not entries:
         console.print("No backups yet: run `ams backup create`.")
         return
@@ -114,6 +133,10 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
             console.print(f"    error: {e['error']}")
         if e["recovery_password_set_at"]:
             console.print(f"    needs the recovery password set at {e['recovery_password_set_at']}")
+        if e["written_here"] is False:
+            console.print(
+                f"    written by another home ({e['home_id'] or 'unknown'}): retention leaves it alone"
+            )
 
 
 def _maybe_instance(home: Path | None) -> Instance | None:
@@ -240,6 +263,23 @@ def restore(
         console.print(f"The schema was migrated forward from {result.migrated_from}.")
     if result.new_service_key:
         console.print("A new service key was written for this machine.")
+    recovery = result.recovery_password or {}
+    if recovery.get("notice"):
+        console.print(f"[yellow]Note: {recovery['notice']}.[/]")
+    elif recovery.get("outcome") == "kept":
+        console.print(
+            f"The recovery password stays the one set at {recovery['set_at']} (newer than the backup's)."
+        )
+    if result.schedule_paused:
+        console.print(f"[yellow]Scheduled backups are paused: {result.schedule_paused}.[/]")
+    rescanned = result.catalog or {}
+    if rescanned.get("error"):
+        console.print(f"The backup catalog could not be reconciled: {rescanned['error']}.")
+    elif rescanned.get("added") or rescanned.get("removed") or rescanned.get("moved"):
+        console.print(
+            f"The backup catalog was reconciled with the backup folders: {len(rescanned['added'])} "
+            f"added, {len(rescanned['removed'])} removed, {len(rescanned['moved'])} moved."
+        )
     console.print("Start the service (`ams serve`) and confirm the settings with `ams status`.")
 
 
@@ -267,7 +307,10 @@ def schedule_show(home: HomeOption = None, json_out: JsonOption = False) -> None
         return
     status = view["status"]
     console.print(f"Backups: {view['description']}; to {view['destination']}.")
-    console.print(f"Next scheduled backup: {status['next_scheduled']}.")
+    if status.get("paused"):
+        console.print(f"Scheduled backups are PAUSED: {status['paused']}.")
+    else:
+        console.print(f"Next scheduled backup: {status['next_scheduled']}.")
     last = status["last_scheduled_run"]
     if last:
         console.print(

@@ -26,6 +26,8 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
         console.print(f"                   {mk['locked_reason']}")
         console.print("                   run `ams security unlock` with the recovery password")
     console.print(f"recovery password: set {data['recovery_password_set_at'] or 'never'}")
+    if data.get("recovery_password_notice"):
+        console.print(f"                   [yellow]{data['recovery_password_notice']}[/]")
     running = f"running (pid {service['pid']})" if service["running"] else "not running"
     console.print(f"service:           {running}")
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data["counts"].items())
@@ -52,4 +54,7 @@ def _print_backups(backup: dict[str, object] | None) -> None:
         console.print(
             f"                   {failures} scheduled run(s) in a row failed: see `ams backup list`"
         )
+    if backup.get("paused"):
+        console.print(f"next backup:       [yellow]PAUSED[/]: {backup['paused']}")
+        return
     console.print(f"next backup:       {backup.get('next_scheduled')}  ({backup.get('schedule')})")

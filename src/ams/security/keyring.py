@@ -54,7 +54,8 @@ class Keyring:
         self._box: crypto.SecretBox | None = None
         self.lock_reason: str | None = None
         with self._sessions() as session:
-            row = session.scalars(select(InstanceRow)).one()
+            # The two columns every schema revision has (a command may open an older one).
+            row = session.execute(select(InstanceRow.id, InstanceRow.master_key_fingerprint)).one()
             self.instance_id = row.id
             self.fingerprint = row.master_key_fingerprint
 

@@ -30,6 +30,9 @@ class BackupRecord(Base):
     verified_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     verified_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The home that wrote the archive (instance.home_id); None: unknown. Retention deletes
+    # only archives this home wrote.
+    home_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class BackupSchedule(Base):
@@ -47,6 +50,9 @@ class BackupSchedule(Base):
     keep_weekly: Mapped[int | None] = mapped_column(Integer, nullable=True)
     keep_monthly: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # Set by a restore that brought another home's schedule: scheduled runs wait until the
+    # administrator confirms or changes the destination (`ams backup schedule set --dest`).
+    paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Results of the scheduled runs.
     last_run_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     last_result: Mapped[str | None] = mapped_column(String(16), nullable=True)  # success | failure

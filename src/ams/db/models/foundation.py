@@ -21,6 +21,9 @@ class InstanceRow(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     created_by_version: Mapped[str] = mapped_column(String(32))
     master_key_fingerprint: Mapped[str] = mapped_column(String(16))
+    # This home's identity ("hm_" + 16 hex): new at `ams init` and at a restore into a new
+    # home, kept by a restore over an instance. The catalog records it per backup written.
+    home_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class KeyWrapping(Base):

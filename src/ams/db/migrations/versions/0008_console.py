@@ -1,7 +1,7 @@
 """Web console users and sessions.
 
-Revision ID: 0007_console
-Revises: 0006_password_versions
+Revision ID: 0008_console
+Revises: 0007_home_identity
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_console"
-down_revision = "0006_password_versions"
+revision = "0008_console"
+down_revision = "0007_home_identity"
 branch_labels = None
 depends_on = None
 
