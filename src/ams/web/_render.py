@@ -47,6 +47,7 @@ _HEADERS = {
 }
 _NAV = (
     ("/", "Overview"),
+    ("/database", "Database"),
     ("/security", "Security"),
     ("/certificates", "Password settings"),
     ("/devices", "Devices"),

@@ -182,8 +182,16 @@ def install(app: FastAPI) -> None:
             status_code=exc.error.http_status,
         )
 
-    from ams.web import certificates, devices, directories, security
+    from ams.web import certificates, database, devices, directories, security
 
-    for pages in (router, security.router, certificates.router, devices.router, directories.router):
-        app.include_router(pages)
+    pages = (
+        router,
+        database.router,
+        security.router,
+        certificates.router,
+        devices.router,
+        directories.router,
+    )
+    for pages_router in pages:
+        app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
