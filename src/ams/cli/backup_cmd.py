@@ -142,28 +142,58 @@ def verify(
     deep: Annotated[
         bool, typer.Option("--deep", help="Restore into a scratch folder and decrypt samples.")
     ] = False,
+    allow_unrecoverable: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unrecoverable",
+            help="With --deep: succeed although passwords cannot be decrypted (a lost key, accepted).",
+        ),
+    ] = False,
     password_stdin: PasswordStdinOption = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill."""
+    """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill.
+
+    A drill that finds passwords the backup cannot decrypt fails (exit status 88) unless
+    --allow-unrecoverable.
+    """
     from ams import backup
     from ams.backup.verify import verify_and_record
+    from ams.errors import BackupUnrecoverable
 
+    if allow_unrecoverable and not deep:
+        raise BadInput("--allow-unrecoverable goes with --deep (only the restore drill decrypts passwords)")
     instance = _maybe_instance(home)
+    failure: BackupUnrecoverable | None = None
     try:
         can_ask = password_stdin or sys.stdin.isatty()
         password = _password_source(password_stdin) if can_ask else None
+        options: dict[str, Any] = {
+            "password": password,
+            "deep": deep,
+            "allow_unrecoverable": allow_unrecoverable,
+        }
         if instance is not None:
-            report = verify_and_record(file, instance, actor=actor(), password=password, deep=deep)
+            report = verify_and_record(file, instance, actor=actor(), **options)
         else:
-            report = backup.verify_backup(file, password=password, deep=deep)
+            report = backup.verify_backup(file, **options)
+    except BackupUnrecoverable as exc:
+        # The report is shown all the same: the drill's findings are what the reader needs.
+        report, failure = exc.report, exc
     finally:
         if instance is not None:
             instance.close()
     if json_out:
         emit_json(report)
-        return
-    console.print(f"{file}: OK ({', '.join(report['checks'])}).")
+    else:
+        _print_verify(file, report)
+    if failure is not None:
+        raise failure
+
+
+def _print_verify(file: Path, report: dict[str, Any]) -> None:
+    state = "OK" if report["ok"] else "archive OK, restore drill FAILED"
+    console.print(f"{file}: {state} ({', '.join(report['checks'])}).")
     console.print(
         f"Backup {report['backup_id']} of instance {report['instance_id']}, {report['kind']}, made "
         f"{report['created_at']}; key from the {report['key_from']}."
@@ -182,7 +212,10 @@ def verify(
                     f"  certificate {cert['thumbprint'][:16]} ({cert['scope']}): NO private key, "
                     f"{cert['passwords']} passwords unrecoverable"
                 )
-        console.print(f"Passwords unrecoverable in this backup: {drill['unrecoverable_passwords']}.")
+        accepted = " (accepted with --allow-unrecoverable)" if report.get("unrecoverable_accepted") else ""
+        console.print(
+            f"Passwords unrecoverable in this backup: {drill['unrecoverable_passwords']}{accepted}."
+        )
     elif drill:
         console.print(f"Restore drill: {drill.get('reason')}.")
 
