@@ -324,6 +324,14 @@ class SnapshotLimitExceeded(Conflict):
     summary = "the directory has 5 manual snapshots, the limit: delete one with `ams snapshot delete S` first"
     aws_type: ClassVar[str] = "SnapshotLimitExceededException"
 
+    def __init__(
+        self, message: str | None = None, *, directory_id: str | None = None, limit: int = 5
+    ) -> None:
+        super().__init__(message)
+        # For interfaces that word the message their own way (the AWS-compatible API).
+        self.directory_id = directory_id
+        self.limit = limit
+
 
 class DirectoryUnavailable(AMSError):
     code = "directory_unavailable"

@@ -304,7 +304,9 @@ def test_snapshot_lifecycle_with_boto3(env: Env) -> None:
         ds.create_snapshot(DirectoryId=directory_id)
     code, message, status = _error(sixth)
     assert (code, status) == ("SnapshotLimitExceededException", 400)
-    assert "5" in message
+    assert "5" in message and directory_id in message
+    # In the API's own terms: the caller speaks AWS, not `ams`.
+    assert "DeleteSnapshot" in message and "ams " not in message
     assert sixth.value.__class__.__name__ == "SnapshotLimitExceededException"
 
     # Limit=2 pages through all five: 2, 2, 1.

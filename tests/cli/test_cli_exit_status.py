@@ -83,9 +83,7 @@ def test_deep_verify_fails_when_passwords_are_unrecoverable(populated: Instance)
 
 def test_verify_with_a_wrong_password_or_a_missing_file(populated: Instance, tmp_path: Path) -> None:
     made = backup.create_backup(populated, actor="test")
-    wrong = run_ams(
-        "backup", "verify", str(made.path), "--password-stdin", input="Not-The-Password-1234\n"
-    )
+    wrong = run_ams("backup", "verify", str(made.path), "--password-stdin", input="Not-The-Password-1234\n")
     assert wrong.returncode == WrongPassword.exit_status
     line = _error_line(wrong.stderr)
     assert "does not open this backup" in line and "written" not in line.lower()

@@ -116,21 +116,28 @@ def when(value: datetime | None, *, seconds: bool = True) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
-def read_secret(what: str, *, from_stdin: bool, confirm: bool = False) -> str:
-    """A secret from stdin (``--password-stdin``) or typed at the terminal; never an argument."""
+def read_secret(what: str, *, from_stdin: bool, confirm: bool = False, allow_empty: bool = False) -> str:
+    """A secret from stdin (``--password-stdin``) or typed at the terminal; never an argument.
+
+    ``allow_empty``: an empty secret is a real answer (a PFX exported without a password,
+    as ``openssl pkcs12 -export -passout pass:`` and Windows write it): an empty first line,
+    or Enter at the prompt. Standard input with no line at all is still refused.
+    """
     if from_stdin:
         line = sys.stdin.readline()
         secret = line.rstrip("\r\n")
-        if not secret:
-            raise BadInput(f"no {what} on standard input: send it as the first line")
+        if not line or (not secret and not allow_empty):
+            empty = " (an empty line for none)" if allow_empty else ""
+            raise BadInput(f"no {what} on standard input: send it as the first line{empty}")
         return secret
     if not sys.stdin.isatty():
         raise BadInput(
             f"no terminal to type the {what} on: pass --password-stdin and send it on standard input"
         )
-    secret = getpass.getpass(f"{what.capitalize()}: ")
-    if not secret:
+    label = what[:1].upper() + what[1:]  # "PFX password", not "Pfx password"
+    secret = getpass.getpass(f"{label}{' (Enter for none)' if allow_empty else ''}: ")
+    if not secret and not allow_empty:
         raise BadInput(f"no {what} was typed")
-    if confirm and getpass.getpass(f"{what.capitalize()} again: ") != secret:
+    if confirm and getpass.getpass(f"{label} again: ") != secret:
         raise BadInput(f"the two {what}s differ; nothing was changed")
     return secret

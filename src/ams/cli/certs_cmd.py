@@ -161,7 +161,8 @@ def import_(
         raise BadInput(f"cannot read {file}: {exc.strerror}") from None
     with opened(home) as instance:
         instance.keyring.box  # noqa: B018 - locked? say so before asking for the password
-        password = read_secret("PFX password", from_stdin=password_stdin)
+        # A PFX may have no password (empty): import takes it; export always demands one.
+        password = read_secret("PFX password", from_stdin=password_stdin, allow_empty=True)
         result = certificates.import_pfx(instance, data, password, scope, actor(), activate=activate)
     info = result.certificate
     if json_out:

@@ -156,13 +156,16 @@ def limits(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """How many manual snapshots the directory has, of its limit."""
+    """How many manual snapshots the directory has, of its limit (or that it takes none)."""
     from ams.directory import snapshots
 
     with opened_directories(home) as instance:
         info = snapshots.limits(instance, directory_id)
     if json_out:
         emit_json(info.to_dict())
+        return
+    if not info.snapshots_supported:
+        console.print(f"Snapshots do not apply: {info.unsupported_reason}.")
         return
     state = "limit reached: delete one to take another" if info.manual_limit_reached else "room for more"
     console.print(f"{directory_id}: {info.manual_count} of {info.manual_limit} manual snapshots ({state}).")

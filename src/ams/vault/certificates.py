@@ -173,6 +173,9 @@ def _counts(session: Session) -> dict[str, tuple[int, int]]:
     return passwords.counts_by_certificate(session)
 
 
+_MIN_PREFIX = 8
+
+
 def _row(session: Session, thumbprint: str, *, for_update: bool = False) -> CertificateRow:
     """The row of a thumbprint, or of a unique prefix of at least 8 hex digits."""
     wanted = thumbprint.strip().lower().replace(":", "")
@@ -181,7 +184,7 @@ def _row(session: Session, thumbprint: str, *, for_update: bool = False) -> Cert
     row = session.get(CertificateRow, wanted, with_for_update=for_update)
     if row is not None:
         return row
-    if len(wanted) >= 8:
+    if len(wanted) >= _MIN_PREFIX:
         matches = session.scalars(
             select(CertificateRow)
             .where(CertificateRow.thumbprint.startswith(wanted, autoescape=True))
@@ -191,6 +194,14 @@ def _row(session: Session, thumbprint: str, *, for_update: bool = False) -> Cert
             return matches[0]
         if len(matches) > 1:
             raise BadInput(f"more than one certificate starts with {wanted}: give more of the thumbprint")
+    elif session.scalars(
+        select(CertificateRow.thumbprint).where(CertificateRow.thumbprint.startswith(wanted, autoescape=True))
+    ).first():
+        # A prefix too short to count as one, not a certificate that does not exist.
+        raise BadInput(
+            f"{wanted!r} is too short to name a certificate: give at least {_MIN_PREFIX} hex digits of "
+            "the thumbprint (`ams certs list` shows 16)"
+        )
     raise NotFound(f"no certificate {thumbprint!r}: see `ams certs list`")
 
 
