@@ -316,9 +316,12 @@ def schedule_set(
     every: Annotated[str | None, typer.Option("--every", help="Every DURATION (30m, 6h, 1d, 1w).")] = None,
     dest: Annotated[Path | None, typer.Option("--dest", help="Folder scheduled backups go to.")] = None,
     retain_days: Annotated[
-        int | None, typer.Option("--retain-days", help="Keep backups N days (0-365, 0: all).")
+        int | None,
+        typer.Option("--retain-days", help="Keep every backup younger than N days (0-365; 0: no age rule)."),
     ] = None,
-    keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")] = None,
+    keep_last: Annotated[
+        int | None, typer.Option("--keep-last", help="Keep the N newest (0: no such rule).")
+    ] = None,
     keep_daily: Annotated[int | None, typer.Option("--keep-daily", help="Keep the newest of N days.")] = None,
     keep_weekly: Annotated[
         int | None, typer.Option("--keep-weekly", help="Keep the newest of N weeks.")
@@ -326,9 +329,16 @@ def schedule_set(
     keep_monthly: Annotated[
         int | None, typer.Option("--keep-monthly", help="Keep the newest of N months.")
     ] = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the --dest folder (0700) if it does not exist.")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Change the schedule or the retention (what is not given stays)."""
+    """Change the schedule or the retention (what is not given stays).
+
+    Retention rules combine: a backup is kept when --retain-days or any --keep-* keeps it;
+    0 turns a rule off, and with no rule every backup is kept.
+    """
     from ams import backup
 
     with opened(home) as instance:
@@ -343,6 +353,7 @@ def schedule_set(
             keep_daily=keep_daily,
             keep_weekly=keep_weekly,
             keep_monthly=keep_monthly,
+            create=create,
         )
         view = _schedule_view(instance)
     if json_out:
