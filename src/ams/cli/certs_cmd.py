@@ -15,6 +15,7 @@ from ams.cli._common import (
     console,
     emit_json,
     opened,
+    print_table,
     read_secret,
 )
 from ams.errors import BadInput
@@ -41,9 +42,6 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List certificates (expired and lost ones too) with how many passwords each protects."""
-    from rich import box
-    from rich.table import Table
-
     from ams.vault import certificates
 
     with opened(home) as instance:
@@ -53,19 +51,25 @@ def list_(
         emit_json([i.to_dict() for i in infos])
         return
     # The first 16 hex digits are shown: every command accepts a unique prefix of 8 or more.
-    table = Table("thumbprint", "scope", "state", "key", "not after", "current", "history", box=box.SIMPLE)
+    rows = []
     for i in infos:
         not_after = i.not_after.strftime("%Y-%m-%d")
-        table.add_row(
-            _short(i.thumbprint),
-            i.scope,
-            i.state,
-            "yes" if i.has_private_key else "lost",
-            f"{not_after} expired" if i.expired(now) else not_after,
-            str(i.current_passwords),
-            str(i.history_passwords),
+        rows.append(
+            [
+                _short(i.thumbprint),
+                i.scope,
+                i.state,
+                "yes" if i.has_private_key else "lost",
+                f"{not_after} expired" if i.expired(now) else not_after,
+                str(i.current_passwords),
+                str(i.history_passwords),
+            ]
         )
-    console.print(table)
+    print_table(
+        ["thumbprint", "scope", "state", "key", "not after", "current", "history"],
+        rows,
+        ids=("thumbprint", "scope"),
+    )
 
 
 @app.command("new")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, when
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, print_table, when
 from ams.errors import BadInput, NotWritable
 from ams.home import atomic_write
 
@@ -44,8 +44,6 @@ def opened_directories(home: Path | None) -> Iterator[Instance]:
 
 
 def _print_directory(info: DirectoryInfo) -> None:
-    from rich.table import Table
-
     console.print(f"Directory {info.id}  {info.dns_name} ({info.short_name})")
     console.print(f"  type       {info.type} {info.edition}")
     console.print(f"  stage      {info.stage}" + (f" — {info.stage_reason}" if info.stage_reason else ""))
@@ -54,17 +52,21 @@ def _print_directory(info: DirectoryInfo) -> None:
     console.print(f"  entries    {info.entry_count}")
     if info.description:
         console.print(f"  about      {info.description}")
-    table = Table("region", "type", "status", "data generation", "in sync", "last updated")
+    rows: list[list[str]] = []
     for r in info.regions:
-        table.add_row(
-            r.region,
-            r.type,
-            r.status,
-            str(r.data_generation),
-            "yes" if r.in_sync else "no",
-            when(r.last_updated_at),
+        rows.append(
+            [
+                r.region,
+                r.type,
+                r.status,
+                str(r.data_generation),
+                "yes" if r.in_sync else "no",
+                when(r.last_updated_at),
+            ]
         )
-    console.print(table)
+    print_table(
+        ["region", "type", "status", "data generation", "in sync", "last updated"], rows, ids=("region",)
+    )
 
 
 @app.command("create")
@@ -110,8 +112,6 @@ def create(
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """List directories."""
-    from rich.table import Table
-
     from ams.directory import directories
 
     with opened_directories(home) as instance:
@@ -119,19 +119,23 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     if json_out:
         emit_json([d.to_dict() for d in infos])
         return
-    table = Table("id", "dns name", "short", "type", "edition", "stage", "regions", "entries")
+    rows: list[list[str]] = []
     for d in infos:
-        table.add_row(
-            d.id,
-            d.dns_name,
-            d.short_name or "-",
-            d.type,
-            d.edition,
-            d.stage,
-            ", ".join(r.region for r in d.regions),
-            str(d.entry_count),
+        rows.append(
+            [
+                d.id,
+                d.dns_name,
+                d.short_name or "-",
+                d.type,
+                d.edition,
+                d.stage,
+                ", ".join(r.region for r in d.regions),
+                str(d.entry_count),
+            ]
         )
-    console.print(table)
+    print_table(
+        ["id", "dns name", "short", "type", "edition", "stage", "regions", "entries"], rows, ids=("id",)
+    )
 
 
 @app.command("show")
