@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
@@ -30,8 +29,9 @@ from ams.backup import catalog
 from ams.backup.create import BackupResult, create_backup
 from ams.backup.verify import verify_backup
 from ams.db.models.backups import BackupRecord, BackupSchedule
-from ams.errors import AMSError, BadInput, NotWritable
+from ams.errors import AMSError, BadInput
 from ams.instance import Instance
+from ams.paths import check_folder
 
 __all__ = [
     "ScheduleSettings",
@@ -217,29 +217,7 @@ def set_settings(
 def check_destination(destination: Path, *, create: bool = False) -> Path:
     """The absolute destination folder, refused with one line unless this process can write
     backups there. A missing folder is made (0700, with its parents) only with ``create``."""
-    from ams.home import ensure_private_dir
-
-    dest = destination.expanduser().absolute()
-    if not dest.exists():
-        blocker = next((p for p in dest.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise BadInput(f"--dest {dest}: {blocker} is a file, not a folder; choose another destination")
-        if not create:
-            raise BadInput(
-                f"--dest {dest} does not exist: create it, or pass --create to have it made (0700)"
-            )
-        ensure_private_dir(dest)
-    elif not dest.is_dir():
-        raise BadInput(f"--dest {dest} is a file, not a folder: give the folder backups go to")
-    try:
-        probe = tempfile.TemporaryFile(dir=dest)  # noqa: SIM115 - closed at once
-    except OSError as exc:
-        raise NotWritable(
-            f"--dest {dest} cannot be written ({exc.strerror or type(exc).__name__}): "
-            "choose a folder the service's user can write to"
-        ) from None
-    probe.close()
-    return dest
+    return check_folder(destination, "--dest", create=create)
 
 
 def _next_at(at: str, after: datetime) -> datetime:

@@ -117,11 +117,20 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
 
 
 def _maybe_instance(home: Path | None) -> Instance | None:
-    """The instance, when --home / AMS_HOME names one that opens; verify works without."""
+    """The instance, when --home / AMS_HOME names one that opens; verify works without.
+
+    A --home that cannot be an instance folder at all (a file) is still an error.
+    """
     from ams.instance import open_instance
 
     try:
-        return open_instance(home_of(home))
+        target = home_of(home)
+    except BadInput:
+        if home is not None:
+            raise
+        return None
+    try:
+        return open_instance(target)
     except (AMSError, OSError):
         return None
 

@@ -18,7 +18,6 @@ from ams.cli._common import (
     print_table,
     read_secret,
 )
-from ams.errors import BadInput
 
 app = typer.Typer(
     help="Password encryption certificates: list, new, export, import, lost.", no_args_is_help=True
@@ -151,18 +150,12 @@ def import_(
     Importing the PFX of a lost certificate restores its key: its passwords read again.
     """
     from ams.crypto.certs import MAX_PFX_BYTES
+    from ams.paths import read_file
     from ams.vault import certificates
 
     certificates.check_scope(scope)
-    try:
-        with file.open("rb") as handle:
-            data = handle.read(MAX_PFX_BYTES + 1)  # import_pfx refuses anything larger
-    except FileNotFoundError:
-        raise BadInput(f"no file {file}: give the path of a .pfx file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{file} is a folder: give the path of a .pfx file") from None
-    except OSError as exc:
-        raise BadInput(f"cannot read {file}: {exc.strerror}") from None
+    # import_pfx refuses anything larger than MAX_PFX_BYTES.
+    data = read_file(file, "a .pfx file", limit=MAX_PFX_BYTES + 1)
     with opened(home) as instance:
         instance.keyring.box  # noqa: B018 - locked? say so before asking for the password
         # A PFX may have no password (empty): import takes it; export always demands one.

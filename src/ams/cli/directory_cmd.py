@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, print_table, when
-from ams.errors import BadInput, NotWritable
+from ams.errors import NotWritable
 from ams.home import atomic_write
 
 if TYPE_CHECKING:
@@ -176,18 +176,9 @@ def import_(
 ) -> None:
     """Import entries from LDIF: all of them, or none when any line is wrong."""
     from ams.directory import ldif, objects
+    from ams.paths import read_file
 
-    if str(file) == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise BadInput(f"no file {file}: give the path of an LDIF file") from None
-        except IsADirectoryError:
-            raise BadInput(f"{file} is a folder: give the path of an LDIF file") from None
-        except PermissionError:
-            raise BadInput(f"cannot read {file}: permission denied") from None
+    data = sys.stdin.buffer.read() if str(file) == "-" else read_file(file, "an LDIF file")
     with opened_directories(home) as instance:
         # Parsed as it is written: the import is one transaction, so a bad line anywhere
         # rolls back every entry before it.
@@ -208,7 +199,11 @@ def export(
 ) -> None:
     """Export every entry as LDIF (RFC 2849), parents first, ready for slapadd."""
     from ams.directory import ldif, objects
+    from ams.paths import check_new_file
 
+    if out is not None:
+        # Replacing a file is what --out has always done here (the write is atomic).
+        check_new_file(out, "--out", example=f"{directory_id}.ldif", force=True)
     with opened_directories(home) as instance:
         entries = list(objects.iter_entries(instance, directory_id))
     if out is None:
@@ -216,10 +211,6 @@ def export(
             sys.stdout.write(chunk)
         sys.stdout.flush()
         return
-    if out.is_dir():
-        raise BadInput(f"{out} is a folder: give a file name for --out")
-    if not out.parent.is_dir():
-        raise BadInput(f"the folder {out.parent} does not exist: create it or choose another --out")
     try:
         atomic_write(out, ldif.dump(entries).encode("utf-8"), mode=0o600)
     except PermissionError as exc:

@@ -32,6 +32,7 @@ from ams.errors import (
 )
 from ams.home import atomic_write
 from ams.instance import Instance
+from ams.paths import check_new_file
 from ams.security.policy import check_password_strength
 from ams.vault import passwords  # it imports this module too: each uses the other only in functions
 
@@ -459,12 +460,7 @@ def _write_private(path: Path, data: bytes, *, force: bool) -> None:
 
 def check_export(instance: Instance, thumbprint: str, out: Path, *, force: bool = False) -> CertificateInfo:
     """What ``export_to_file`` would refuse, checked before anyone types a password."""
-    if out.is_dir():
-        raise BadInput(f"{out} is a folder: give a file name such as {out / 'certificate.pfx'}")
-    if out.exists() and not force:
-        raise AlreadyExists(f"{out} exists: choose another --out, or pass --force to replace it")
-    if not out.parent.is_dir():
-        raise NotWritable(f"cannot write {out}: the folder {out.parent} does not exist")
+    check_new_file(out, "--out", example="certificate.pfx", force=force)
     info = get(instance, thumbprint)
     if not info.has_private_key:
         raise CertificateKeyAbsent(
