@@ -43,11 +43,14 @@ def read_file(path: Path, what: str, *, limit: int | None = None) -> bytes:
         raise BadInput(f"{path} cannot be read ({exc.strerror or type(exc).__name__})") from None
 
 
-def check_new_file(path: Path, option: str, *, example: str, force: bool = False) -> None:
+def check_new_file(
+    path: Path, option: str, *, example: str, force: bool = False, makes_folders: bool = False
+) -> None:
     """Refuse, before any work, a file ``option`` names that could not be written.
 
     ``example`` is a file name to suggest when ``path`` is a folder. Without ``force`` an
-    existing file is refused (nothing is ever replaced by surprise).
+    existing file is refused (nothing is ever replaced by surprise). ``makes_folders``: the
+    writer creates missing folders, so only a file in the way is refused.
     """
     if path.is_dir():
         raise BadInput(f"{option} {path} is a folder: give a file name such as {path / example}")
@@ -56,6 +59,8 @@ def check_new_file(path: Path, option: str, *, example: str, force: bool = False
         blocker = folder if folder.exists() else _file_in_the_way(path)
         if blocker is not None:
             raise BadInput(f"{option} {path}: {blocker} is a file, not a folder; choose another {option}")
+        if makes_folders:
+            return
         raise NotFound(
             f"{option} {path}: the folder {folder} does not exist; create it or choose another {option}"
         )

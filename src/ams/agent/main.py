@@ -128,7 +128,7 @@ def register(
         raise already
     # Where the state goes is checked before the server hands out a device (and uses up an
     # activation of the key) that could not be saved.
-    check_new_file(state_path, "--state", example="state.json", force=True)
+    check_new_file(state_path, "--state", example="state.json", force=True, makes_folders=True)
     with AgentClient(url, retry=_retry(tries, max_delay)) as client:
         answer = client.register(key, device_name)
     state = AgentState(
