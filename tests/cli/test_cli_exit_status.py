@@ -72,6 +72,8 @@ def test_deep_verify_fails_when_passwords_are_unrecoverable(populated: Instance)
     )
     assert accepted.returncode == 0, accepted.stderr
     assert "accepted with --allow-unrecoverable" in accepted.stdout
+    alone = run_ams("backup", "verify", str(made.path), "--allow-unrecoverable", home=populated.home.root)
+    assert alone.returncode == 12 and "goes with --deep" in _error_line(alone.stderr)
 
     # The archive itself is whole: the catalog keeps it as verified, the event says the drill failed.
     [entry] = [e for e in backup.list_backups(populated) if e.backup_id == made.backup_id]

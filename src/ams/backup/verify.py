@@ -32,7 +32,7 @@ from ams.clock import Clock, clock_from_env
 from ams.config import Settings
 from ams.db import migrate
 from ams.db.engine import make_engine, sqlite_url
-from ams.errors import AMSError, BackupInvalid, BackupUnrecoverable, NotFound
+from ams.errors import AMSError, BackupInvalid, BackupUnrecoverable, BadInput, NotFound
 from ams.instance import Instance
 
 __all__ = ["verify_and_record", "verify_backup"]
@@ -55,6 +55,8 @@ def verify_backup(
     With ``deep``, passwords the backup cannot decrypt raise :class:`BackupUnrecoverable`
     (its ``report`` is this report) unless ``allow_unrecoverable``.
     """
+    if allow_unrecoverable and not deep:
+        raise BadInput("--allow-unrecoverable goes with --deep (only the restore drill decrypts passwords)")
     clock = clock or clock_from_env()
     with ArchiveReader(path) as reader:
         manifest = reader.manifest

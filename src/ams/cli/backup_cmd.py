@@ -170,8 +170,6 @@ def verify(
     from ams.backup.verify import verify_and_record
     from ams.errors import BackupUnrecoverable
 
-    if allow_unrecoverable and not deep:
-        raise BadInput("--allow-unrecoverable goes with --deep (only the restore drill decrypts passwords)")
     instance = _maybe_instance(home)
     failure: BackupUnrecoverable | None = None
     try:
