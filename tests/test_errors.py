@@ -58,6 +58,7 @@ PINNED = {
     "restore_failed": (83, 500),
     "backup_unsupported": (84, 422),
     "recovery_password_required": (85, 403),
+    "backup_unrecoverable": (88, 422),
     "agent_state_not_private": (75, 500),
     "agent_not_registered": (90, 500),
     "agent_server_unreachable": (91, 502),

@@ -35,6 +35,7 @@ __all__ = [
     "AlreadyExists",
     "BackupFailed",
     "BackupInvalid",
+    "BackupUnrecoverable",
     "BackupUnsafe",
     "BackupUnsupported",
     "AuthenticationRequired",
@@ -365,6 +366,14 @@ class SnapshotLimitExceeded(Conflict):
     summary = "the directory has 5 manual snapshots, the limit: delete one with `ams snapshot delete S` first"
     aws_type: ClassVar[str] = "SnapshotLimitExceededException"
 
+    def __init__(
+        self, message: str | None = None, *, directory_id: str | None = None, limit: int = 5
+    ) -> None:
+        super().__init__(message)
+        # For interfaces that word the message their own way (the AWS-compatible API).
+        self.directory_id = directory_id
+        self.limit = limit
+
 
 class DirectoryUnavailable(AMSError):
     code = "directory_unavailable"
@@ -465,6 +474,25 @@ class RecoveryPasswordRequired(AMSError):
     exit_status = 85
     http_status = 403
     summary = "this backup needs the recovery password that was current when it was made"
+
+
+class BackupUnrecoverable(AMSError):
+    """The restore drill (``backup verify --deep``) found passwords the backup cannot decrypt.
+
+    The archive itself is whole; ``report`` is the verification report, drill included.
+    """
+
+    code = "backup_unrecoverable"
+    exit_status = 88
+    http_status = 422
+    summary = (
+        "the restore drill found passwords this backup cannot decrypt (a certificate's private key is "
+        "lost): import its PFX and back up again, or accept them with --allow-unrecoverable"
+    )
+
+    def __init__(self, message: str | None = None, report: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
 
 
 # 75 and 90-94: ams-agent, on the managed device (these never travel over HTTP).

@@ -88,7 +88,24 @@ def resolve_home(option: Path | None) -> Home:
         raw = os.environ.get("AMS_HOME") or None
     if raw is None:
         raise BadInput("no AMS home given: pass --home DIR or set AMS_HOME")
-    return Home(Path(raw).expanduser().absolute())
+    root = Path(raw).expanduser().absolute()
+    where = "--home" if option is not None else "AMS_HOME"
+    # A file where the instance folder should be: say so before any command looks inside
+    # (a lock, a restore, `ams init`), rather than "no instance here, run ams init".
+    blocker: Path | None = None
+    try:
+        blocker = root if root.exists() and not root.is_dir() else None
+        if blocker is None and not root.exists():
+            blocker = next((p for p in root.parents if p.exists() and not p.is_dir()), None)
+        readable = not root.is_dir() or os.access(root, os.R_OK | os.X_OK)
+    except PermissionError:
+        readable = False
+    if blocker is not None:
+        named = f"{where} {root}" if blocker == root else f"{where} {root}: {blocker}"
+        raise BadInput(f"{named} is a file, not a folder; give the instance folder")
+    if not readable:
+        raise BadInput(f"{where} {root} cannot be read: permission denied; run as the user that owns it")
+    return Home(root)
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -258,6 +258,26 @@ def test_chpasswd_failures_never_echo_the_password(tmp_path: Path) -> None:
         ChpasswdSetter(command=str(script)).set("ad:min", "Nw7!pass-Word")
 
 
+def test_a_failed_chpasswd_is_reported_whole(tmp_path: Path) -> None:
+    # What chpasswd on Debian says when PAM refuses: the reason is on the second line.
+    script = tmp_path / "chpasswd"
+    script.write_text(
+        "#!/bin/sh\ncat > /dev/null\n"
+        "echo 'chpasswd: (user admin) pam_chauthtok() failed, error:' >&2\n"
+        "echo 'Authentication token manipulation error' >&2\n"
+        "echo 'chpasswd: (line 1, user admin) password not changed' >&2\nexit 1\n"
+    )
+    script.chmod(0o700)
+    with pytest.raises(SetterFailed) as info:
+        ChpasswdSetter(command=str(script)).set("admin", "Nw7!pass-Word")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.endswith(
+        "pam_chauthtok() failed, error: / Authentication token manipulation error / "
+        "chpasswd: (line 1, user admin) password not changed"
+    )
+
+
 def test_setter_specs(tmp_path: Path) -> None:
     assert isinstance(parse_setter("chpasswd"), ChpasswdSetter)
     assert parse_setter(f"file:{tmp_path}/pw") == FileSetter(tmp_path / "pw")

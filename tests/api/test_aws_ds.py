@@ -167,7 +167,11 @@ def test_next_tokens_are_tamper_evident() -> None:
 def test_ams_errors_map_to_model_shapes(error: errors.AMSError, aws_type: str, status: int) -> None:
     mapped = aws_error_from(error)
     assert (mapped.aws_type, mapped.status) == (aws_type, status)
-    assert mapped.message == error.message
+    if isinstance(error, errors.SnapshotLimitExceeded):
+        # Worded for this API: AWS operations, not `ams` commands.
+        assert "DeleteSnapshot" in mapped.message and "ams " not in mapped.message
+    else:
+        assert mapped.message == error.message
 
 
 # --- the real client against a real server -------------------------------------------------
@@ -304,7 +308,9 @@ def test_snapshot_lifecycle_with_boto3(env: Env) -> None:
         ds.create_snapshot(DirectoryId=directory_id)
     code, message, status = _error(sixth)
     assert (code, status) == ("SnapshotLimitExceededException", 400)
-    assert "5" in message
+    assert "5" in message and directory_id in message
+    # In the API's own terms: the caller speaks AWS, not `ams`.
+    assert "DeleteSnapshot" in message and "ams " not in message
     assert sixth.value.__class__.__name__ == "SnapshotLimitExceededException"
 
     # Limit=2 pages through all five: 2, 2, 1.

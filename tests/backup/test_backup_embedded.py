@@ -209,7 +209,7 @@ def test_the_schedule_destination_is_the_default_on_both_paths(
     instance: Instance, tmp_path: Path, clock: ManualClock
 ) -> None:
     dest = tmp_path / "elsewhere"
-    backup.set_settings(instance, actor="test", destination=dest)
+    backup.set_settings(instance, actor="test", destination=dest, create=True)
     home = instance.home
     instance.close()
     made = create_backup_at(home, actor="cli:test")

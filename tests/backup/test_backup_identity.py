@@ -20,7 +20,7 @@ def test_a_paused_schedule_waits_and_retention_deletes_only_this_homes_archives(
     instance: Instance, clock: ManualClock, tmp_path: Path
 ) -> None:
     dest = tmp_path / "shared"
-    backup.set_settings(instance, actor="test", destination=dest, keep_last=1)
+    backup.set_settings(instance, actor="test", destination=dest, create=True, retain_days=0, keep_last=1)
     theirs = backup.create_backup(instance, actor="test")
     ours = backup.create_backup(instance, actor="test")
     with instance.transaction() as session:

@@ -247,7 +247,7 @@ def test_only_the_node_holding_the_advisory_lock_runs_the_scheduled_backup(
 
     from ams.backup.scheduler import ADVISORY_LOCK, BackupScheduler
 
-    backup.set_settings(pg_instance, actor="test", destination=tmp_path / "shared")
+    backup.set_settings(pg_instance, actor="test", destination=tmp_path / "shared", create=True)
     clock.advance(timedelta(days=2))  # the daily run is due
     url = pg_instance.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as other_node:

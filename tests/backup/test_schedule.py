@@ -65,7 +65,8 @@ def test_a_failed_scheduled_backup_is_audited_shown_and_counted_and_the_next_run
 ) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    backup.set_settings(instance, actor="test", destination=tmp_path / "dest")
+    backup.set_settings(instance, actor="test", destination=tmp_path / "dest", create=True)
+    (tmp_path / "dest").rmdir()
     (tmp_path / "dest").write_text("now a file")  # the destination is not writable as a folder
     clock.set(_at(1, 2))
     failed = backup.run_due(instance)
@@ -112,8 +113,8 @@ def test_schedule_settings_are_validated(instance: Instance) -> None:
         ({"every": "1m"}, "at least 5m"),
         ({"at": "01:00", "every": "1h"}, "one of --at and --every"),
         ({"retain_days": 366}, "between 0 and 365"),
-        ({"retain_days": 3, "keep_last": 2}, "two kinds"),
-        ({"keep_last": 0}, "keep nothing"),
+        ({"keep_last": -1}, "between 0 and 10000"),
+        ({"create": True}, "--create goes with --dest"),
     ):
         with pytest.raises(BadInput, match=message):
             backup.set_settings(instance, actor="test", **kwargs)  # type: ignore[arg-type]
@@ -151,7 +152,9 @@ def test_retention_by_days(instance: Instance, clock: ManualClock) -> None:
 
 def test_retention_by_keep_rules(instance: Instance, clock: ManualClock) -> None:
     ids = _backups_every_day(instance, clock, 40)  # 2026-01-01 .. 2026-02-09, one a day
-    backup.set_settings(instance, actor="test", keep_last=2, keep_daily=5, keep_weekly=3, keep_monthly=2)
+    backup.set_settings(
+        instance, actor="test", retain_days=0, keep_last=2, keep_daily=5, keep_weekly=3, keep_monthly=2
+    )
     backup.prune(instance, actor="test")
     kept = {e.backup_id for e in backup.list_backups(instance)}
     by_day = {i + 1: ids[i] for i in range(40)}  # day of the run (1 = Jan 1)

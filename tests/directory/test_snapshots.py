@@ -76,6 +76,8 @@ def test_five_manual_snapshots_then_limit(instance: Instance) -> None:
         "manual_limit": 5,
         "manual_count": 5,
         "manual_limit_reached": True,
+        "snapshots_supported": True,
+        "unsupported_reason": None,
     }
     with pytest.raises(SnapshotLimitExceeded, match="delete one"):
         snapshots.create(instance, d, actor="t")
@@ -575,7 +577,13 @@ def test_rest_snapshots_and_restore(client: TestClient, instance: Instance, admi
     sixth = client.post(f"/api/v1/directories/{d}/snapshots", headers=admin)
     assert sixth.status_code == 409 and sixth.json()["error"] == "snapshot_limit_exceeded"
     limits = client.get(f"/api/v1/directories/{d}/snapshots/limits", headers=admin).json()
-    assert limits == {"manual_limit": 5, "manual_count": 5, "manual_limit_reached": True}
+    assert limits == {
+        "manual_limit": 5,
+        "manual_count": 5,
+        "manual_limit_reached": True,
+        "snapshots_supported": True,
+        "unsupported_reason": None,
+    }
     assert len(client.get("/api/v1/snapshots", headers=admin).json()) == 5
     assert client.get(f"/api/v1/snapshots/{sid}", headers=admin).json()["checksum_ok"] is True
 

@@ -145,7 +145,13 @@ def test_cli_restores_in_process_and_finishes_a_crashed_restore(prepared: tuple[
     assert sixth.returncode == 67
     assert sixth.stderr.startswith(f"error: directory {d} has 5 manual snapshots")
     limits = run_ams("snapshot", "limits", d, "--json", home=home.root)
-    assert json.loads(limits.stdout) == {"manual_limit": 5, "manual_count": 5, "manual_limit_reached": True}
+    assert json.loads(limits.stdout) == {
+        "manual_limit": 5,
+        "manual_count": 5,
+        "manual_limit_reached": True,
+        "snapshots_supported": True,
+        "unsupported_reason": None,
+    }
 
 
 def test_cli_too_old_snapshot_and_ad_connector(prepared: tuple[Home, str, str]) -> None:

@@ -22,6 +22,7 @@ from ams.agent.setters import Setter, parse_setter, valid_account
 from ams.agent.state import DEFAULT_STATE, AgentState, check_state_folder, exclusive, load_state, save_state
 from ams.cli._runner import DebugOption, debug_requested, run_app, version_callback
 from ams.errors import AlreadyExists, AMSError, BadInput
+from ams.paths import check_new_file
 
 __all__ = ["app", "main", "run"]
 
@@ -123,9 +124,12 @@ def register(
         f"this agent is already registered (state in {state_path}): to register again, "
         "move that file away first, or pass another --state"
     )
-    if state_path.exists():
+    if state_path.exists() and not state_path.is_dir():
         raise already
-    check_state_folder(state_path)  # before the server hands out a token we could not keep
+    # Where the state goes is checked before the server hands out a device (and uses up an
+    # activation of the key) that could not be saved.
+    check_new_file(state_path, "--state", example="state.json", force=True, makes_folders=True)
+    check_state_folder(state_path)  # a folder open to others would expose the token
     with AgentClient(url, retry=_retry(tries, max_delay)) as client:
         answer = client.register(key, device_name)
     state = AgentState(

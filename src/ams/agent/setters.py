@@ -13,6 +13,10 @@ from ams.errors import BadInput
 __all__ = ["ChpasswdSetter", "FileSetter", "Setter", "SetterFailed", "parse_setter", "valid_account"]
 
 
+# The longest message of a failed chpasswd that is kept: one log line, not a flood.
+_MAX_DETAIL = 2000
+
+
 def valid_account(name: str) -> bool:
     """A local account name a setter can take: 1-64 printable characters, no colon or space
     (``chpasswd`` reads ``account:password`` lines)."""
@@ -61,8 +65,12 @@ class ChpasswdSetter:
         except OSError as exc:
             raise SetterFailed(f"{self.command} could not run ({exc.strerror})") from None
         if proc.returncode != 0:
-            lines = (proc.stderr or "").replace(password, "***").strip().splitlines()
-            detail = lines[0] if lines else "no message"
+            # Its whole message: PAM puts the reason on the lines after "pam_chauthtok() failed".
+            text = (proc.stderr or "").replace(password, "***")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            detail = " / ".join(lines) if lines else "no message"
+            if len(detail) > _MAX_DETAIL:
+                detail = detail[: _MAX_DETAIL - 1] + "…"
             raise SetterFailed(f"{self.command} exited with status {proc.returncode}: {detail}")
 
 

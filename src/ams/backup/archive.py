@@ -34,7 +34,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from ams import crypto
-from ams.errors import BackupInvalid, BackupUnsafe, BackupUnsupported, DecryptionFailed
+from ams.errors import (
+    BackupInvalid,
+    BackupUnsafe,
+    BackupUnsupported,
+    BadInput,
+    DecryptionFailed,
+    NotFound,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -459,12 +466,12 @@ class ArchiveReader:
         self._streams: list[_PayloadStream] = []
         try:
             self.handle: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed in close()
-        except FileNotFoundError:
-            raise BackupInvalid(f"{path} does not exist: give the path of a .amsbak file") from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{path} does not exist: give the path of a .amsbak file") from None
         except IsADirectoryError:
-            raise BackupInvalid(f"{path} is a folder: give the path of a .amsbak file") from None
+            raise BadInput(f"{path} is a folder: give the path of a .amsbak file") from None
         except PermissionError:
-            raise BackupInvalid(f"{path} cannot be read: permission denied") from None
+            raise BadInput(f"{path} cannot be read: permission denied") from None
         try:
             self.members, mtimes = self._parse()
             self.manifest = Manifest.parse(self._read_member(MANIFEST))

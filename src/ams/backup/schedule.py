@@ -4,8 +4,10 @@ Times are UTC. ``at HH:MM`` runs once a day at that time; ``every DURATION`` run
 after the previous run. A run that was missed (the service was stopped) happens once at the
 next start, not once per missed slot. Each run writes a backup, verifies it, and prunes.
 
-Retention is either ``retain_days`` (0-365; 0 keeps everything) or keep-last/daily/weekly/
-monthly (a backup is kept when any rule keeps it). Pruning considers complete ``manual``
+Retention rules combine (as borg's ``--keep-within`` and ``--keep-daily`` do): ``retain_days``
+N keeps every backup younger than N days (0: no age rule), keep-last/daily/weekly/monthly
+keep counts, and a backup is kept when any rule keeps it; with no rule at all every backup
+is kept. Each change names only the values it changes. Pruning considers complete ``manual``
 and ``scheduled`` backups that THIS home wrote (``backups.home_id``: a copy restored from
 another home's backup never deletes that home's files; ``pre-restore`` ones stay until
 deleted by hand) and never removes the newest backup that verified, nor the newest at all.
@@ -34,9 +36,11 @@ from ams.backup.verify import verify_backup
 from ams.db.models.backups import BackupRecord, BackupSchedule
 from ams.errors import AMSError, BadInput
 from ams.instance import Instance
+from ams.paths import check_folder
 
 __all__ = [
     "ScheduleSettings",
+    "check_destination",
     "due_at",
     "get_settings",
     "parse_duration",
@@ -72,6 +76,8 @@ class ScheduleSettings:
 
     def describe(self) -> str:
         when = f"daily at {self.at} UTC" if self.at else f"every {format_duration(self.every_seconds or 0)}"
+        days = self.retain_days or 0
+        rules = [f"retain {days} days"] if days else []
         if self.keep_policy:
             keep = ", ".join(
                 f"{n} {k}"
@@ -83,9 +89,9 @@ class ScheduleSettings:
                 )
                 if n
             )
-            return f"{when}; keep {keep}"
-        days = self.retain_days or 0
-        return f"{when}; retain {days} days" if days else f"{when}; retain every backup"
+            if keep:
+                rules.append(f"keep {keep}")
+        return f"{when}; {' and '.join(rules)}" if rules else f"{when}; retain every backup"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,8 +169,13 @@ def set_settings(
     keep_daily: int | None = None,
     keep_weekly: int | None = None,
     keep_monthly: int | None = None,
+    create: bool = False,
 ) -> ScheduleSettings:
-    """Change what is given; the rest stays. Validates everything before writing."""
+    """Change what is given; the rest stays (retention rules too: they combine, see above).
+
+    Validates everything before writing. ``destination`` must be a folder this process can
+    write to; one that does not exist is refused unless ``create`` (then made 0700).
+    """
     if at is not None and every is not None:
         raise BadInput("choose one of --at and --every")
     keeps = {
@@ -174,23 +185,17 @@ def set_settings(
         "keep_monthly": keep_monthly,
     }
     given_keeps = {k: v for k, v in keeps.items() if v is not None}
-    if retain_days is not None and given_keeps:
-        raise BadInput("choose one of --retain-days and --keep-*: they are two kinds of retention")
     if retain_days is not None and not 0 <= retain_days <= 365:
-        raise BadInput("--retain-days must be between 0 and 365 (0 keeps every backup)")
+        raise BadInput("--retain-days must be between 0 and 365 (0: no age rule)")
     for name, value in given_keeps.items():
         if not 0 <= value <= 10000:
-            raise BadInput(f"--{name.replace('_', '-')} must be between 0 and 10000")
-    if given_keeps and not any(given_keeps.values()):
-        raise BadInput("--keep-* would keep nothing: give at least one positive count")
+            raise BadInput(f"--{name.replace('_', '-')} must be between 0 and 10000 (0: no such rule)")
+    if create and destination is None:
+        raise BadInput("--create goes with --dest: it creates the destination folder")
     at_value = parse_at(at) if at is not None else None
     every_value = parse_duration(every) if every is not None else None
-    dest_value = None
-    if destination is not None:
-        dest = destination.expanduser().absolute()
-        if dest.exists() and not dest.is_dir():
-            raise BadInput(f"--dest {dest} is not a folder")
-        dest_value = str(dest)
+    dest = check_destination(destination, create=create) if destination is not None else None
+    dest_value = str(dest) if dest is not None else None
     with instance.transaction() as session:
         row = _row(session)
         if at_value is not None:
@@ -203,11 +208,8 @@ def set_settings(
             row.paused_reason = None  # the administrator chose the destination: runs resume
         if retain_days is not None:
             row.retain_days = retain_days
-            row.keep_last = row.keep_daily = row.keep_weekly = row.keep_monthly = None
-        if given_keeps:
-            row.retain_days = None
-            for name in keeps:
-                setattr(row, name, given_keeps.get(name))
+        for name, value in given_keeps.items():
+            setattr(row, name, value or None)
         row.updated_at = instance.clock.now()
         result = _settings_of(row)
         audit.record(
@@ -218,6 +220,12 @@ def set_settings(
             details={**result.to_dict(), **({"resumed": True} if resumed else {})},
         )
     return result
+
+
+def check_destination(destination: Path, *, create: bool = False) -> Path:
+    """The absolute destination folder, refused with one line unless this process can write
+    backups there. A missing folder is made (0700, with its parents) only with ``create``."""
+    return check_folder(destination, "--dest", create=create)
 
 
 def _next_at(at: str, after: datetime) -> datetime:
@@ -249,14 +257,17 @@ def _instance_created(session: Any) -> datetime:
 
 
 def _keep_set(rows: list[BackupRecord], settings: ScheduleSettings, now: datetime) -> set[str]:
-    """Ids to keep by the policy alone (rows newest first)."""
-    if not settings.keep_policy:
-        days = settings.retain_days or 0
-        if days == 0:
-            return {r.id for r in rows}
+    """Ids to keep by the policy alone (rows newest first): what any rule keeps."""
+    days = settings.retain_days or 0
+    if not days and not any(
+        (settings.keep_last, settings.keep_daily, settings.keep_weekly, settings.keep_monthly)
+    ):
+        return {r.id for r in rows}  # no rule: nothing is pruned
+    keep: set[str] = set()
+    if days:
         cutoff = now - timedelta(days=days)
-        return {r.id for r in rows if r.created_at >= cutoff}
-    keep: set[str] = {r.id for r in rows[: settings.keep_last or 0]}
+        keep |= {r.id for r in rows if r.created_at >= cutoff}
+    keep |= {r.id for r in rows[: settings.keep_last or 0]}
     rules = (
         (settings.keep_daily, lambda d: d.date()),
         (settings.keep_weekly, lambda d: tuple(d.isocalendar())[:2]),

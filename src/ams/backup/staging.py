@@ -44,9 +44,17 @@ PasswordSource = Callable[[str], str]  # given the hint, returns the recovery pa
 
 
 def master_key_for(
-    reader: ArchiveReader, instance: Instance | None, password: PasswordSource | None
+    reader: ArchiveReader,
+    instance: Instance | None,
+    password: PasswordSource | None,
+    *,
+    writes: bool = True,
 ) -> tuple[bytes, str]:
-    """(the backup's master key, "instance" or "recovery password")."""
+    """(the backup's master key, "instance" or "recovery password").
+
+    ``writes``: the caller would have written (a restore), so a wrong password says that
+    nothing was; a verify never writes and says only what is wrong.
+    """
     manifest = reader.manifest
     if (
         instance is not None
@@ -66,7 +74,8 @@ def master_key_for(
         mk = crypto.unwrap_with_password(wrapping, secret, wrapping_aad(RECOVERY, manifest.instance_id))
     except DecryptionFailed:
         raise WrongPassword(
-            f"the recovery password does not open this backup; it needs {hint}. Nothing was written"
+            f"the recovery password does not open this backup; it needs {hint}"
+            + (". Nothing was written" if writes else "")
         ) from None
     if crypto.fingerprint(mk) != manifest.fingerprint:
         raise BackupInvalid(

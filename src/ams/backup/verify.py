@@ -5,7 +5,8 @@ Plain verify proves the archive is whole and authentic: the tar structure byte f
 archive's paths. ``--deep`` unpacks into a scratch folder, opens it as an instance and
 proves that every certificate with a private key decrypts a sample of the passwords
 encrypted to it; certificates without a private key are reported with the number of
-passwords they leave unrecoverable.
+passwords they leave unrecoverable. A drill that finds unrecoverable passwords fails
+(:class:`BackupUnrecoverable`, carrying the report) unless the caller accepts them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ams.clock import Clock, clock_from_env
 from ams.config import Settings
 from ams.db import migrate
 from ams.db.engine import make_engine, sqlite_url
-from ams.errors import AMSError, BackupInvalid
+from ams.errors import AMSError, BackupInvalid, BackupUnrecoverable, BadInput, NotFound
 from ams.instance import Instance
 
 __all__ = ["verify_and_record", "verify_backup"]
@@ -45,10 +46,17 @@ def verify_backup(
     instance: Instance | None = None,
     password: PasswordSource | None = None,
     deep: bool = False,
+    allow_unrecoverable: bool = False,
     clock: Clock | None = None,
     sample: int = _SAMPLE,
 ) -> dict[str, Any]:
-    """A report of what was checked; raises :class:`BackupInvalid` (naming what failed)."""
+    """A report of what was checked; raises :class:`BackupInvalid` (naming what failed).
+
+    With ``deep``, passwords the backup cannot decrypt raise :class:`BackupUnrecoverable`
+    (its ``report`` is this report) unless ``allow_unrecoverable``.
+    """
+    if allow_unrecoverable and not deep:
+        raise BadInput("--allow-unrecoverable goes with --deep (only the restore drill decrypts passwords)")
     clock = clock or clock_from_env()
     with ArchiveReader(path) as reader:
         manifest = reader.manifest
@@ -67,7 +75,7 @@ def verify_backup(
         }
         reader.check_manifest_sum()
         report["checks"].append("manifest sum")
-        master_key, via = master_key_for(reader, instance, password)
+        master_key, via = master_key_for(reader, instance, password, writes=False)
         report["key_from"] = via
         if not deep:
             reader.check_seal(master_key)
@@ -90,6 +98,24 @@ def verify_backup(
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
     report["ok"] = True
+    lost = report.get("deep", {}).get("unrecoverable_passwords", 0)
+    if lost:
+        report["unrecoverable_accepted"] = allow_unrecoverable
+        if not allow_unrecoverable:
+            report["ok"] = False
+            certificates = len(report["deep"]["without_private_key"])
+            raise BackupUnrecoverable(
+                f"the restore drill found {lost} password(s) this backup cannot decrypt "
+                f"({certificates} certificate(s) without their private key"
+                + (
+                    f", {report['deep']['passwords_under_unknown_certificates']} under no known certificate"
+                    if report["deep"]["passwords_under_unknown_certificates"]
+                    else ""
+                )
+                + "): import the lost certificates' PFX files (`ams certs import`) and back up again, "
+                "or accept them with --allow-unrecoverable",
+                report,
+            )
     return report
 
 
@@ -111,14 +137,22 @@ def verify_and_record(path: Path, instance: Instance, *, actor: str, **kwargs: A
                 select(BackupRecord.id).where(BackupRecord.path == str(path.expanduser().absolute()))
             ).first()
     deep = bool(kwargs.get("deep"))
+    details: dict[str, Any] = {}
+    failure: AMSError | None = None
     try:
         report = verify_backup(path, instance=instance, **kwargs)
         ok, error = True, None
-    except BackupInvalid as exc:
+    except (BackupInvalid, NotFound) as exc:
         report, ok, error = {}, False, exc.message
-        failure: BackupInvalid | None = exc
-    else:
-        failure = None
+        failure = exc
+    except BackupUnrecoverable as exc:
+        # The archive is whole (the catalog says verified: retention may count on it); the
+        # drill failed, and the event says so.
+        report, ok, error = exc.report, True, exc.message
+        failure = exc
+    if deep and report.get("deep", {}).get("unrecoverable_passwords"):
+        details["unrecoverable_passwords"] = report["deep"]["unrecoverable_passwords"]
+        details["unrecoverable_accepted"] = failure is None
     if backup_id is not None:
         with instance.transaction() as session:
             if session.get(BackupRecord, backup_id) is not None:
@@ -129,8 +163,8 @@ def verify_and_record(path: Path, instance: Instance, *, actor: str, **kwargs: A
                     audit.Event.BACKUP_VERIFIED,
                     actor=actor,
                     target=backup_id,
-                    outcome="success" if ok else "failure",
-                    details={"deep": deep, "ok": ok, "error": error},
+                    outcome="success" if failure is None else "failure",
+                    details={"deep": deep, "ok": ok, "error": error, **details},
                 )
     if failure is not None:
         raise failure

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, when
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, print_table, when
 
 app = typer.Typer(help="API keys for the REST API.", no_args_is_help=True)
 
@@ -39,8 +39,6 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List API keys (never their secrets)."""
-    from rich.table import Table
-
     from ams import apikeys
 
     with opened(home) as instance:
@@ -48,17 +46,19 @@ def list_(
     if json_out:
         emit_json([k.to_dict() for k in keys])
         return
-    table = Table("id", "name", "role", "created", "last used", "revoked")
+    rows: list[list[str]] = []
     for k in keys:
-        table.add_row(
-            k.id,
-            k.name,
-            str(k.role),
-            when(k.created_at, seconds=False),
-            when(k.last_used_at, seconds=False),
-            when(k.revoked_at, seconds=False),
+        rows.append(
+            [
+                k.id,
+                k.name,
+                str(k.role),
+                when(k.created_at, seconds=False),
+                when(k.last_used_at, seconds=False),
+                when(k.revoked_at, seconds=False),
+            ]
         )
-    console.print(table)
+    print_table(["id", "name", "role", "created", "last used", "revoked"], rows, ids=("id", "name"))
 
 
 @app.command("revoke")

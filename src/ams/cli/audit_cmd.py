@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened, when
+from ams.cli._common import HomeOption, JsonOption, emit_json, opened, print_table, when
 from ams.errors import BadInput
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
@@ -23,8 +23,6 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List audit events, oldest first (ids in docs/events.md)."""
-    from rich.table import Table
-
     from ams import audit
     from ams.clock import parse_since
 
@@ -40,7 +38,9 @@ def list_(
     if json_out:
         emit_json([e.to_dict() for e in events])
         return
-    table = Table("time (UTC)", "id", "event", "actor", "outcome", "target")
+    rows: list[list[str]] = []
     for e in events:
-        table.add_row(when(e.at), str(e.event_id), e.name, e.actor, e.outcome, e.target or "")
-    console.print(table)
+        rows.append([when(e.at), str(e.event_id), e.name, e.actor, e.outcome, e.target or ""])
+    print_table(
+        ["time (UTC)", "id", "event", "actor", "outcome", "target"], rows, ids=("id", "actor", "target")
+    )

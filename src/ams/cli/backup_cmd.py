@@ -140,11 +140,20 @@ def list_(
 
 
 def _maybe_instance(home: Path | None) -> Instance | None:
-    """The instance, when --home / AMS_HOME names one that opens; verify works without."""
+    """The instance, when --home / AMS_HOME names one that opens; verify works without.
+
+    A --home that cannot be an instance folder at all (a file) is still an error.
+    """
     from ams.instance import open_instance
 
     try:
-        return open_instance(home_of(home))
+        target = home_of(home)
+    except BadInput:
+        if home is not None:
+            raise
+        return None
+    try:
+        return open_instance(target)
     except (AMSError, OSError):
         return None
 
@@ -165,28 +174,56 @@ def verify(
     deep: Annotated[
         bool, typer.Option("--deep", help="Restore into a scratch folder and decrypt samples.")
     ] = False,
+    allow_unrecoverable: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unrecoverable",
+            help="With --deep: succeed although passwords cannot be decrypted (a lost key, accepted).",
+        ),
+    ] = False,
     password_stdin: PasswordStdinOption = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill."""
+    """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill.
+
+    A drill that finds passwords the backup cannot decrypt fails (exit status 88) unless
+    --allow-unrecoverable.
+    """
     from ams import backup
     from ams.backup.verify import verify_and_record
+    from ams.errors import BackupUnrecoverable
 
     instance = _maybe_instance(home)
+    failure: BackupUnrecoverable | None = None
     try:
         can_ask = password_stdin or sys.stdin.isatty()
         password = _password_source(password_stdin) if can_ask else None
+        options: dict[str, Any] = {
+            "password": password,
+            "deep": deep,
+            "allow_unrecoverable": allow_unrecoverable,
+        }
         if instance is not None:
-            report = verify_and_record(file, instance, actor=actor(), password=password, deep=deep)
+            report = verify_and_record(file, instance, actor=actor(), **options)
         else:
-            report = backup.verify_backup(file, password=password, deep=deep)
+            report = backup.verify_backup(file, **options)
+    except BackupUnrecoverable as exc:
+        # The report is shown all the same: the drill's findings are what the reader needs.
+        report, failure = exc.report, exc
     finally:
         if instance is not None:
             instance.close()
     if json_out:
         emit_json(report)
-        return
-    console.print(f"{file}: OK ({', '.join(report['checks'])}).")
+    else:
+        _print_verify(file, report)
+    if failure is not None:
+        raise failure
+
+
+def _print_verify(file: Path, report: dict[str, Any]) -> None:
+    state = "OK" if report["ok"] else "archive OK, restore drill FAILED"
+    console.print(f"{file}: {state} ({', '.join(report['checks'])}).")
     console.print(
         f"Backup {report['backup_id']} of instance {report['instance_id']}, {report['kind']}, made "
         f"{report['created_at']}; key from the {report['key_from']}."
@@ -205,7 +242,10 @@ def verify(
                     f"  certificate {cert['thumbprint'][:16]} ({cert['scope']}): NO private key, "
                     f"{cert['passwords']} passwords unrecoverable"
                 )
-        console.print(f"Passwords unrecoverable in this backup: {drill['unrecoverable_passwords']}.")
+        accepted = " (accepted with --allow-unrecoverable)" if report.get("unrecoverable_accepted") else ""
+        console.print(
+            f"Passwords unrecoverable in this backup: {drill['unrecoverable_passwords']}{accepted}."
+        )
     elif drill:
         console.print(f"Restore drill: {drill.get('reason')}.")
 
@@ -326,9 +366,12 @@ def schedule_set(
     every: Annotated[str | None, typer.Option("--every", help="Every DURATION (30m, 6h, 1d, 1w).")] = None,
     dest: Annotated[Path | None, typer.Option("--dest", help="Folder scheduled backups go to.")] = None,
     retain_days: Annotated[
-        int | None, typer.Option("--retain-days", help="Keep backups N days (0-365, 0: all).")
+        int | None,
+        typer.Option("--retain-days", help="Keep every backup younger than N days (0-365; 0: no age rule)."),
     ] = None,
-    keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")] = None,
+    keep_last: Annotated[
+        int | None, typer.Option("--keep-last", help="Keep the N newest (0: no such rule).")
+    ] = None,
     keep_daily: Annotated[int | None, typer.Option("--keep-daily", help="Keep the newest of N days.")] = None,
     keep_weekly: Annotated[
         int | None, typer.Option("--keep-weekly", help="Keep the newest of N weeks.")
@@ -336,9 +379,16 @@ def schedule_set(
     keep_monthly: Annotated[
         int | None, typer.Option("--keep-monthly", help="Keep the newest of N months.")
     ] = None,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the --dest folder (0700) if it does not exist.")
+    ] = False,
     json_out: JsonOption = False,
 ) -> None:
-    """Change the schedule or the retention (what is not given stays)."""
+    """Change the schedule or the retention (what is not given stays).
+
+    Retention rules combine: a backup is kept when --retain-days or any --keep-* keeps it;
+    0 turns a rule off, and with no rule every backup is kept.
+    """
     from ams import backup
 
     with opened(home) as instance:
@@ -353,6 +403,7 @@ def schedule_set(
             keep_daily=keep_daily,
             keep_weekly=keep_weekly,
             keep_monthly=keep_monthly,
+            create=create,
         )
         view = _schedule_view(instance)
     if json_out:

@@ -15,9 +15,9 @@ from ams.cli._common import (
     console,
     emit_json,
     opened,
+    print_table,
     read_secret,
 )
-from ams.errors import BadInput
 
 app = typer.Typer(
     help="Password encryption certificates: list, new, export, import, lost.", no_args_is_help=True
@@ -41,9 +41,6 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List certificates (expired and lost ones too) with how many passwords each protects."""
-    from rich import box
-    from rich.table import Table
-
     from ams.vault import certificates
 
     with opened(home) as instance:
@@ -53,19 +50,25 @@ def list_(
         emit_json([i.to_dict() for i in infos])
         return
     # The first 16 hex digits are shown: every command accepts a unique prefix of 8 or more.
-    table = Table("thumbprint", "scope", "state", "key", "not after", "current", "history", box=box.SIMPLE)
+    rows = []
     for i in infos:
         not_after = i.not_after.strftime("%Y-%m-%d")
-        table.add_row(
-            _short(i.thumbprint),
-            i.scope,
-            i.state,
-            "yes" if i.has_private_key else "lost",
-            f"{not_after} expired" if i.expired(now) else not_after,
-            str(i.current_passwords),
-            str(i.history_passwords),
+        rows.append(
+            [
+                _short(i.thumbprint),
+                i.scope,
+                i.state,
+                "yes" if i.has_private_key else "lost",
+                f"{not_after} expired" if i.expired(now) else not_after,
+                str(i.current_passwords),
+                str(i.history_passwords),
+            ]
         )
-    console.print(table)
+    print_table(
+        ["thumbprint", "scope", "state", "key", "not after", "current", "history"],
+        rows,
+        ids=("thumbprint", "scope"),
+    )
 
 
 @app.command("new")
@@ -147,21 +150,16 @@ def import_(
     Importing the PFX of a lost certificate restores its key: its passwords read again.
     """
     from ams.crypto.certs import MAX_PFX_BYTES
+    from ams.paths import read_file
     from ams.vault import certificates
 
     certificates.check_scope(scope)
-    try:
-        with file.open("rb") as handle:
-            data = handle.read(MAX_PFX_BYTES + 1)  # import_pfx refuses anything larger
-    except FileNotFoundError:
-        raise BadInput(f"no file {file}: give the path of a .pfx file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{file} is a folder: give the path of a .pfx file") from None
-    except OSError as exc:
-        raise BadInput(f"cannot read {file}: {exc.strerror}") from None
+    # import_pfx refuses anything larger than MAX_PFX_BYTES.
+    data = read_file(file, "a .pfx file", limit=MAX_PFX_BYTES + 1)
     with opened(home) as instance:
         instance.keyring.box  # noqa: B018 - locked? say so before asking for the password
-        password = read_secret("PFX password", from_stdin=password_stdin)
+        # A PFX may have no password (empty): import takes it; export always demands one.
+        password = read_secret("PFX password", from_stdin=password_stdin, allow_empty=True)
         result = certificates.import_pfx(instance, data, password, scope, actor(), activate=activate)
     info = result.certificate
     if json_out:

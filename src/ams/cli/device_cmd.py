@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, when
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, print_table, when
 
 app = typer.Typer(help="Devices whose administrator password AMS keeps.", no_args_is_help=True)
 
@@ -20,8 +20,6 @@ def list_(
     json_out: JsonOption = False,
 ) -> None:
     """List devices with the state of their password."""
-    from rich.table import Table
-
     from ams.vault import devices
 
     with opened(home) as instance:
@@ -29,19 +27,25 @@ def list_(
     if json_out:
         emit_json([d.to_dict() for d in found])
         return
-    table = Table("id", "name", "scope", "status", "version", "expires", "last seen", "forced")
+    rows: list[list[str]] = []
     for d in found:
-        table.add_row(
-            d.id,
-            d.name,
-            d.scope,
-            d.status,
-            str(d.current_version) if d.current_version is not None else "-",
-            when(d.password_expires_at, seconds=False),
-            when(d.last_seen_at, seconds=False),
-            "yes" if d.rotation_forced else "",
+        rows.append(
+            [
+                d.id,
+                d.name,
+                d.scope,
+                d.status,
+                str(d.current_version) if d.current_version is not None else "-",
+                when(d.password_expires_at, seconds=False),
+                when(d.last_seen_at, seconds=False),
+                "yes" if d.rotation_forced else "",
+            ]
         )
-    console.print(table)
+    print_table(
+        ["id", "name", "scope", "status", "version", "expires", "last seen", "forced"],
+        rows,
+        ids=("id", "name", "scope"),
+    )
 
 
 @app.command("show")

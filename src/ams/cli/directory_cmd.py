@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, when
-from ams.errors import BadInput, NotWritable
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, print_table, when
+from ams.errors import NotWritable
 from ams.home import atomic_write
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ def opened_directories(home: Path | None) -> Iterator[Instance]:
 
 
 def _print_directory(info: DirectoryInfo) -> None:
-    from rich.table import Table
-
     console.print(f"Directory {info.id}  {info.dns_name} ({info.short_name})")
     console.print(f"  type       {info.type} {info.edition}")
     console.print(f"  stage      {info.stage}" + (f" — {info.stage_reason}" if info.stage_reason else ""))
@@ -54,17 +52,21 @@ def _print_directory(info: DirectoryInfo) -> None:
     console.print(f"  entries    {info.entry_count}")
     if info.description:
         console.print(f"  about      {info.description}")
-    table = Table("region", "type", "status", "data generation", "in sync", "last updated")
+    rows: list[list[str]] = []
     for r in info.regions:
-        table.add_row(
-            r.region,
-            r.type,
-            r.status,
-            str(r.data_generation),
-            "yes" if r.in_sync else "no",
-            when(r.last_updated_at),
+        rows.append(
+            [
+                r.region,
+                r.type,
+                r.status,
+                str(r.data_generation),
+                "yes" if r.in_sync else "no",
+                when(r.last_updated_at),
+            ]
         )
-    console.print(table)
+    print_table(
+        ["region", "type", "status", "data generation", "in sync", "last updated"], rows, ids=("region",)
+    )
 
 
 @app.command("create")
@@ -110,8 +112,6 @@ def create(
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """List directories."""
-    from rich.table import Table
-
     from ams.directory import directories
 
     with opened_directories(home) as instance:
@@ -119,19 +119,23 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     if json_out:
         emit_json([d.to_dict() for d in infos])
         return
-    table = Table("id", "dns name", "short", "type", "edition", "stage", "regions", "entries")
+    rows: list[list[str]] = []
     for d in infos:
-        table.add_row(
-            d.id,
-            d.dns_name,
-            d.short_name or "-",
-            d.type,
-            d.edition,
-            d.stage,
-            ", ".join(r.region for r in d.regions),
-            str(d.entry_count),
+        rows.append(
+            [
+                d.id,
+                d.dns_name,
+                d.short_name or "-",
+                d.type,
+                d.edition,
+                d.stage,
+                ", ".join(r.region for r in d.regions),
+                str(d.entry_count),
+            ]
         )
-    console.print(table)
+    print_table(
+        ["id", "dns name", "short", "type", "edition", "stage", "regions", "entries"], rows, ids=("id",)
+    )
 
 
 @app.command("show")
@@ -172,18 +176,9 @@ def import_(
 ) -> None:
     """Import entries from LDIF: all of them, or none when any line is wrong."""
     from ams.directory import ldif, objects
+    from ams.paths import read_file
 
-    if str(file) == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError:
-            raise BadInput(f"no file {file}: give the path of an LDIF file") from None
-        except IsADirectoryError:
-            raise BadInput(f"{file} is a folder: give the path of an LDIF file") from None
-        except PermissionError:
-            raise BadInput(f"cannot read {file}: permission denied") from None
+    data = sys.stdin.buffer.read() if str(file) == "-" else read_file(file, "an LDIF file")
     with opened_directories(home) as instance:
         # Parsed as it is written: the import is one transaction, so a bad line anywhere
         # rolls back every entry before it.
@@ -204,7 +199,11 @@ def export(
 ) -> None:
     """Export every entry as LDIF (RFC 2849), parents first, ready for slapadd."""
     from ams.directory import ldif, objects
+    from ams.paths import check_new_file
 
+    if out is not None:
+        # Replacing a file is what --out has always done here (the write is atomic).
+        check_new_file(out, "--out", example=f"{directory_id}.ldif", force=True)
     with opened_directories(home) as instance:
         entries = list(objects.iter_entries(instance, directory_id))
     if out is None:
@@ -212,10 +211,6 @@ def export(
             sys.stdout.write(chunk)
         sys.stdout.flush()
         return
-    if out.is_dir():
-        raise BadInput(f"{out} is a folder: give a file name for --out")
-    if not out.parent.is_dir():
-        raise BadInput(f"the folder {out.parent} does not exist: create it or choose another --out")
     try:
         atomic_write(out, ldif.dump(entries).encode("utf-8"), mode=0o600)
     except PermissionError as exc:

@@ -21,13 +21,20 @@ def get(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Print a device's password. Every read is recorded in the audit trail (who, when)."""
+    """Print a device's password. Every read is recorded in the audit trail (who, when).
+
+    A current password that cannot be decrypted (its certificate's key lost) is an error
+    (exit status 54, or 33 when it does not decrypt); --history lists it as unrecoverable.
+    """
     from ams.vault import passwords
 
     with opened(home) as instance:
         answer = passwords.read(instance, device, actor(), history=history)
     if json_out:
         emit_json(answer)
+        if not history:
+            # The document says why; the status says that there is no password to use.
+            passwords.require_recoverable(answer)
         return
     if not history:
         # Only the password goes to standard output, so `$(ams password get D)` is the password.
@@ -35,10 +42,7 @@ def get(
             f"{answer['device_name']} ({answer['device_id']}) {answer['account']}, version "
             f"{answer['version']}, effective {answer['effective_at']}, expires {answer['expires_at']}"
         )
-        if answer["recoverable"]:
-            sys.stdout.write(answer["password"] + "\n")
-        else:
-            note(f"unrecoverable: {answer['unrecoverable_reason']}; the device rotates at its next check-in")
+        sys.stdout.write(passwords.require_recoverable(answer) + "\n")
         return
     # Plain lines, not a table: a table would wrap a long password across lines.
     entries: list[dict[str, Any]] = ([answer["current"]] if answer["current"] else []) + answer["history"]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, when
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, print_table, when
 
 app = typer.Typer(help="Registration keys for ams-agent.", no_args_is_help=True)
 
@@ -43,8 +43,6 @@ def create(
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """List registration keys (never their secrets)."""
-    from rich.table import Table
-
     from ams.vault import regkeys
 
     with opened(home) as instance:
@@ -52,18 +50,20 @@ def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     if json_out:
         emit_json([k.to_dict() for k in keys])
         return
-    table = Table("id", "name", "used", "limit", "approval", "state", "created")
+    rows: list[list[str]] = []
     for k in keys:
-        table.add_row(
-            k.id,
-            k.name,
-            str(k.used_count),
-            str(k.activation_limit) if k.activation_limit else "-",
-            "yes" if k.approval_required else "no",
-            k.state,
-            when(k.created_at, seconds=False),
+        rows.append(
+            [
+                k.id,
+                k.name,
+                str(k.used_count),
+                str(k.activation_limit) if k.activation_limit else "-",
+                "yes" if k.approval_required else "no",
+                k.state,
+                when(k.created_at, seconds=False),
+            ]
         )
-    console.print(table)
+    print_table(["id", "name", "used", "limit", "approval", "state", "created"], rows, ids=("id", "name"))
 
 
 @app.command("disable")

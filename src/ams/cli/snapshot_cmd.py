@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, when
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, print_table, when
 from ams.cli.directory_cmd import DirectoryIdArgument, note_restore, opened_directories
 from ams.errors import Conflict
 
@@ -47,8 +47,6 @@ def list_(
 ) -> None:
     """List snapshots, newest first, with each file's checksum state (a file whose size or time
     changed is read whole again; the service checks every file daily)."""
-    from rich.table import Table
-
     from ams.directory import snapshots
 
     with opened_directories(home) as instance:
@@ -56,20 +54,26 @@ def list_(
     if json_out:
         emit_json([s.to_dict() for s in infos])
         return
-    table = Table("id", "directory", "type", "name", "status", "started", "entries", "checksum")
+    rows: list[list[str]] = []
     for s in infos:
         checksum = {True: "ok", False: "FAILED", None: "-"}[s.checksum_ok]
-        table.add_row(
-            s.id,
-            s.directory_id,
-            s.type,
-            s.name or "-",
-            s.status,
-            when(s.start_time),
-            "-" if s.entries is None else str(s.entries),
-            checksum,
+        rows.append(
+            [
+                s.id,
+                s.directory_id,
+                s.type,
+                s.name or "-",
+                s.status,
+                when(s.start_time),
+                "-" if s.entries is None else str(s.entries),
+                checksum,
+            ]
         )
-    console.print(table)
+    print_table(
+        ["id", "directory", "type", "name", "status", "started", "entries", "checksum"],
+        rows,
+        ids=("id", "directory"),
+    )
     if any(s.checksum_ok is False for s in infos):
         note("warning: a snapshot file fails its checksum: it cannot be restored; delete it")
 
@@ -156,13 +160,16 @@ def limits(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """How many manual snapshots the directory has, of its limit."""
+    """How many manual snapshots the directory has, of its limit (or that it takes none)."""
     from ams.directory import snapshots
 
     with opened_directories(home) as instance:
         info = snapshots.limits(instance, directory_id)
     if json_out:
         emit_json(info.to_dict())
+        return
+    if not info.snapshots_supported:
+        console.print(f"Snapshots do not apply: {info.unsupported_reason}.")
         return
     state = "limit reached: delete one to take another" if info.manual_limit_reached else "room for more"
     console.print(f"{directory_id}: {info.manual_count} of {info.manual_limit} manual snapshots ({state}).")

@@ -113,12 +113,17 @@ class SnapshotLimits:
     manual_limit: int
     manual_count: int
     manual_limit_reached: bool
+    # False for an AD Connector: the limit means nothing there, every snapshot is refused.
+    snapshots_supported: bool = True
+    unsupported_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "manual_limit": self.manual_limit,
             "manual_count": self.manual_count,
             "manual_limit_reached": self.manual_limit_reached,
+            "snapshots_supported": self.snapshots_supported,
+            "unsupported_reason": self.unsupported_reason,
         }
 
 
@@ -218,12 +223,19 @@ def _check_region(directory: Directory, region: str | None) -> None:
         )
 
 
-def _check_snapshottable(directory: Directory) -> None:
+def _unsnapshottable_reason(directory: Directory) -> str | None:
     if directory.type == "ADConnector":
-        raise UnsupportedOperation(
+        return (
             f"directory {directory.id} is an AD Connector, which has no snapshots: "
             "snapshot the directory it connects to instead"
         )
+    return None
+
+
+def _check_snapshottable(directory: Directory) -> None:
+    reason = _unsnapshottable_reason(directory)
+    if reason is not None:
+        raise UnsupportedOperation(reason)
 
 
 _BLOCK_ENTRIES = 5000
@@ -388,7 +400,9 @@ def _take(
             if (count or 0) > MANUAL_LIMIT:
                 raise SnapshotLimitExceeded(
                     f"directory {directory_id} has {MANUAL_LIMIT} manual snapshots, the limit: "
-                    "delete one with `ams snapshot delete S` first"
+                    "delete one with `ams snapshot delete S` first",
+                    directory_id=directory_id,
+                    limit=MANUAL_LIMIT,
                 )
         header = {
             "directory_id": directory_id,
@@ -608,7 +622,7 @@ def delete(instance: Instance, snapshot_id: str, *, region: str | None = None, a
 
 def limits(instance: Instance, directory_id: str) -> SnapshotLimits:
     with instance.session() as session:
-        directories.load(session, directory_id)
+        reason = _unsnapshottable_reason(directories.load(session, directory_id))
         count = session.scalar(
             select(func.count())
             .select_from(Snapshot)
@@ -619,6 +633,14 @@ def limits(instance: Instance, directory_id: str) -> SnapshotLimits:
             )
         )
     count = int(count or 0)
+    if reason is not None:
+        return SnapshotLimits(
+            manual_limit=MANUAL_LIMIT,
+            manual_count=count,
+            manual_limit_reached=False,
+            snapshots_supported=False,
+            unsupported_reason=reason,
+        )
     return SnapshotLimits(
         manual_limit=MANUAL_LIMIT, manual_count=count, manual_limit_reached=count >= MANUAL_LIMIT
     )

@@ -32,6 +32,7 @@ from ams.errors import (
 )
 from ams.home import atomic_write
 from ams.instance import Instance
+from ams.paths import check_new_file
 from ams.security.policy import check_password_strength
 from ams.vault import passwords  # it imports this module too: each uses the other only in functions
 
@@ -173,6 +174,9 @@ def _counts(session: Session) -> dict[str, tuple[int, int]]:
     return passwords.counts_by_certificate(session)
 
 
+_MIN_PREFIX = 8
+
+
 def _row(session: Session, thumbprint: str, *, for_update: bool = False) -> CertificateRow:
     """The row of a thumbprint, or of a unique prefix of at least 8 hex digits."""
     wanted = thumbprint.strip().lower().replace(":", "")
@@ -181,7 +185,7 @@ def _row(session: Session, thumbprint: str, *, for_update: bool = False) -> Cert
     row = session.get(CertificateRow, wanted, with_for_update=for_update)
     if row is not None:
         return row
-    if len(wanted) >= 8:
+    if len(wanted) >= _MIN_PREFIX:
         matches = session.scalars(
             select(CertificateRow)
             .where(CertificateRow.thumbprint.startswith(wanted, autoescape=True))
@@ -191,6 +195,14 @@ def _row(session: Session, thumbprint: str, *, for_update: bool = False) -> Cert
             return matches[0]
         if len(matches) > 1:
             raise BadInput(f"more than one certificate starts with {wanted}: give more of the thumbprint")
+    elif session.scalars(
+        select(CertificateRow.thumbprint).where(CertificateRow.thumbprint.startswith(wanted, autoescape=True))
+    ).first():
+        # A prefix too short to count as one, not a certificate that does not exist.
+        raise BadInput(
+            f"{wanted!r} is too short to name a certificate: give at least {_MIN_PREFIX} hex digits of "
+            "the thumbprint (`ams certs list` shows 16)"
+        )
     raise NotFound(f"no certificate {thumbprint!r}: see `ams certs list`")
 
 
@@ -448,12 +460,7 @@ def _write_private(path: Path, data: bytes, *, force: bool) -> None:
 
 def check_export(instance: Instance, thumbprint: str, out: Path, *, force: bool = False) -> CertificateInfo:
     """What ``export_to_file`` would refuse, checked before anyone types a password."""
-    if out.is_dir():
-        raise BadInput(f"{out} is a folder: give a file name such as {out / 'certificate.pfx'}")
-    if out.exists() and not force:
-        raise AlreadyExists(f"{out} exists: choose another --out, or pass --force to replace it")
-    if not out.parent.is_dir():
-        raise NotWritable(f"cannot write {out}: the folder {out.parent} does not exist")
+    check_new_file(out, "--out", example="certificate.pfx", force=force)
     info = get(instance, thumbprint)
     if not info.has_private_key:
         raise CertificateKeyAbsent(

@@ -36,6 +36,7 @@ from ams.clock import Clock
 from ams.crypto import blob as password_blob
 from ams.db.models.vault import Device, DevicePassword
 from ams.errors import (
+    CertificateKeyAbsent,
     Conflict,
     DecryptionFailed,
     MasterKeyLocked,
@@ -60,11 +61,14 @@ __all__ = [
     "decide",
     "expire_current_under",
     "read",
+    "require_recoverable",
     "store",
     "undo",
 ]
 
 REQUEST_PREFIX = "pr_"
+_KEY_LOST = "the private key of its certificate is lost"
+_NOT_DECRYPTING = "it does not decrypt with its certificate's private key"
 MAX_BLOB_BYTES = 16384
 MAX_VERSION = 2**53 - 1  # the largest integer JSON carries exactly everywhere
 MAX_STEP = 2**20  # how far above the server's highest version one report may go
@@ -415,13 +419,13 @@ def _entry(keys: _Keys, device: Device, row: DevicePassword) -> dict[str, Any]:
     }
     private_key = keys.get(row.certificate_thumbprint)
     if private_key is None:
-        entry["unrecoverable_reason"] = "the private key of its certificate is lost"
+        entry["unrecoverable_reason"] = _KEY_LOST
         return entry
     try:
         document = json.loads(password_blob.decrypt_password(row.blob, private_key))
         password = document["password"]
     except (DecryptionFailed, ValueError, UnicodeDecodeError, KeyError, TypeError):
-        entry["unrecoverable_reason"] = "it does not decrypt with its certificate's private key"
+        entry["unrecoverable_reason"] = _NOT_DECRYPTING
         return entry
     entry["password"] = password
     entry["recoverable"] = True
@@ -488,6 +492,31 @@ def versions(instance: Instance, ref: str) -> list[dict[str, Any]]:
             }
             for r in rows
         ]
+
+
+def require_recoverable(entry: dict[str, Any]) -> str:
+    """The password of a :func:`read` entry, or the error that says why there is none.
+
+    A listing (REST, ``--history``) shows an unrecoverable password as such; a caller that
+    needs the password itself (``ams password get DEVICE``, a script) must not get an empty
+    one with success: a lost key is :class:`CertificateKeyAbsent`, a blob that does not
+    decrypt is :class:`DecryptionFailed`.
+    """
+    if entry["recoverable"]:
+        return str(entry["password"])
+    what = (
+        f"the password of device {entry['device_id']} ({entry['device_name']}), version "
+        f"{entry['version']}, cannot be decrypted: {entry['unrecoverable_reason']}"
+    )
+    if entry["unrecoverable_reason"] == _KEY_LOST:
+        raise CertificateKeyAbsent(
+            f"{what}; import the PFX of certificate {entry['certificate_thumbprint'][:16]} with "
+            "`ams certs import`, or let the device set a new password at its next check-in"
+        )
+    raise DecryptionFailed(
+        f"{what}; the device sets a new password at its next check-in after `ams device expire "
+        f"{entry['device_id']}`"
+    )
 
 
 def _audit_read(

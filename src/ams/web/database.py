@@ -185,6 +185,7 @@ async def schedule(request: Request) -> Response:
             at=at or None,
             every=every or None,
             destination=Path(destination) if destination else None,
+            create=bool(destination and data.get("create")),
             **changes,
         )
     except AMSError as exc:

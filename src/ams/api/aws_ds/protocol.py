@@ -24,6 +24,7 @@ from ams.errors import (
     MasterKeyLocked,
     NotFound,
     PermissionDenied,
+    SnapshotLimitExceeded,
 )
 
 __all__ = [
@@ -67,7 +68,18 @@ def aws_error_from(exc: AMSError) -> AwsError:
     aws_type = getattr(exc, "aws_type", None)
     if not isinstance(aws_type, str):
         aws_type = next((t for base, t in _FALLBACK if isinstance(exc, base)), "ServiceException")
-    return AwsError(aws_type, exc.message)
+    return AwsError(aws_type, _aws_message(exc))
+
+
+def _aws_message(exc: AMSError) -> str:
+    """The message in the API's own terms where the AMS one names `ams` commands."""
+    if isinstance(exc, SnapshotLimitExceeded):
+        which = f"Directory {exc.directory_id}" if exc.directory_id else "The directory"
+        return (
+            f"{which} has reached its limit of {exc.limit} manual snapshots: delete one with "
+            "DeleteSnapshot, then call CreateSnapshot again"
+        )
+    return exc.message
 
 
 def new_request_id() -> str:
