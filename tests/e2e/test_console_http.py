@@ -6,6 +6,7 @@ import html
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -369,3 +370,60 @@ def test_the_password_policy_form(served: Server) -> None:
     assert 'name="length" inputmode="numeric" value="24"' in page and "The password policy was saved." in page
     unknown = admin.get("/certificates", params={"scope": "d-nothere00"})
     assert unknown.status_code in (404, 422)
+
+
+# -- Database (backups) ----------------------------------------------------------------------
+
+
+def _wait_for_backup(client: httpx.Client) -> str:
+    for _ in range(120):
+        progress = client.get("/database/backup/progress")
+        if progress.headers.get("hx-refresh") == "true":
+            return progress.text
+        time.sleep(0.5)
+    raise AssertionError("Backup now did not finish in 60 s")
+
+
+def test_backup_now_schedule_verify_and_the_restore_command(served: Server, tmp_path: Path) -> None:
+    admin = login(served, "alice", ADMIN_PASSWORD)
+    page = admin.get("/database")
+    assert page.status_code == 200 and "Backup now" in page.text
+    token = _token(page.text)
+    started = admin.post("/database/backup", data={"csrf_token": token})
+    assert started.status_code == 303
+    done = _wait_for_backup(admin)
+    assert "was written" in done and "and verified" in done, done
+    backup_id = re.search(r"Backup (\S+) was written", done).group(1)
+    listed = admin.get("/database").text
+    assert backup_id in listed and re.search(rf"{backup_id}</td>.*?yes, ", listed, re.S)
+
+    deep = admin.post("/database/verify", data={"csrf_token": token, "backup_id": backup_id, "deep": "1"})
+    assert deep.status_code == 200 and f"A restore drill (deep verify) of {backup_id} passed." in deep.text
+    command = admin.get("/database", params={"restore": backup_id}).text
+    assert (
+        f"ams backup restore {served.home}/backups/" in html.unescape(command)
+        and f"--home {served.home}" in command
+    )
+
+    missing = tmp_path / "not-there"
+    refused = admin.post(
+        "/database/schedule",
+        data={"csrf_token": token, "when": "at", "at": "03:30", "destination": str(missing)},
+    )
+    assert refused.status_code == 422 and "does not exist" in refused.text and not missing.exists()
+    bad = admin.post(
+        "/database/schedule", data={"csrf_token": token, "when": "at", "at": "03:30", "retain_days": "400"}
+    )
+    assert bad.status_code == 422 and "between 0 and 365" in bad.text
+    saved = admin.post(
+        "/database/schedule",
+        data={"csrf_token": token, "when": "every", "every": "6h", "destination": str(missing), "create": "1",
+              "retain_days": "0", "keep_last": "7"},
+    )  # fmt: skip
+    assert saved.status_code == 200 and "The schedule was saved." in saved.text and missing.is_dir()
+    shown = json.loads(run_ams("backup", "schedule", "show", "--json", home=served.home).stdout)
+    assert (
+        shown["every_seconds"] == 6 * 3600
+        and shown["keep_last"] == 7
+        and shown["destination"] == str(missing)
+    )
