@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -307,4 +308,30 @@ def test_snapshot_restore_watched_until_active_and_delete(
     page.get_by_role("button", name="Delete").first.click()
     assert "The snapshot was deleted." in page.get_by_role("status").inner_text()
     assert page.get_by_text("0 of 5").is_visible()
+    context.close()
+
+
+def test_backup_now_is_followed_until_verified_and_the_schedule_changes(
+    chromium: Any, served: Server, shots: Path
+) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    _login(page, served, "alice", ADMIN_PASSWORD)
+    _nav(page, "Database")
+    page.get_by_role("button", name="Backup now").click()
+    # The progress is polled by htmx; when the backup is done the page reloads itself.
+    done = page.get_by_text(re.compile(r"Backup \S+ was written .* and verified\."))
+    done.wait_for(timeout=60_000)
+    backup_id = re.search(r"Backup (\S+) was written", done.inner_text()).group(1)
+    row = page.locator("tr", has_text=backup_id)
+    assert "yes," in row.inner_text()
+    row.get_by_role("link", name="How to restore").click()
+    assert page.locator("#restore-command").inner_text().startswith("ams backup restore ")
+
+    page.get_by_label("Daily time").fill("04:15")
+    page.get_by_label("Keep last").fill("10")
+    page.get_by_role("button", name="Save the schedule").click()
+    assert "The schedule was saved." in page.get_by_role("status").first.inner_text()
+    assert "daily at 04:15 UTC" in page.locator("section.card", has_text="Schedule").inner_text()
+    page.screenshot(path=str(shots / "database.png"), full_page=True)
     context.close()
