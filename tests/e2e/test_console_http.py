@@ -427,3 +427,18 @@ def test_backup_now_schedule_verify_and_the_restore_command(served: Server, tmp_
         and shown["keep_last"] == 7
         and shown["destination"] == str(missing)
     )
+
+
+def test_a_session_cookie_stops_working_after_it_expires(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
+    made = run_ams("user", "create", "alice", "--role", "admin", "--password-stdin", home=home,
+                   input=ADMIN_PASSWORD + "\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with Server(home) as server:
+        cookie = login(server, "alice", ADMIN_PASSWORD).cookies.get("ams_session")
+        assert httpx.get(server.url + "/", cookies={"ams_session": cookie}).status_code == 200
+    # The same service 13 hours later (past the 12-hour absolute limit): the cookie opens nothing.
+    with Server(home, env={"AMS_CLOCK_OFFSET_SECONDS": str(13 * 3600)}) as later:
+        answer = httpx.get(later.url + "/", cookies={"ams_session": cookie})
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
