@@ -87,8 +87,9 @@ def test_a_copy_restored_from_another_home_never_prunes_that_homes_backups(tmp_p
     original, copy = tmp_path / "original", tmp_path / "copy"
     _init(original)
     _ok(
-        "backup", "schedule", "set", "--dest", str(shared), "--every", "5m", "--keep-last", "1", home=original
-    )
+        "backup", "schedule", "set", "--dest", str(shared), "--every", "5m", "--retain-days", "0",
+        "--keep-last", "1", home=original,
+    )  # fmt: skip
     first = _ok("backup", "create", home=original)
     second = _ok("backup", "create", home=original)
     assert Path(first["path"]).parent == shared == Path(second["path"]).parent
