@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean-demo
+.PHONY: run test lint bench screenshots clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+
+# The console's pages, photographed by the browser tests into docs/screenshots (needs chromium).
+screenshots: $(STAMP)
+	AMS_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/e2e/test_console_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

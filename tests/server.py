@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from conftest import AMS
+from conftest import AMS, run_ams
+
+AGENT = Path(sys.executable).parent / "ams-agent"
 
 
 def free_port() -> int:
@@ -70,3 +74,35 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class FileAgent:
+    """A real ams-agent for one device, with the file backend (the password lands in a file)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.state = folder / "state" / "state.json"
+        self.password_file = folder / "password"
+
+    def _run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
+        return subprocess.run(
+            [str(AGENT), *args, "--state", str(self.state)],
+            input=input, capture_output=True, text=True, env=env, timeout=90,
+        )  # fmt: skip
+
+    def register(self, server: Server, name: str) -> str:
+        """Register with a new registration key; the device id."""
+        made = run_ams("regkey", "create", "--name", f"for-{name}", "--json", home=server.home)
+        key = json.loads(made.stdout)["key"]
+        done = self._run("register", "--server", server.url, "--name", name, "--registration-key-stdin",
+                         input=key + "\n")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(self.state.read_text())["device_id"])
+
+    def run_once(self) -> subprocess.CompletedProcess[str]:
+        return self._run("run", "--once", "--setter", f"file:{self.password_file}", "--max-delay", "1")
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()

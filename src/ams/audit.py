@@ -38,6 +38,13 @@ class Event(IntEnum):
     API_KEY_CREATED = 1200
     API_KEY_REVOKED = 1201
     API_AUTH_FAILED = 1202
+    # 1220-1229: the web console's users
+    USER_CREATED = 1220
+    USER_DISABLED = 1221
+    USER_PASSWORD_CHANGED = 1222
+    USER_LOGGED_IN = 1223
+    USER_LOGIN_FAILED = 1224
+    USER_LOGGED_OUT = 1225
     # 1300-1399: password encryption certificates
     CERTIFICATE_CREATED = 1300
     CERTIFICATE_ACTIVATED = 1301
@@ -104,6 +111,12 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.API_KEY_CREATED: "an API key was created (target: key id; details: name, role)",
     Event.API_KEY_REVOKED: "an API key was revoked (target: key id)",
     Event.API_AUTH_FAILED: "an API request presented an unknown, revoked or wrong key",
+    Event.USER_CREATED: "`ams user create` made a console user (target: user id; details: name, role)",
+    Event.USER_DISABLED: "a console user was disabled and their sessions ended (target: user id)",
+    Event.USER_PASSWORD_CHANGED: "a console user's password was replaced; their sessions ended",
+    Event.USER_LOGGED_IN: "a console user logged in (target: user id; details: client address)",
+    Event.USER_LOGIN_FAILED: "a console login was refused (wrong name or password, or disabled)",
+    Event.USER_LOGGED_OUT: "a console user logged out (target: user id)",
     Event.CERTIFICATE_CREATED: (
         "a certificate and its private key were generated (target: thumbprint; details: scope)"
     ),
@@ -248,19 +261,32 @@ def list_events(
     session: Session,
     *,
     since: datetime | None = None,
+    until: datetime | None = None,
     event_id: int | None = None,
+    subject: str | None = None,
+    before_seq: int | None = None,
     limit: int = 1000,
 ) -> list[EventRecord]:
-    """The newest ``limit`` events matching, oldest first."""
-    from sqlalchemy import select
+    """The newest ``limit`` events matching, oldest first.
+
+    ``subject`` matches the actor or the target exactly (a device id, ``user:alice``);
+    ``before_seq`` pages back: the events older than the oldest one a page showed.
+    """
+    from sqlalchemy import or_, select
 
     from ams.db.models import AuditEvent
 
     query = select(AuditEvent).order_by(AuditEvent.seq.desc())
     if since is not None:
         query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
     if event_id is not None:
         query = query.where(AuditEvent.event_id == event_id)
+    if subject:
+        query = query.where(or_(AuditEvent.actor == subject, AuditEvent.target == subject))
+    if before_seq is not None:
+        query = query.where(AuditEvent.seq < before_seq)
     rows = list(reversed(session.scalars(query.limit(limit)).all()))
     return [
         EventRecord(

@@ -162,4 +162,8 @@ def create_app(instance: Instance) -> FastAPI:
     # The AWS Directory Service-compatible endpoint (issue 5): POST /aws/ds, and POST / by target.
     # It declares no FastAPI body limit: it reads at most 1 MiB itself and answers in AWS's shape.
     app.include_router(aws_ds.router)
+    # The web console: GET / and its own paths (the AWS-compatible endpoint keeps POST /).
+    from ams.web import install as install_console
+
+    install_console(app)
     return app

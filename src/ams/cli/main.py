@@ -24,6 +24,7 @@ from ams.cli import (
     regkey_cmd,
     security_cmd,
     snapshot_cmd,
+    user_cmd,
 )
 from ams.cli._runner import DebugOption, run_app, version_callback
 from ams.cli.init_cmd import init
@@ -66,6 +67,7 @@ app.add_typer(device_cmd.app, name="device")
 app.add_typer(password_cmd.app, name="password")
 app.add_typer(directory_cmd.app, name="directory")
 app.add_typer(snapshot_cmd.app, name="snapshot")
+app.add_typer(user_cmd.app, name="user")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         wrap_with_key,
         wrap_with_password,
     )
+    from ams.crypto.passhash import hash_password, needs_rehash, verify_password
     from ams.crypto.secretbox import SecretBox
     from ams.crypto.tokens import (
         constant_time_equal,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         hash_token,
         random_id,
         random_secret,
+        sign_token,
     )
 
 _MODULES = {
@@ -72,6 +74,7 @@ _MODULES = {
         "wrap_with_key",
         "wrap_with_password",
     ),
+    "passhash": ("hash_password", "needs_rehash", "verify_password"),
     "secretbox": ("SecretBox",),
     "tokens": (
         "constant_time_equal",
@@ -79,6 +82,7 @@ _MODULES = {
         "hash_token",
         "random_id",
         "random_secret",
+        "sign_token",
     ),
 }
 _WHERE = {name: module for module, names in _MODULES.items() for name in names}
@@ -104,14 +108,18 @@ __all__ = [
     "generate_master_key",
     "generate_recovery_password",
     "generate_service_key",
+    "hash_password",
     "hash_token",
     "import_pfx",
+    "needs_rehash",
     "random_id",
     "random_secret",
     "seal_sums",
+    "sign_token",
     "thumbprint",
     "unwrap_with_key",
     "unwrap_with_password",
+    "verify_password",
     "verify_sums_seal",
     "wrap_with_key",
     "wrap_with_password",

@@ -12,6 +12,7 @@ __all__ = [
     "hash_token",
     "random_id",
     "random_secret",
+    "sign_token",
 ]
 
 # Crockford-like alphabet: no 0/O, 1/I/L confusion when a person copies it from paper.
@@ -35,6 +36,11 @@ def hash_token(token: str) -> str:
     nothing to brute-force. Passwords chosen by people never go through this.
     """
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def sign_token(key: str, message: str) -> str:
+    """HMAC-SHA256 of ``message`` under ``key``, hex: what a CSRF token carries."""
+    return hmac.new(key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def constant_time_equal(a: str | bytes, b: str | bytes) -> bool:

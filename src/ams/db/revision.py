@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD_REVISION", "current_revision"]
 
-HEAD_REVISION = "0007_home_identity"
+HEAD_REVISION = "0008_console"
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
@@ -264,11 +264,28 @@ def find(session: Session, ref: str) -> Device:
     return rows[0]
 
 
-def list_devices(instance: Instance, *, scope: str | None = None) -> list[DeviceInfo]:
+def list_devices(
+    instance: Instance,
+    *,
+    scope: str | None = None,
+    status: str | None = None,
+    name_contains: str | None = None,
+    limit: int | None = None,
+) -> list[DeviceInfo]:
+    """Devices by name; ``name_contains`` matches a part of the name or id, case-insensitive."""
     with instance.session() as session:
         query = _with_current().order_by(Device.name, Device.created_at, Device.id)
         if scope is not None:
             query = query.where(Device.scope == scope)
+        if status is not None:
+            query = query.where(Device.status == status)
+        if name_contains:
+            pattern = "%" + name_contains.lower().replace("\\", "").replace("%", "").replace("_", "\\_") + "%"
+            query = query.where(
+                func.lower(Device.name).like(pattern, escape="\\") | Device.id.like(pattern, escape="\\")
+            )
+        if limit is not None:
+            query = query.limit(limit)
         return [_info(d, p) for d, p in session.execute(query)]
 
 

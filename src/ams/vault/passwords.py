@@ -468,6 +468,32 @@ def read(
     }
 
 
+def versions(instance: Instance, ref: str) -> list[dict[str, Any]]:
+    """A device's rotation history, newest first: versions and times, never a password.
+
+    Reads no secret, so it is not a password read and writes no audit event.
+    """
+    with instance.session() as session:
+        device = devices_service.find(session, ref)
+        rows = session.scalars(
+            select(DevicePassword)
+            .where(DevicePassword.device_id == device.id)
+            .order_by(DevicePassword.version.desc())
+        )
+        return [
+            {
+                "version": r.version,
+                "account": r.account,
+                "current": bool(r.is_current),
+                "effective_at": r.effective_at,
+                "expires_at": r.expires_at,
+                "superseded_at": r.superseded_at,
+                "certificate_thumbprint": r.certificate_thumbprint,
+            }
+            for r in rows
+        ]
+
+
 def require_recoverable(entry: dict[str, Any]) -> str:
     """The password of a :func:`read` entry, or the error that says why there is none.
 

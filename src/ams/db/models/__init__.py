@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["ApiKey", "AuditEvent", "Base", "InstanceRow", "KeyWrapping", "Timestamp", "UTCDateTime"]
 
 # Every capability with tables beyond the foundation. A new models module goes here.
-_CAPABILITIES = ("certificates", "vault", "directory", "backups")
+_CAPABILITIES = ("certificates", "vault", "directory", "backups", "console")
 
 
 def __getattr__(name: str) -> object:
