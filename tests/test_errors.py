@@ -26,6 +26,7 @@ PINNED = {
     "weak_password": (32, 422),
     "authentication_required": (40, 401),
     "permission_denied": (41, 403),
+    "too_many_requests": (46, 429),
     "pfx_invalid": (50, 422),
     "pfx_no_private_key": (51, 422),
     "pfx_key_mismatch": (52, 422),

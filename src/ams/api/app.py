@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ams import __version__
-from ams.api import aws_ds
+from ams.api import aws_ds, throttle
 from ams.api.metrics import Metrics
 from ams.api.routes import agent, apikeys, audit, backups, certificates, devices, directories, health, status
 from ams.errors import AMSError, AuthenticationRequired, MasterKeyLocked
@@ -48,9 +48,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backup_scheduler = BackupScheduler(app.state.instance)
     app.state.backup_scheduler = backup_scheduler
     backup_scheduler.start()
+    # Issue 18: audit retention and the failed-authentication summaries (ams.audit_retention).
+    from ams.audit_retention import AuditJobs
+
+    audit_jobs = app.state.audit_jobs = AuditJobs(app.state.instance)
+    audit_jobs.start()
     try:
         yield
     finally:
+        await asyncio.to_thread(audit_jobs.stop)
         await asyncio.to_thread(backup_scheduler.stop)
         await asyncio.to_thread(directory_jobs.stop)
 
@@ -72,6 +78,8 @@ def create_app(instance: Instance) -> FastAPI:
     @app.exception_handler(AMSError)
     async def ams_error(_request: Request, exc: AMSError) -> JSONResponse:
         return _error_response(exc)
+
+    throttle.install(app)  # 429 with Retry-After for throttled failed authentication
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
