@@ -20,6 +20,13 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from ams import apikeys
+from ams.apikeys import Role
+from ams.backup import schedule
+from ams.clock import SystemClock
+from ams.home import Home
+from ams.instance import open_instance
+from ams.vault import regkeys
 from conftest import RECOVERY_PASSWORD, run_ams
 from server import Server
 
@@ -63,10 +70,15 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     home = tmp_path_factory.mktemp("throttle") / "home"
     _json(run_ams("init", "--recovery-password-stdin", "--json", home=home, input=RECOVERY_PASSWORD + "\n"))
-    admin = _json(run_ams("apikey", "create", "--name", "ops", "--role", "admin", "--json", home=home))
-    regkey = _json(run_ams("regkey", "create", "--name", "fleet", "--json", home=home))["key"]
-    # No scheduled backup when the second test runs the service 400 days later.
-    _json(run_ams("backup", "schedule", "set", "--every", "100w", "--json", home=home))
+    instance = open_instance(Home(home), SystemClock())
+    try:
+        created = apikeys.create(instance, "ops", Role.ADMIN, actor="test")
+        admin = {"id": created.info.id, "token": created.token}
+        regkey = regkeys.create(instance, "fleet", actor="test").key
+        # No scheduled backup when the second test runs the service 400 days later.
+        schedule.set_settings(instance, actor="test", every="100w")
+    finally:
+        instance.close()
     # Start the server's clock just past the start of a throttle window, so no window ends
     # (and writes its 1203 events) while the test measures.
     offset = WINDOW_SECONDS - time.time() % WINDOW_SECONDS + 1
