@@ -147,21 +147,20 @@ def authenticate(
     if not token:
         raise AuthenticationRequired()
     key_id, _, secret = token.partition(".")
+    info: ApiKeyInfo | None = None
     with instance.session() as session:
         row = session.get(ApiKey, key_id) if key_id.startswith(_ID_PREFIX) and secret else None
         # Compare against a dummy hash when the key is unknown, so timing tells nothing.
         expected = row.secret_hash if row is not None else "0" * 64
         valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
-        failed = row is None or not valid or row.revoked_at is not None
-        if not failed:
-            assert row is not None
+        if row is not None and valid and row.revoked_at is None:
             info = _info(row)
             now = instance.clock.now()
             # Written at most once a minute, so reads do not turn into a write each.
             if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
                 row.last_used_at = now
                 session.commit()
-    if failed:
+    if info is None:
         throttle.refuse(
             instance,
             throttle.AuthKind.API_KEY,

@@ -59,10 +59,10 @@ def prune(home: HomeOption = None, json_out: JsonOption = False) -> None:
         return
     if result.retention_changed is not None:
         change = result.retention_changed
-        console.print(f"retention:  {change['from'] or 'none recorded'} -> {change['to']} days (event 1005)")
+        console.print(f"retention: {change['from'] or 'none recorded'} -> {change['to']} days (event 1005)")
     if result.before is None:
         console.print("retention_days is 0 in ams.toml: every event is kept, nothing was removed")
     else:
-        console.print(f"removed:    {result.removed} events before {when(result.before)} (event 1004)")
+        console.print(f"removed:   {result.removed} events before {when(result.before)} (event 1004)")
     oldest = when(result.size.oldest_at) if result.size.oldest_at else "none"
-    console.print(f"audit trail: {result.size.events} events, oldest {oldest}")
+    console.print(f"left:      {result.size.events} events, the oldest {oldest}")

@@ -245,7 +245,7 @@ def authenticate(instance: Instance, token: str | None, *, address: str | None =
         valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
         if row is None or not valid:
             known = row is not None
-            session.close()
+            session.close()  # the read ends before the failure is written on its own
             throttle.refuse(
                 instance,
                 throttle.AuthKind.DEVICE_TOKEN,
