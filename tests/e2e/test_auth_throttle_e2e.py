@@ -174,6 +174,9 @@ def test_a_burst_of_bad_credentials_is_throttled_and_writes_nothing(env: Env) ->
             _throttled(_sigv4_unknown_key(attacker, n))
         assert env.audit_rows() == rows
         assert env.db_bytes() == size
+        metrics = attacker.get("/metrics").text
+        assert f'ams_auth_failures_total{{answer="throttled",kind="sigv4"}} {1 + BURST}.0' in metrics
+        assert "ams_auth_throttled 2.0" in metrics  # the address and the attacked key id
 
     # The service writes the window's count when it stops (or when the window ends).
     env.server.stop()
