@@ -59,3 +59,17 @@ def test_a_bad_setting_is_named_with_what_to_fix(
     with pytest.raises(BadInput, match=message) as caught:
         _load(tmp_path, text, environ)
     assert caught.value.message.endswith("fix it") or "fix the file" in caught.value.message
+
+
+def test_audit_retention_days_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    assert Settings().audit.retention_days == 365
+    assert _load(tmp_path, "[audit]\nretention_days = 0\n").audit.retention_days == 0
+    assert (
+        _load(
+            tmp_path, "[audit]\nretention_days = 30\n", {"AMS_AUDIT__RETENTION_DAYS": "90"}
+        ).audit.retention_days
+        == 90
+    )
+    for bad in ("-1", "36501", '"30"', "30.5"):
+        with pytest.raises(BadInput, match=r"audit\.retention_days"):
+            _load(tmp_path, f"[audit]\nretention_days = {bad}\n")

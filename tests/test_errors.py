@@ -30,6 +30,7 @@ PINNED = {
     "method_not_allowed": (43, 405),
     "password_version_out_of_range": (44, 422),
     "password_versions_exhausted": (45, 409),
+    "too_many_requests": (46, 429),
     "pfx_invalid": (50, 422),
     "pfx_no_private_key": (51, 422),
     "pfx_key_mismatch": (52, 422),

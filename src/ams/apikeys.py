@@ -18,6 +18,7 @@ from ams import audit, crypto
 from ams.db.models import ApiKey
 from ams.errors import AuthenticationRequired, BadInput, NotFound, PermissionDenied
 from ams.instance import Instance
+from ams.security import throttle
 from ams.textcheck import check_name
 
 __all__ = ["ApiKeyInfo", "CreatedKey", "Role", "authenticate", "create", "list_keys", "revoke"]
@@ -136,33 +137,40 @@ def secret_of(instance: Instance, key_id: str) -> str:
     return instance.keyring.box.open(_PURPOSE, f"apikey:{key_id}", sealed).decode()
 
 
-def authenticate(instance: Instance, token: str | None, needed: Role) -> ApiKeyInfo:
-    """Check a bearer token ``<id>.<secret>`` and the role it needs."""
+def authenticate(
+    instance: Instance, token: str | None, needed: Role, *, address: str | None = None
+) -> ApiKeyInfo:
+    """Check a bearer token ``<id>.<secret>`` and the role it needs.
+
+    A failure is counted against the client ``address`` and the key id; past the limit it
+    answers 429 and writes nothing (ams.security.throttle).
+    """
     if not token:
         raise AuthenticationRequired()
     key_id, _, secret = token.partition(".")
+    info: ApiKeyInfo | None = None
     with instance.session() as session:
         row = session.get(ApiKey, key_id) if key_id.startswith(_ID_PREFIX) and secret else None
         # Compare against a dummy hash when the key is unknown, so timing tells nothing.
         expected = row.secret_hash if row is not None else "0" * 64
         valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
-        if row is None or not valid or row.revoked_at is not None:
-            audit.record(
-                session,
-                instance.clock,
-                audit.Event.API_AUTH_FAILED,
-                actor="api",
-                outcome="failure",
-                target=key_id[:32] if row is not None else None,
-            )
-            session.commit()
-            raise AuthenticationRequired("invalid or revoked API key")
-        info = _info(row)
-        now = instance.clock.now()
-        # Written at most once a minute, so reads do not turn into a write each.
-        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-            row.last_used_at = now
-            session.commit()
+        if row is not None and valid and row.revoked_at is None:
+            info = _info(row)
+            now = instance.clock.now()
+            # Written at most once a minute, so reads do not turn into a write each.
+            if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+                row.last_used_at = now
+                session.commit()
+    if info is None:
+        throttle.refuse(
+            instance,
+            throttle.AuthKind.API_KEY,
+            address=address,
+            key_id=key_id,
+            event=audit.Event.API_AUTH_FAILED,
+            target=key_id[:32] if row is not None else None,
+            error=AuthenticationRequired("invalid or revoked API key"),
+        )
     if not info.role.allows(needed):
         raise PermissionDenied(f"this API key has the {info.role} role; this call needs {needed}")
     return info

@@ -29,6 +29,8 @@ class Event(IntEnum):
     SERVICE_STARTED = 1001
     SERVICE_STOPPED = 1002
     SCHEMA_UPGRADED = 1003
+    AUDIT_PRUNED = 1004
+    AUDIT_RETENTION_CHANGED = 1005
     # 1100-1199: the master key and the recovery password
     RECOVERY_PASSWORD_SET = 1100
     MASTER_KEY_UNLOCKED = 1101
@@ -38,6 +40,7 @@ class Event(IntEnum):
     API_KEY_CREATED = 1200
     API_KEY_REVOKED = 1201
     API_AUTH_FAILED = 1202
+    AUTH_FAILURES_THROTTLED = 1203
     # 1220-1229: the web console's users
     USER_CREATED = 1220
     USER_DISABLED = 1221
@@ -104,6 +107,8 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.SERVICE_STARTED: "`ams serve` started (details: master key state, address)",
     Event.SERVICE_STOPPED: "`ams serve` stopped cleanly",
     Event.SCHEMA_UPGRADED: "the database schema was migrated forward (details: from, to)",
+    Event.AUDIT_PRUNED: "audit retention removed events older than the retention (details: removed, before)",
+    Event.AUDIT_RETENTION_CHANGED: "the audit retention in effect changed (details: from, to days)",
     Event.RECOVERY_PASSWORD_SET: "a new recovery password replaced the recovery wrapping",
     Event.MASTER_KEY_UNLOCKED: "the recovery password unlocked the master key on this machine",
     Event.MASTER_KEY_UNLOCK_FAILED: "an unlock with the recovery password failed (wrong password)",
@@ -111,6 +116,9 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.API_KEY_CREATED: "an API key was created (target: key id; details: name, role)",
     Event.API_KEY_REVOKED: "an API key was revoked (target: key id)",
     Event.API_AUTH_FAILED: "an API request presented an unknown, revoked or wrong key",
+    Event.AUTH_FAILURES_THROTTLED: (
+        "failed authentications over the limit in one window, recorded as one event with their count"
+    ),
     Event.USER_CREATED: "`ams user create` made a console user (target: user id; details: name, role)",
     Event.USER_DISABLED: "a console user was disabled and their sessions ended (target: user id)",
     Event.USER_PASSWORD_CHANGED: "a console user's password was replaced; their sessions ended",

@@ -17,7 +17,14 @@ from typing import Any
 
 from ams.errors import BadInput
 
-__all__ = ["DatabaseSettings", "ServerSettings", "Settings", "default_config_text", "load_settings"]
+__all__ = [
+    "AuditSettings",
+    "DatabaseSettings",
+    "ServerSettings",
+    "Settings",
+    "default_config_text",
+    "load_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -33,13 +40,26 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    # Days an audit event is kept; 0 keeps every event for ever (ams.audit_retention).
+    retention_days: int = 365
+
+
+@dataclass(frozen=True)
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 # section -> key -> the type its value must have
-_KEYS: dict[str, dict[str, type]] = {"database": {"url": str}, "server": {"host": str, "port": int}}
+_KEYS: dict[str, dict[str, type]] = {
+    "database": {"url": str},
+    "server": {"host": str, "port": int},
+    "audit": {"retention_days": int},
+}
+# The largest retention_days: a hundred years.
+MAX_RETENTION_DAYS = 36500
 
 
 def default_config_text(database_url: str = "") -> str:
@@ -53,6 +73,9 @@ def default_config_text(database_url: str = "") -> str:
         "[server]\n"
         'host = "127.0.0.1"\n'
         "port = 8080\n"
+        "\n"
+        "[audit]\n"
+        "retention_days = 365  # 0: keep every event for ever\n"
     )
 
 
@@ -74,6 +97,9 @@ def _value(section: str, key: str, raw: Any, from_env: bool) -> Any:
             raise _Invalid(section, key, "must be a whole number")
         if key == "port" and not 0 <= raw <= 65535:
             raise _Invalid(section, key, "must be a port number from 0 to 65535")
+        if key == "retention_days" and not 0 <= raw <= MAX_RETENTION_DAYS:
+            problem = f"must be a number of days from 0 (keep every event) to {MAX_RETENTION_DAYS}"
+            raise _Invalid(section, key, problem)
         return raw
     if not isinstance(raw, str):
         raise _Invalid(section, key, "must be a string")
@@ -123,4 +149,5 @@ def load_settings(config_file: Path, environ: Mapping[str, str] | None = None) -
     return Settings(
         database=DatabaseSettings(**values.get("database", {})),
         server=ServerSettings(**values.get("server", {})),
+        audit=AuditSettings(**values.get("audit", {})),
     )

@@ -24,6 +24,7 @@ __all__ = [
     "SnapshotLimitExceeded",
     "SnapshotNotFound",
     "SnapshotTooOld",
+    "TooManyRequests",
     "UnsupportedOperation",
     "AMSError",
     "AgentNotRegistered",
@@ -246,6 +247,22 @@ class PasswordVersionsExhausted(Conflict):
         "this device has used every password version the protocol carries: disable it "
         "(`ams device disable`) and register the device again (`ams-agent register`)"
     )
+
+
+class TooManyRequests(AMSError):
+    """Failed authentication throttled (ams.security.throttle): 429 with ``Retry-After``."""
+
+    code = "too_many_requests"
+    exit_status = 46
+    http_status = 429
+    summary = (
+        "too many failed authentications from this address or for this key: "
+        "wait the seconds Retry-After gives, then try again with a valid credential"
+    )
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 # 50-54: password encryption certificates and PFX files.

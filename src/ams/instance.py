@@ -41,6 +41,7 @@ from ams.lock import service_pid
 from ams.security.keyring import Keyring, initial_wrappings
 from ams.security.policy import check_password_strength
 from ams.security.service_key import ServiceKeySource, encode_service_key
+from ams.security.throttle import AuthThrottle
 
 __all__ = ["InitResult", "Instance", "create_instance", "open_instance"]
 
@@ -56,6 +57,8 @@ class Instance:
         self._sessionmaker = sessionmaker(engine, expire_on_commit=False)
         self.keyring = Keyring(home, self.session, clock)
         self.keyring.try_service_unlock()
+        # Failed authentication, counted in this process's memory (ams.security.throttle).
+        self.auth_throttle = AuthThrottle(clock)
 
     @property
     def id(self) -> str:

@@ -53,6 +53,7 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "service": {"running": pid is not None, "pid": pid or None},
         "counts": counts,
         "backup": _backup_status(instance),
+        "audit": _audit_status(instance),
     }
 
 
@@ -78,3 +79,10 @@ def _backup_status(instance: Instance) -> dict[str, Any]:
     from ams.backup.schedule import schedule_status
 
     return schedule_status(instance)
+
+
+def _audit_status(instance: Instance) -> dict[str, Any]:
+    """Issue 18: the audit trail's size, its oldest event and its retention (ams.audit_retention)."""
+    from ams.audit_retention import trail_size
+
+    return {**trail_size(instance).to_dict(), "retention_days": instance.settings.audit.retention_days}

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from ams import __version__
-from ams.api import aws_ds, limits
+from ams.api import aws_ds, limits, throttle
 from ams.api.metrics import Metrics
 from ams.api.routes import agent, apikeys, audit, backups, certificates, devices, directories, health, status
 from ams.errors import (
@@ -82,9 +82,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     backup_scheduler = BackupScheduler(app.state.instance)
     app.state.backup_scheduler = backup_scheduler
     backup_scheduler.start()
+    # Issue 18: audit retention and the failed-authentication summaries (ams.audit_retention).
+    from ams.audit_retention import AuditJobs
+
+    audit_jobs = app.state.audit_jobs = AuditJobs(app.state.instance)
+    audit_jobs.start()
     try:
         yield
     finally:
+        await asyncio.to_thread(audit_jobs.stop)
         await asyncio.to_thread(backup_scheduler.stop)
         await asyncio.to_thread(directory_jobs.stop)
 
@@ -123,6 +129,8 @@ def create_app(instance: Instance) -> FastAPI:
     async def internal_error(_request: Request, _exc: Exception) -> JSONResponse:
         # Starlette logs the traceback; the client learns nothing of it.
         return _error_response(InternalError())
+
+    throttle.install(app)  # 429 with Retry-After for throttled failed authentication
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,7 +11,7 @@ from ams.apikeys import ApiKeyInfo, Role
 from ams.crypto import SecretBox
 from ams.instance import Instance
 
-__all__ = ["AdminKey", "CurrentInstance", "ReaderKey", "UnlockedBox", "get_instance"]
+__all__ = ["AdminKey", "CurrentInstance", "ReaderKey", "UnlockedBox", "client_address", "get_instance"]
 
 
 def get_instance(request: Request) -> Instance:
@@ -30,12 +30,18 @@ def _bearer(request: Request) -> str | None:
     return token.strip() or None
 
 
+def client_address(request: Request) -> str | None:
+    """The peer's address, which failed authentication is counted against (uvicorn takes it
+    from X-Forwarded-For only when the peer is a trusted proxy, by default 127.0.0.1)."""
+    return request.client.host if request.client else None
+
+
 def require_reader(request: Request, instance: CurrentInstance) -> ApiKeyInfo:
-    return apikeys.authenticate(instance, _bearer(request), Role.READER)
+    return apikeys.authenticate(instance, _bearer(request), Role.READER, address=client_address(request))
 
 
 def require_admin(request: Request, instance: CurrentInstance) -> ApiKeyInfo:
-    return apikeys.authenticate(instance, _bearer(request), Role.ADMIN)
+    return apikeys.authenticate(instance, _bearer(request), Role.ADMIN, address=client_address(request))
 
 
 def unlocked_box(instance: CurrentInstance) -> SecretBox:

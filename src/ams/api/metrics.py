@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ams import __version__
 from ams.instance import Instance
@@ -39,6 +42,7 @@ class Metrics:
             registry=self.registry,
         )
         self._backup_gauges(instance)
+        self.registry.register(_AuditCollector(instance))
 
     def _backup_gauges(self, instance: Instance) -> None:
         """Issue 4: backups, read from the catalog and the schedule at each scrape."""
@@ -62,3 +66,44 @@ class Metrics:
         ):
             gauge = Gauge(name, text, registry=self.registry)
             gauge.set_function(lambda key=key: read(key))
+
+
+class _AuditCollector(Collector):
+    """Issue 18: the audit trail's size and the failed-authentication counts, at each scrape."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+
+    def _families(self) -> tuple[Metric, Metric, Metric, Metric]:
+        return (
+            GaugeMetricFamily("ams_audit_events", "Events the audit trail holds."),
+            GaugeMetricFamily(
+                "ams_audit_oldest_event_timestamp_seconds", "When the oldest audit event happened (Unix)."
+            ),
+            GaugeMetricFamily("ams_auth_throttled", "Addresses and key ids throttled now (failed auth)."),
+            CounterMetricFamily(
+                "ams_auth_failures",
+                "Failed authentications by kind and answer (recorded, unrecorded, throttled).",
+                labels=["kind", "answer"],
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        from ams.audit_retention import trail_size
+
+        events, oldest, throttled, failures = self._families()
+        try:
+            size = trail_size(self.instance)
+            events.add_metric([], float(size.events))
+            oldest.add_metric([], size.oldest_at.timestamp() if size.oldest_at else 0.0)
+        except Exception:  # noqa: BLE001 - a scrape never fails for one gauge
+            events.add_metric([], float("nan"))
+            oldest.add_metric([], float("nan"))
+        throttle = self.instance.auth_throttle
+        throttled.add_metric([], float(throttle.throttled_buckets()))
+        for (kind, answer), count in sorted(throttle.counts().items()):
+            failures.add_metric([kind, answer], float(count))
+        yield from (events, oldest, throttled, failures)

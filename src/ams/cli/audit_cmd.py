@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, emit_json, opened, print_table, when
+from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, opened, print_table, when
 from ams.errors import BadInput
 
 app = typer.Typer(help="The audit trail.", no_args_is_help=True)
@@ -44,3 +44,25 @@ def list_(
     print_table(
         ["time (UTC)", "id", "event", "actor", "outcome", "target"], rows, ids=("id", "actor", "target")
     )
+
+
+@app.command("prune")
+def prune(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Remove events older than [audit] retention_days in ams.toml now (the service also
+    does it every hour); records event 1004 (and 1005 when the retention changed)."""
+    from ams.audit_retention import prune as prune_trail
+
+    with opened(home) as instance:
+        result = prune_trail(instance, actor())
+    if json_out:
+        emit_json(result.to_dict())
+        return
+    if result.retention_changed is not None:
+        change = result.retention_changed
+        console.print(f"retention: {change['from'] or 'none recorded'} -> {change['to']} days (event 1005)")
+    if result.before is None:
+        console.print("retention_days is 0 in ams.toml: every event is kept, nothing was removed")
+    else:
+        console.print(f"removed:   {result.removed} events before {when(result.before)} (event 1004)")
+    oldest = when(result.size.oldest_at) if result.size.oldest_at else "none"
+    console.print(f"left:      {result.size.events} events, the oldest {oldest}")

@@ -33,6 +33,7 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data["counts"].items())
     console.print(f"holds:             {counts}")
     _print_backups(data.get("backup"))
+    _print_audit(data.get("audit"))
 
 
 def _print_backups(backup: dict[str, object] | None) -> None:
@@ -58,3 +59,13 @@ def _print_backups(backup: dict[str, object] | None) -> None:
         console.print(f"next backup:       [yellow]PAUSED[/]: {backup['paused']}")
         return
     console.print(f"next backup:       {backup.get('next_scheduled')}  ({backup.get('schedule')})")
+
+
+def _print_audit(trail: dict[str, object] | None) -> None:
+    """The audit trail's size, its oldest event, and how long events are kept."""
+    if not trail:
+        return
+    days = trail["retention_days"]
+    kept = f"kept {days} days" if days else "kept for ever"
+    since = f"oldest {trail['oldest_at']}" if trail["oldest_at"] else "none yet"
+    console.print(f"audit trail:       {trail['events']} events, {since} ({kept}; `ams audit prune`)")

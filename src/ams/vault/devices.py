@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from ams import audit, crypto
 from ams.db.models.vault import Device, DevicePassword, RegistrationKey
 from ams.errors import (
+    AMSError,
     BadInput,
     Conflict,
     DeviceDisabled,
@@ -26,6 +27,7 @@ from ams.errors import (
     RegistrationKeyRefused,
 )
 from ams.instance import Instance
+from ams.security import throttle
 from ams.textcheck import check_name
 from ams.vault.policy import check_scope
 
@@ -126,23 +128,34 @@ def _with_current() -> Any:
 # -- registration ---------------------------------------------------------------------------
 
 
-def _refuse(instance: Instance, key_id: str | None, reason: str) -> None:
-    with instance.transaction() as session:
-        audit.record(
-            session,
-            instance.clock,
-            audit.Event.DEVICE_REGISTRATION_REFUSED,
-            actor="api",
-            outcome="failure",
-            target=key_id,
-            details={"reason": reason},
-        )
+def _refuse(
+    instance: Instance, address: str | None, key_id: str, known: bool, reason: str, error: AMSError
+) -> NoReturn:
+    throttle.refuse(
+        instance,
+        throttle.AuthKind.REGISTRATION_KEY,
+        address=address,
+        key_id=key_id,
+        event=audit.Event.DEVICE_REGISTRATION_REFUSED,
+        target=key_id if known else None,
+        details={"reason": reason},
+        error=error,
+    )
 
 
 def register(
-    instance: Instance, registration_key: str, name: str, *, scope: str = DEFAULT_SCOPE
+    instance: Instance,
+    registration_key: str,
+    name: str,
+    *,
+    scope: str = DEFAULT_SCOPE,
+    address: str | None = None,
 ) -> RegisteredDevice:
-    """``POST /api/v1/agent/register``: a new device and its token (shown once)."""
+    """``POST /api/v1/agent/register``: a new device and its token (shown once).
+
+    A refusal is counted against the client ``address`` and the key id; past the limit it
+    answers 429 and writes nothing (ams.security.throttle).
+    """
     name = check_name(name, "the device name").strip()
     if not name or len(name) > 255 or not name.isprintable():
         raise BadInput("a device needs a name of 1 to 255 printable characters (its host name)")
@@ -153,8 +166,7 @@ def register(
         expected = row.secret_hash if row is not None else _DUMMY_HASH
         valid = crypto.constant_time_equal(crypto.hash_token(secret), expected) and row is not None
     if not valid:
-        _refuse(instance, key_id if row is not None else None, "unknown or wrong key")
-        raise RegistrationKeyInvalid()
+        _refuse(instance, address, key_id, row is not None, "unknown or wrong key", RegistrationKeyInvalid())
     assert row is not None
     device_id = ID_PREFIX + crypto.random_id(16)
     token_secret = crypto.random_secret(32)
@@ -197,9 +209,15 @@ def register(
             )
     if not taken:
         reason = "disabled" if row.disabled_at is not None else "activation limit reached"
-        _refuse(instance, key_id, reason)
-        raise RegistrationKeyRefused(
-            f"the registration key {key_id} is {reason}: ask an administrator for another one"
+        _refuse(
+            instance,
+            address,
+            key_id,
+            True,
+            reason,
+            RegistrationKeyRefused(
+                f"the registration key {key_id} is {reason}: ask an administrator for another one"
+            ),
         )
     return RegisteredDevice(device_id, token_secret, status)
 
@@ -214,8 +232,12 @@ class AuthenticatedDevice:
     scope: str
 
 
-def authenticate(instance: Instance, token: str | None) -> AuthenticatedDevice:
-    """The device a bearer token ``dev_<id>.<secret>`` belongs to, if it may use the password API."""
+def authenticate(instance: Instance, token: str | None, *, address: str | None = None) -> AuthenticatedDevice:
+    """The device a bearer token ``dev_<id>.<secret>`` belongs to, if it may use the password API.
+
+    A failure is counted against the client ``address`` and the device id; past the limit
+    it answers 429 and writes nothing (ams.security.throttle).
+    """
     device_id, _, secret = (token or "").partition(".")
     now = instance.clock.now()
     with instance.session() as session:
@@ -223,16 +245,17 @@ def authenticate(instance: Instance, token: str | None) -> AuthenticatedDevice:
         expected = row.token_hash if row is not None else _DUMMY_HASH
         valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
         if row is None or not valid:
-            audit.record(
-                session,
-                instance.clock,
-                audit.Event.DEVICE_AUTH_FAILED,
-                actor="api",
-                outcome="failure",
-                target=device_id[:32] if row is not None else None,
+            known = row is not None
+            session.close()  # the read ends before the failure is written on its own
+            throttle.refuse(
+                instance,
+                throttle.AuthKind.DEVICE_TOKEN,
+                address=address,
+                key_id=device_id,
+                event=audit.Event.DEVICE_AUTH_FAILED,
+                target=device_id[:32] if known else None,
+                error=DeviceTokenInvalid(),
             )
-            session.commit()
-            raise DeviceTokenInvalid()
         if row.status == PENDING:
             raise DevicePendingApproval(
                 f"device {row.id} waits for approval: an administrator runs `ams device approve {row.id}`"

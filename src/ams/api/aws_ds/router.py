@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +29,9 @@ from ams.api.aws_ds.protocol import (
 )
 from ams.api.aws_ds.validation import OPERATIONS, validate
 from ams.apikeys import Role
-from ams.errors import AMSError
+from ams.errors import AMSError, TooManyRequests
 from ams.instance import Instance
+from ams.security import throttle
 
 __all__ = ["ENDPOINT_PATH", "router"]
 
@@ -71,13 +72,22 @@ async def directory_service(request: Request) -> Response:
         body=body,
     )
     instance: Instance = request.app.state.instance
-    return await run_in_threadpool(handle, instance, signed, request_id)
+    address = request.client.host if request.client else None
+    return await run_in_threadpool(handle, instance, signed, request_id, address)
 
 
-def handle(instance: Instance, signed: sigv4.SignedRequest, request_id: str) -> Response:
+def handle(
+    instance: Instance, signed: sigv4.SignedRequest, request_id: str, address: str | None = None
+) -> Response:
     """Answer one signed request; every failure becomes the model's error shape."""
     try:
-        return json_response(_dispatch(instance, signed), request_id)
+        return json_response(_dispatch(instance, signed, address), request_id)
+    except TooManyRequests as exc:
+        # Failed authentication throttled (ams.security.throttle): botocore retries a
+        # ThrottlingException with backoff, and so does the aws command.
+        response = error_response(AwsError("ThrottlingException", exc.message, 429), request_id)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except AwsError as exc:
         return error_response(exc, request_id)
     except sigv4.SignatureError as exc:
@@ -107,18 +117,24 @@ def _operation(signed: sigv4.SignedRequest) -> str:
     return operation
 
 
-def _dispatch(instance: Instance, signed: sigv4.SignedRequest) -> dict[str, Any]:
+def _dispatch(instance: Instance, signed: sigv4.SignedRequest, address: str | None) -> dict[str, Any]:
     found: dict[str, apikeys.ApiKeyInfo] = {}
     secrets: dict[str, str] = {}
 
     def secret_for(key_id: str) -> str:
         key = next((k for k in apikeys.list_keys(instance) if k.id == key_id), None)
         if key is None:
-            _audit_failure(instance, None, "unknown access key")
-            raise sigv4.SignatureError(
-                "UnrecognizedClientException",
-                "the access key id is not an active AMS API key: create one with "
-                "`ams apikey create --role admin` and use its id and secret",
+            _refuse(
+                instance,
+                address,
+                key_id,
+                None,
+                "unknown access key",
+                sigv4.SignatureError(
+                    "UnrecognizedClientException",
+                    "the access key id is not an active AMS API key: create one with "
+                    "`ams apikey create --role admin` and use its id and secret",
+                ),
             )
         found["key"] = key
         secrets[key_id] = apikeys.secret_of(instance, key_id)  # MasterKeyLocked while locked
@@ -128,7 +144,7 @@ def _dispatch(instance: Instance, signed: sigv4.SignedRequest) -> dict[str, Any]
         credential = sigv4.verify(signed, service=SERVICE, now=instance.clock.now(), secret_for=secret_for)
     except sigv4.SignatureError as exc:
         if exc.aws_type == "InvalidSignatureException" and "key" in found:
-            _audit_failure(instance, found["key"].id, "bad signature")
+            _refuse(instance, address, found["key"].id, found["key"].id, "bad signature", exc)
         raise
     if not _REGION.match(credential.region):
         raise sigv4.SignatureError(
@@ -151,14 +167,22 @@ def _dispatch(instance: Instance, signed: sigv4.SignedRequest) -> dict[str, Any]
     return handler(call, validate(operation, payload))
 
 
-def _audit_failure(instance: Instance, key_id: str | None, reason: str) -> None:
-    with instance.transaction() as session:
-        audit.record(
-            session,
-            instance.clock,
-            audit.Event.API_AUTH_FAILED,
-            actor="api",
-            outcome="failure",
-            target=key_id,
-            details={"reason": reason, "endpoint": ENDPOINT_PATH},
-        )
+def _refuse(
+    instance: Instance,
+    address: str | None,
+    key_id: str,
+    target: str | None,
+    reason: str,
+    error: sigv4.SignatureError,
+) -> NoReturn:
+    """Record (or count, past the limit: 429) a failed signature, then raise ``error``."""
+    throttle.refuse(
+        instance,
+        throttle.AuthKind.SIGV4,
+        address=address,
+        key_id=key_id,
+        event=audit.Event.API_AUTH_FAILED,
+        target=target,
+        details={"reason": reason, "endpoint": ENDPOINT_PATH},
+        error=error,
+    )

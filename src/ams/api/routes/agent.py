@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, Field
 
 from ams.api import limits
-from ams.api.deps import CurrentInstance
+from ams.api.deps import CurrentInstance, client_address
 from ams.errors import BadInput, DeviceTokenInvalid
 from ams.vault import devices, passwords
 from ams.vault.devices import AuthenticatedDevice
@@ -26,7 +26,7 @@ def _device_token(request: Request) -> str:
 
 def current_device(request: Request, instance: CurrentInstance) -> AuthenticatedDevice:
     """The device whose token the request carries; only active devices pass."""
-    return devices.authenticate(instance, _device_token(request))
+    return devices.authenticate(instance, _device_token(request), address=client_address(request))
 
 
 AgentDevice = Annotated[AuthenticatedDevice, Depends(current_device)]
@@ -45,9 +45,11 @@ class PasswordBody(BaseModel):
 
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
-def register(body: RegisterBody, instance: CurrentInstance) -> dict[str, Any]:
+def register(body: RegisterBody, request: Request, instance: CurrentInstance) -> dict[str, Any]:
     """Register a device with a registration key; the answer holds its token, shown once."""
-    return devices.register(instance, body.registration_key, body.name).to_dict()
+    return devices.register(
+        instance, body.registration_key, body.name, address=client_address(request)
+    ).to_dict()
 
 
 # Longer than any version (2**53 - 1 has 16 digits), so a damaged state file's number is
