@@ -39,6 +39,7 @@ from ams.errors import (
 from ams.home import Home, atomic_write, ensure_private_dir, fsync_dir, new_home_id
 from ams.lock import service_pid
 from ams.security.keyring import Keyring, initial_wrappings
+from ams.security.login_slowdown import LoginSlowdown
 from ams.security.policy import check_password_strength
 from ams.security.service_key import ServiceKeySource, encode_service_key
 from ams.security.throttle import AuthThrottle
@@ -59,6 +60,8 @@ class Instance:
         self.keyring.try_service_unlock()
         # Failed authentication, counted in this process's memory (ams.security.throttle).
         self.auth_throttle = AuthThrottle(clock)
+        # Failed console logins, which slow the next ones (ams.security.login_slowdown).
+        self.login_slowdown = LoginSlowdown(clock)
 
     @property
     def id(self) -> str:

@@ -24,6 +24,7 @@ from ams import audit, crypto
 from ams.apikeys import Role
 from ams.errors import AlreadyExists, AuthenticationRequired, BadInput, NotFound, PermissionDenied
 from ams.instance import Instance
+from ams.security import throttle
 from ams.security.policy import check_password_strength
 
 __all__ = [
@@ -198,21 +199,26 @@ def login(instance: Instance, name: str, password: str, client: str | None) -> L
     from ams.db.models.console import ConsoleSession
 
     refused = AuthenticationRequired("wrong user name or password, or the user is disabled")
+    instance.login_slowdown.check(name, client)  # 429 while a wait after failures runs
     with instance.transaction() as session:
         row = _row_by_name(session, name) if _NAME.match(name) else None
         ok = crypto.verify_password(row.password_hash if row is not None else None, password)
         if not ok or row is None or row.disabled_at is not None:
-            audit.record(
-                session,
-                instance.clock,
-                audit.Event.USER_LOGIN_FAILED,
+            user_id = row.id if row is not None else None
+            session.rollback()
+            instance.login_slowdown.failed(name, client)
+            # Recorded as event 1224, or past the throttle's bounds counted into 1203.
+            throttle.refuse(
+                instance,
+                throttle.AuthKind.CONSOLE_LOGIN,
+                address=client,
+                key_id=None,
+                event=audit.Event.USER_LOGIN_FAILED,
+                target=user_id,
+                error=refused,
                 actor="console",
-                outcome="failure",
-                target=row.id if row is not None else None,
-                details={"client": client} if client else {},
             )
-            session.commit()
-            raise refused
+        instance.login_slowdown.succeeded(name, client)
         now = instance.clock.now()
         if crypto.needs_rehash(row.password_hash):
             row.password_hash = crypto.hash_password(password)

@@ -18,6 +18,7 @@ from server import FileAgent, Server
 
 ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
 READER_PASSWORD = "Copper-Meadow-Signal-93"
+TOM_PASSWORD = "Saffron-Kettle-Orbit-64"
 
 
 @pytest.fixture(scope="module")
@@ -442,3 +443,24 @@ def test_a_session_cookie_stops_working_after_it_expires(tmp_path: Path) -> None
     with Server(home, env={"AMS_CLOCK_OFFSET_SECONDS": str(13 * 3600)}) as later:
         answer = httpx.get(later.url + "/", cookies={"ams_session": cookie})
         assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+
+
+def test_failed_logins_slow_the_next_ones(served: Server) -> None:
+    # From another loopback address, so the other tests' logins (127.0.0.1) are not slowed.
+    transport = httpx.HTTPTransport(local_address="127.0.0.2")
+    client = httpx.Client(base_url=served.url, transport=transport, timeout=10)
+    _clients.append(client)
+    token = _token(client.get("/login").text)
+    for attempt in range(5):
+        wrong = client.post(
+            "/login", data={"csrf_token": token, "name": "tom", "password": f"guess-{attempt}"}
+        )
+        assert wrong.status_code == 401
+    # The sixth comes too soon: refused before the password is looked at, the right one too.
+    slowed = client.post("/login", data={"csrf_token": token, "name": "tom", "password": TOM_PASSWORD})
+    assert slowed.status_code == 429 and "try again in" in slowed.text
+    assert "ams_session" not in slowed.headers.get("set-cookie", "")
+    # Another user on another address is not slowed by it.
+    assert login(served, "alice", ADMIN_PASSWORD).get("/").status_code == 200
+    events = json.loads(run_ams("audit", "list", "--event", "1224", "--json", home=served.home).stdout)
+    assert sum(1 for e in events if e["details"].get("address") == "127.0.0.2") == 5

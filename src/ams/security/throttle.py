@@ -62,6 +62,7 @@ class AuthKind(StrEnum):
     DEVICE_TOKEN = "device_token"  # noqa: S105 - the name of a kind of credential
     REGISTRATION_KEY = "registration_key"
     SIGV4 = "sigv4"
+    CONSOLE_LOGIN = "console_login"
 
 
 def address_key(address: str | None) -> str:
@@ -320,6 +321,7 @@ def refuse(
     target: str | None,
     details: dict[str, Any] | None = None,
     error: Exception,
+    actor: str = "api",
 ) -> NoReturn:
     """Answer one failed authentication: record it (or count it into its window's 1203
     event), then raise ``error``, or :class:`TooManyRequests` while throttled.
@@ -336,7 +338,7 @@ def refuse(
                     session,
                     instance.clock,
                     event,
-                    actor="api",
+                    actor=actor,
                     outcome="failure",
                     target=target,
                     details={**(details or {}), "address": address or "unknown"},
