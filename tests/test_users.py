@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -21,7 +22,7 @@ from ams.errors import (
     WeakPassword,
 )
 from ams.instance import Instance
-from conftest import run_ams
+from conftest import RECOVERY_PASSWORD, run_ams
 
 PASSWORD = "Violet-Harbour-Engine-58"
 
@@ -114,7 +115,7 @@ def test_roles_and_bad_input(instance: Instance) -> None:
     assert [u.name for u in users.list_users(instance)] == ["rita"]
 
 
-def test_user_commands(tmp_path) -> None:
+def test_user_commands(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
     made = run_ams(
@@ -134,3 +135,27 @@ def test_user_commands(tmp_path) -> None:
     assert run_ams("user", "disable", "bob", home=home).returncode == 0
     missing = run_ams("user", "disable", "carol", home=home)
     assert missing.returncode == 13 and "ams user list" in missing.stderr
+
+
+@pytest.mark.postgres
+def test_users_and_sessions_on_postgresql_and_in_a_backup(pg_instance: Instance, tmp_path: Path) -> None:
+    from ams import backup
+    from ams.home import Home
+    from ams.instance import open_instance
+
+    users.create_user(pg_instance, "alice", Role.ADMIN, PASSWORD, "test")
+    logged = users.login(pg_instance, "alice", PASSWORD, "::1")
+    assert users.open_session(pg_instance, logged.token, Role.ADMIN).user.name == "alice"
+    # The PostgreSQL backup is a logical copy of every table: restored onto the embedded
+    # database of a new home, the console's user is there (and logs in there).
+    made = backup.create_backup(pg_instance, actor="test", dest=tmp_path / "backups")
+    target = Home(tmp_path / "new-home")
+    backup.restore_backup(made.path, target, actor="test", password=lambda _hint: RECOVERY_PASSWORD)
+    restored = open_instance(target)
+    try:
+        assert [u.name for u in users.list_users(restored)] == ["alice"]
+    finally:
+        restored.close()
+    users.end_session(pg_instance, logged.session.token_hash, "user:alice")
+    with pytest.raises(AuthenticationRequired):
+        users.open_session(pg_instance, logged.token)

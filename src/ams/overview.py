@@ -100,6 +100,13 @@ def console_overview(instance: Instance) -> dict[str, Any]:
                     "generate and activate a new one.",
                 )
             )
+    from ams.backup import list_backups
+
+    newest = next(iter(list_backups(instance, include_failed=False)), None)
+    if newest is not None and newest.verified_ok is False:
+        warnings.append(
+            Warning("danger", f"The newest backup, {newest.backup_id}, did not verify: {newest.error}.")
+        )
     size = None
     if status["database"]["engine"] == "sqlite":
         path = instance.home.sqlite_path
@@ -107,6 +114,7 @@ def console_overview(instance: Instance) -> dict[str, Any]:
     return {
         "status": status,
         "database_size_bytes": size,
+        "newest_backup": newest,
         "counts": {
             **_counts(instance),
             "certificates": {

@@ -159,6 +159,8 @@ def test_set_the_recovery_password_in_the_browser(chromium: Any, served: Server,
     page = context.new_page()
     _login(page, served, "alice", ADMIN_PASSWORD)
     _nav(page, "Security")
+    page.get_by_label("New recovery password").fill("short")
+    assert "at least 12 are needed" in page.locator("#password-strength").inner_text()
     page.get_by_label("New recovery password").fill("password1234")
     page.get_by_label("The same again").fill("password1234")
     page.get_by_role("button", name="Set the recovery password").click()

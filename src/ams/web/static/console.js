@@ -18,3 +18,24 @@ document.addEventListener("click", function (event) {
     if (shown) { shown.remove(); }
   }
 });
+
+// A live reading of a new password against the rule the service applies (the service still
+// decides): its length and how many different characters it has.
+document.addEventListener("input", function (event) {
+  const field = event.target.closest("[data-strength]");
+  if (!field) { return; }
+  const out = document.getElementById(field.id + "-strength");
+  if (!out) { return; }
+  const value = field.value;
+  const needed = parseInt(field.dataset.strength, 10) || 12;
+  const different = new Set(Array.from(value)).size;
+  if (!value) {
+    out.textContent = "";
+  } else if (value.length < needed) {
+    out.textContent = value.length + " characters: at least " + needed + " are needed.";
+  } else if (different < 6) {
+    out.textContent = "Only " + different + " different characters: use at least 6.";
+  } else {
+    out.textContent = value.length + " characters, " + different + " different: long enough (common passwords are still refused).";
+  }
+});
