@@ -106,3 +106,15 @@ class FileAgent:
     @property
     def password(self) -> str:
         return self.password_file.read_text().strip()
+
+
+def console_home(home: Path, users: dict[str, tuple[str, str]]) -> Path:
+    """A new instance at ``home`` with console users: name -> (role, password)."""
+    made = run_ams("init", "--generate-recovery-password", home=home)
+    assert made.returncode == 0, made.stderr
+    for name, (role, password) in users.items():
+        made = run_ams(
+            "user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n"
+        )
+        assert made.returncode == 0, made.stderr
+    return home

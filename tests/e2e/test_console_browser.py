@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import run_ams
-from server import FileAgent, Server
+from server import FileAgent, Server, console_home
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
@@ -44,12 +44,7 @@ def _playwright() -> Any:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("console-browser") / "home"
-    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
-    for name, role, password in (("alice", "admin", ADMIN_PASSWORD), ("rita", "reader", READER_PASSWORD)):
-        made = run_ams(
-            "user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n"
-        )
-        assert made.returncode == 0, made.stderr
+    console_home(home, {"alice": ("admin", ADMIN_PASSWORD), "rita": ("reader", READER_PASSWORD)})
     with Server(home) as server:
         yield server
 

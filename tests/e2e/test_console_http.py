@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import run_ams
-from server import FileAgent, Server
+from server import FileAgent, Server, console_home
 
 ADMIN_PASSWORD = "Violet-Harbour-Engine-58"
 READER_PASSWORD = "Copper-Meadow-Signal-93"
@@ -24,12 +24,14 @@ TOM_PASSWORD = "Saffron-Kettle-Orbit-64"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("console") / "home"
-    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
-    for name, role, password in (("alice", "admin", ADMIN_PASSWORD), ("rita", "reader", READER_PASSWORD)):
-        made = run_ams(
-            "user", "create", name, "--role", role, "--password-stdin", home=home, input=password + "\n"
-        )
-        assert made.returncode == 0, made.stderr
+    console_home(
+        home,
+        {
+            "alice": ("admin", ADMIN_PASSWORD),
+            "rita": ("reader", READER_PASSWORD),
+            "tom": ("reader", TOM_PASSWORD),
+        },
+    )
     with Server(home) as server:
         yield server
 
@@ -431,11 +433,7 @@ def test_backup_now_schedule_verify_and_the_restore_command(served: Server, tmp_
 
 
 def test_a_session_cookie_stops_working_after_it_expires(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
-    made = run_ams("user", "create", "alice", "--role", "admin", "--password-stdin", home=home,
-                   input=ADMIN_PASSWORD + "\n")  # fmt: skip
-    assert made.returncode == 0, made.stderr
+    home = console_home(tmp_path / "home", {"alice": ("admin", ADMIN_PASSWORD)})
     with Server(home) as server:
         cookie = login(server, "alice", ADMIN_PASSWORD).cookies.get("ams_session")
         assert httpx.get(server.url + "/", cookies={"ams_session": cookie}).status_code == 200

@@ -12,9 +12,12 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from ams import __version__, users
+from ams.apikeys import Role
+from ams.errors import PermissionDenied
 from ams.web import forms
+from ams.web.session import ConsoleRefused, current
 
-__all__ = ["FORM_BODY", "STATIC", "first_error", "instance_of", "now_of", "posted", "render"]
+__all__ = ["FORM_BODY", "STATIC", "checked_post", "first_error", "instance_of", "now_of", "posted", "render"]
 
 _HERE = Path(__file__).parent
 # The largest form a console page posts (a few fields and a CSRF token); the PFX upload
@@ -103,3 +106,14 @@ def first_error(form: Any) -> str:
         if errors:
             return str(errors[0])
     return "the form is not valid"
+
+
+async def checked_post(request: Request, needed: Role = Role.ADMIN) -> tuple[users.SessionInfo, FormData]:
+    """The session (with the role ``needed``) and the posted form, after the form's CSRF token
+    was checked; a missing or wrong token is a 403 page and nothing happens."""
+    session = current(request, needed)
+    data = await posted(request)
+    form = forms.form_for(forms.CsrfOnlyForm, data, secret=session.csrf_secret, now=now_of(request))
+    if not form.validate():
+        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
+    return session, data

@@ -17,11 +17,10 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 
-from ams.apikeys import Role
-from ams.errors import AMSError, BadInput, PermissionDenied, WeakPassword
+from ams.errors import AMSError, BadInput, WeakPassword
 from ams.security.policy import password_rule
 from ams.web import forms
-from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, checked_post, instance_of, now_of, render
 from ams.web.session import ConsoleRefused, current
 
 __all__ = ["MAX_PFX_BYTES", "router"]
@@ -75,15 +74,6 @@ def _page(request: Request, session: Any, scope: str, **context: Any) -> Respons
     return render(request, "certificates.html", values, session=session, status_code=status_code)
 
 
-async def _admin_post(request: Request) -> tuple[Any, Any]:
-    session = current(request, Role.ADMIN)
-    data = await posted(request)
-    form = forms.form_for(forms.CsrfOnlyForm, data, secret=session.csrf_secret, now=now_of(request))
-    if not form.validate():
-        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
-    return session, data
-
-
 def _back(scope: str, done: str) -> Response:
     return RedirectResponse(f"/certificates?scope={quote(scope)}&done={done}", status_code=303)
 
@@ -109,7 +99,7 @@ def certificates_page(request: Request) -> Response:
 async def generate(request: Request) -> Response:
     from ams.vault import certificates
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     scope = str(data.get("scope") or "")
     try:
         await asyncio.to_thread(
@@ -128,7 +118,7 @@ async def generate(request: Request) -> Response:
 async def activate(request: Request, thumbprint: str) -> Response:
     from ams.vault import certificates
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     scope = str(data.get("scope") or "agent")
     try:
         info = await asyncio.to_thread(certificates.activate, instance_of(request), thumbprint, session.actor)
@@ -141,7 +131,7 @@ async def activate(request: Request, thumbprint: str) -> Response:
 async def export(request: Request, thumbprint: str) -> Response:
     from ams.vault import certificates
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     scope = str(data.get("scope") or "agent")
     password, confirm = str(data.get("password") or ""), str(data.get("confirm") or "")
     if password != confirm:
@@ -173,7 +163,7 @@ async def export(request: Request, thumbprint: str) -> Response:
 async def import_pfx(request: Request) -> Response:
     from ams.vault import certificates
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     scope = str(data.get("scope") or "agent")
     upload = data.get("pfx")
     try:
@@ -203,7 +193,7 @@ async def import_pfx(request: Request) -> Response:
 async def mark_lost(request: Request, thumbprint: str) -> Response:
     from ams.vault import certificates
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     scope = str(data.get("scope") or "agent")
     instance = instance_of(request)
     if data.get("confirm") != "yes":
@@ -232,7 +222,7 @@ async def mark_lost(request: Request, thumbprint: str) -> Response:
 async def policy(request: Request) -> Response:
     from ams.vault.policy import set_policy
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     scope = str(data.get("scope") or "agent")
     changes: dict[str, Any] = {}
     try:

@@ -19,11 +19,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from ams.apikeys import Role
-from ams.errors import AMSError, BadInput, PermissionDenied
+from ams.errors import AMSError, BadInput
 from ams.web import forms
-from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
-from ams.web.session import ConsoleRefused, current
+from ams.web._render import FORM_BODY, checked_post, instance_of, now_of, render
+from ams.web.session import current
 
 __all__ = ["BackupJob", "router"]
 
@@ -117,18 +116,9 @@ def database_page(request: Request) -> Response:
     return _page(request, current(request))
 
 
-async def _admin_post(request: Request) -> tuple[Any, Any]:
-    session = current(request, Role.ADMIN)
-    data = await posted(request)
-    form = forms.form_for(forms.CsrfOnlyForm, data, secret=session.csrf_secret, now=now_of(request))
-    if not form.validate():
-        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
-    return session, data
-
-
 @router.post("/database/backup")
 async def backup_now(request: Request) -> Response:
-    session, _data = await _admin_post(request)
+    session, _data = await checked_post(request)
     jobs = _jobs(request)
     with _lock:
         running = jobs["job"]
@@ -164,7 +154,7 @@ def _int(data: Any, name: str, label: str) -> int | None:
 async def schedule(request: Request) -> Response:
     from ams import backup
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     try:
         when = str(data.get("when") or "at")
         at = str(data.get("at") or "").strip() if when == "at" else None
@@ -198,7 +188,7 @@ async def verify(request: Request) -> Response:
     from ams import backup
     from ams.backup.verify import verify_and_record
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     instance = instance_of(request)
     wanted = str(data.get("backup_id") or "")
     entry = next((b for b in backup.list_backups(instance) if b.backup_id == wanted and b.path), None)
@@ -221,7 +211,7 @@ async def verify(request: Request) -> Response:
 async def rescan(request: Request) -> Response:
     from ams.backup.catalog import rescan as rescan_catalog
 
-    session, _data = await _admin_post(request)
+    session, _data = await checked_post(request)
     try:
         found = await asyncio.to_thread(rescan_catalog, instance_of(request), actor=session.actor)
     except AMSError as exc:

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
 from ams.apikeys import Role
-from ams.errors import AMSError, BadInput, PermissionDenied
+from ams.errors import AMSError, BadInput
 from ams.web import forms
-from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, checked_post, instance_of, now_of, render
 from ams.web.session import ConsoleRefused, current
 
 __all__ = ["router"]
@@ -29,15 +29,6 @@ _STATUSES = ("active", "pending", "disabled")
 
 def _csrf(request: Request, session: Any) -> Any:
     return forms.form_for(forms.CsrfOnlyForm, None, secret=session.csrf_secret, now=now_of(request))
-
-
-async def _checked(request: Request, session: Any) -> Any:
-    """The posted form, after its CSRF token was checked (a 403 page otherwise)."""
-    data = await posted(request)
-    form = forms.form_for(forms.CsrfOnlyForm, data, secret=session.csrf_secret, now=now_of(request))
-    if not form.validate():
-        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
-    return data
 
 
 @router.get("/devices")
@@ -85,8 +76,7 @@ async def expire(request: Request) -> Response:
     """Expire the selected devices, or every device of one scope."""
     from ams.vault import devices
 
-    session = current(request, Role.ADMIN)
-    data = await _checked(request, session)
+    session, data = await checked_post(request)
     instance = instance_of(request)
     selected = [str(v) for v in data.getlist("device")][:_LIST_LIMIT]
     scope = str(data.get("scope") or "")
@@ -141,8 +131,7 @@ def device_page(request: Request, ref: str) -> Response:
 async def read_password(request: Request, ref: str) -> Response:
     from ams.vault import passwords
 
-    session = current(request)
-    data = await _checked(request, session)
+    session, data = await checked_post(request, Role.READER)
     history = bool(data.get("history"))
     try:
         read = await asyncio.to_thread(
@@ -161,8 +150,7 @@ async def read_password(request: Request, ref: str) -> Response:
 async def expire_one(request: Request, ref: str) -> Response:
     from ams.vault import devices
 
-    session = current(request, Role.ADMIN)
-    await _checked(request, session)
+    session, _data = await checked_post(request)
     try:
         await asyncio.to_thread(devices.expire, instance_of(request), session.actor, device=ref)
     except AMSError as exc:

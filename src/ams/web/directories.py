@@ -15,10 +15,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from starlette.responses import RedirectResponse, Response
 
-from ams.apikeys import Role
-from ams.errors import AMSError, BadInput, PermissionDenied
+from ams.errors import AMSError, BadInput
 from ams.web import forms
-from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, checked_post, instance_of, now_of, render
 from ams.web.session import ConsoleRefused, current
 
 __all__ = ["router"]
@@ -103,20 +102,11 @@ def stage_fragment(request: Request, directory_id: str) -> Response:
     return response
 
 
-async def _admin_post(request: Request) -> tuple[Any, Any]:
-    session = current(request, Role.ADMIN)
-    data = await posted(request)
-    form = forms.form_for(forms.CsrfOnlyForm, data, secret=session.csrf_secret, now=now_of(request))
-    if not form.validate():
-        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
-    return session, data
-
-
 @router.post("/directories/{directory_id}/snapshots")
 async def create_snapshot(request: Request, directory_id: str) -> Response:
     from ams.directory import snapshots
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     name = str(data.get("name") or "").strip() or None
     try:
         await asyncio.to_thread(
@@ -131,7 +121,7 @@ async def create_snapshot(request: Request, directory_id: str) -> Response:
 async def restore_snapshot(request: Request, directory_id: str, snapshot_id: str) -> Response:
     from ams.directory import snapshots
 
-    session, data = await _admin_post(request)
+    session, data = await checked_post(request)
     instance = instance_of(request)
     try:
         snapshot = snapshots.get(instance, snapshot_id)
@@ -149,7 +139,7 @@ async def restore_snapshot(request: Request, directory_id: str, snapshot_id: str
 async def delete_snapshot(request: Request, directory_id: str, snapshot_id: str) -> Response:
     from ams.directory import snapshots
 
-    session, _data = await _admin_post(request)
+    session, _data = await checked_post(request)
     try:
         await asyncio.to_thread(snapshots.delete, instance_of(request), snapshot_id, actor=session.actor)
     except AMSError as exc:
