@@ -13,20 +13,19 @@ newest 1005, so the record stays however old it is.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ams import audit
 from ams.clock import ManualClock, as_utc
+from ams.db.advisory import one_node
 from ams.db.models import AuditEvent
 from ams.instance import Instance
 from ams.security.throttle import write_summaries
@@ -141,22 +140,6 @@ def prune(instance: Instance, actor: str, *, record_nothing_removed: bool = True
 ADVISORY_LOCK = 0x414D5341
 
 
-@contextlib.contextmanager
-def _one_node(instance: Instance) -> Iterator[bool]:
-    """On PostgreSQL, whether this node holds the audit lock (held until the block ends)."""
-    if instance.engine_name != "postgresql":
-        yield True
-        return
-    with instance.engine.connect() as conn:
-        mine = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK}).scalar())
-        try:
-            yield mine
-        finally:
-            if mine:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK})
-            conn.commit()
-
-
 class AuditJobs:
     """The thread in ``ams serve`` that keeps the audit trail: every ``poll`` seconds it
     writes the 1203 events of ended throttle windows, and every hour (and at start) it
@@ -189,7 +172,7 @@ class AuditJobs:
         done: dict[str, Any] = {"summaries": write_summaries(self.instance), "pruned": None}
         now = self.instance.clock.now()
         if self._next_prune is None or now >= self._next_prune:
-            with _one_node(self.instance) as mine:
+            with one_node(self.instance, ADVISORY_LOCK) as mine:
                 if mine:
                     result = prune(self.instance, "service", record_nothing_removed=False)
                     done["pruned"] = result.to_dict()

@@ -9,18 +9,15 @@ it backs up, and the others find the run recorded as done when they look next.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from typing import Any
-
-from sqlalchemy import text
 
 from ams import audit
 from ams.backup import catalog, journal
 from ams.backup.schedule import due_at, paused_reason, run_due
 from ams.clock import ManualClock
+from ams.db.advisory import one_node
 from ams.instance import Instance
 
 __all__ = ["BackupScheduler"]
@@ -67,7 +64,7 @@ class BackupScheduler:
             self._thread.join(timeout=30)
 
     def tick(self) -> dict[str, Any] | None:
-        with _one_node(self.instance) as mine:
+        with one_node(self.instance, ADVISORY_LOCK) as mine:
             if not mine:
                 return None
             result = run_due(self.instance)
@@ -95,19 +92,3 @@ class BackupScheduler:
 
 # Any constant shared by every node; "AMSB" in ASCII.
 ADVISORY_LOCK = 0x414D5342
-
-
-@contextlib.contextmanager
-def _one_node(instance: Instance) -> Iterator[bool]:
-    """On PostgreSQL, whether this node holds the backup lock (held until the block ends)."""
-    if instance.engine_name != "postgresql":
-        yield True
-        return
-    with instance.engine.connect() as conn:
-        mine = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK}).scalar())
-        try:
-            yield mine
-        finally:
-            if mine:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK})
-            conn.commit()
