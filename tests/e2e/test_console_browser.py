@@ -292,6 +292,10 @@ def test_snapshot_restore_watched_until_active_and_delete(
     assert later.returncode == 0, later.stderr
     page.reload()
     assert page.get_by_text("CN=added-later").count() == 1
+    page.get_by_label("DN contains").fill("ADDED-later")
+    page.get_by_role("button", name="Search").click()
+    assert page.locator("table.entries tbody tr").count() == 1
+    page.goto(served.url + f"/directories/{directory_id}")
 
     page.get_by_role("button", name="Restore…").click()
     assert page.get_by_text("Every change made since then is lost").is_visible()

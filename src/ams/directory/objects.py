@@ -175,10 +175,12 @@ def list_entries(
     *,
     region: str | None = None,
     base: str | None = None,
+    contains: str | None = None,
     limit: int = 1000,
     offset: int = 0,
 ) -> list[Entry]:
-    """Entries in the order they were added; ``base`` keeps that DN and the entries under it."""
+    """Entries in the order they were added; ``base`` keeps that DN and the entries under it,
+    ``contains`` those whose DN holds that text (without regard to case)."""
     if not 1 <= limit <= 10000 or offset < 0:
         raise BadInput("limit must be 1 to 10000 and offset 0 or more")
     with instance.session() as session:
@@ -194,6 +196,10 @@ def list_entries(
         if base is not None:
             norm = dnlib.normalise(base)
             query = query.where((DirectoryObject.dn_norm == norm) | _under(norm))
+        if contains:
+            text = check_text(contains, "the text to look for").lower()
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(DirectoryObject.dn_norm.like(f"%{escaped}%", escape="\\"))
         rows = session.scalars(query.offset(offset).limit(limit)).all()
         return [_row_entry(r) for r in rows]
 

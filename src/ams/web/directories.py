@@ -43,6 +43,7 @@ def _directory_page(request: Request, session: Any, directory_id: str, **context
     instance = instance_of(request)
     q = request.query_params
     base = q.get("base", "").strip()[:1024] or None
+    contains = q.get("q", "").strip()[:256] or None
     offset = int(q["offset"]) if q.get("offset", "").isdigit() and len(q["offset"]) < 9 else 0
     entries: list[Any] = []
     entries_error = None
@@ -53,7 +54,9 @@ def _directory_page(request: Request, session: Any, directory_id: str, **context
     except AMSError as exc:
         raise ConsoleRefused(exc, session) from None
     try:
-        entries = objects.list_entries(instance, directory_id, base=base, limit=_PAGE + 1, offset=offset)
+        entries = objects.list_entries(
+            instance, directory_id, base=base, contains=contains, limit=_PAGE + 1, offset=offset
+        )
     except AMSError as exc:  # Restoring (offline), or a base DN that is not valid
         entries_error = exc.message
     values: dict[str, Any] = {
@@ -65,6 +68,7 @@ def _directory_page(request: Request, session: Any, directory_id: str, **context
         "entries": entries[:_PAGE],
         "more": len(entries) > _PAGE,
         "base": base or "",
+        "contains": contains or "",
         "offset": offset,
         "page": _PAGE,
         "entries_error": entries_error,
