@@ -124,6 +124,8 @@ def test_entries_by_dn_case_insensitive(instance: Instance) -> None:
         objects.modify(instance, d.id, alice.dn, delete={"telephoneNumber": []}, actor="t")
 
     assert [e.dn for e in objects.list_entries(instance, d.id, base=BASE)] == [BASE, alice.dn]
+    assert [e.dn for e in objects.list_entries(instance, d.id, contains="ALICE")] == [alice.dn]
+    assert objects.list_entries(instance, d.id, contains="100%_") == []  # LIKE's wildcards are text
     with pytest.raises(Conflict, match="entries under it"):
         objects.delete(instance, d.id, BASE, actor="t")
     objects.delete(instance, d.id, alice.dn, actor="t")

@@ -108,12 +108,13 @@ def list_objects(
     instance: CurrentInstance,
     _key: ReaderKey,
     base: str | None = None,
+    contains: str | None = None,
     region: str | None = None,
     limit: int = 1000,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     entries = objects.list_entries(
-        instance, directory_id, base=base, region=region, limit=limit, offset=offset
+        instance, directory_id, base=base, contains=contains, region=region, limit=limit, offset=offset
     )
     return [e.to_dict() for e in entries]
 
