@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import RedirectResponse, Response
 
 from ams import audit, users
-from ams.errors import AMSError, AuthenticationRequired, BadInput, PermissionDenied
+from ams.errors import AMSError, AuthenticationRequired, BadInput, InternalError, PermissionDenied
 from ams.web import forms
 from ams.web._render import FORM_BODY, STATIC, first_error, instance_of, now_of, posted, render
 from ams.web.session import (
@@ -195,3 +195,17 @@ def install(app: FastAPI) -> None:
     for pages_router in pages:
         app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    # An unexpected failure on a console page is a page too (the API's answer stays JSON);
+    # the traceback goes to the service's log only.
+    console_paths = {route.path for pages_router in pages for route in pages_router.routes}
+    api_internal_error = app.exception_handlers.get(Exception)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        route = request.scope.get("route")
+        if getattr(route, "path", None) in console_paths or api_internal_error is None:
+            error = InternalError()
+            return render(request, "error.html", {"message": error.message, "status": 500}, status_code=500)
+        answer: Response = await api_internal_error(request, exc)
+        return answer
