@@ -8,6 +8,7 @@ a copy of the database could reproduce: the database keeps the token's SHA-256 o
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from fastapi import Request
@@ -91,8 +92,13 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
     )
 
 
+# A path and query on this server: no scheme, no host, no backslash, no space or control
+# character (browsers drop tabs and line feeds, so "/\t/evil.example" would become "//...").
+_LOCAL_PATH = re.compile(r"/(?!/)[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+
+
 def safe_next(value: str | None) -> str:
     """Where to go after login: a path on this server only (never another host)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+    if value and len(value) <= 2048 and _LOCAL_PATH.fullmatch(value):
         return value
     return "/"
