@@ -199,14 +199,14 @@ def login(instance: Instance, name: str, password: str, client: str | None) -> L
     from ams.db.models.console import ConsoleSession
 
     refused = AuthenticationRequired("wrong user name or password, or the user is disabled")
-    instance.login_slowdown.check(name, client)  # 429 while a wait after failures runs
+    # Counted before the slow hash (429 inside a wait after failures), forgiven on success.
+    instance.login_slowdown.begin(name, client)
     with instance.transaction() as session:
         row = _row_by_name(session, name) if _NAME.match(name) else None
         ok = crypto.verify_password(row.password_hash if row is not None else None, password)
         if not ok or row is None or row.disabled_at is not None:
             user_id = row.id if row is not None else None
             session.rollback()
-            instance.login_slowdown.failed(name, client)
             # Recorded as event 1224, or past the throttle's bounds counted into 1203.
             throttle.refuse(
                 instance,

@@ -462,3 +462,20 @@ def test_failed_logins_slow_the_next_ones(served: Server) -> None:
     assert login(served, "alice", ADMIN_PASSWORD).get("/").status_code == 200
     events = json.loads(run_ams("audit", "list", "--event", "1224", "--json", home=served.home).stdout)
     assert sum(1 for e in events if e["details"].get("address") == "127.0.0.2") == 5
+
+
+def test_a_snapshot_is_deleted_only_under_its_own_directory(served: Server) -> None:
+    ids = [
+        json.loads(run_ams("directory", "create", f"d{n}.example.com", "--json", home=served.home).stdout)[
+            "id"
+        ]
+        for n in (1, 2)
+    ]
+    snap = json.loads(run_ams("snapshot", "create", ids[0], "--json", home=served.home).stdout)["id"]
+    admin = login(served, "alice", ADMIN_PASSWORD)
+    token = _token(admin.get(f"/directories/{ids[1]}").text)
+    wrong = admin.post(f"/directories/{ids[1]}/snapshots/{snap}/delete", data={"csrf_token": token})
+    assert wrong.status_code == 422 and "does not belong to directory" in wrong.text
+    assert snap in admin.get(f"/directories/{ids[0]}").text
+    right = admin.post(f"/directories/{ids[0]}/snapshots/{snap}/delete", data={"csrf_token": token})
+    assert right.status_code == 303 and snap not in admin.get(f"/directories/{ids[0]}").text

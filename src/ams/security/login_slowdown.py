@@ -1,17 +1,20 @@
-"""Failed console logins slow the next ones, per user name and per client address.
+"""Failed console logins slow the next ones from the same client address.
 
 Console passwords are chosen by people, so unlike API keys and device tokens (256 random
-bits, ams.security.throttle) they can be guessed, and a wrong guess must cost time. After
-:data:`FREE` failures for one name (or from one address), each further attempt has to wait
-``2 ** (failures - FREE)`` seconds after the last failure, at most :data:`MAX_WAIT`; an
-attempt inside the wait is refused with 429 and ``Retry-After`` before the password is
-even checked (and costs no Argon2 work). A failure count starts afresh after
-:data:`FORGET` without a failure, and a successful login clears the count of its name and
-of its address.
+bits, ams.security.throttle) they can be guessed, and a wrong guess must cost time. Two
+counts are kept: one per client address (an IPv6 client by its /64), and one per user name
+*from* that address. After :data:`FREE` failures in either, each further attempt has to
+wait ``2 ** (failures - FREE)`` seconds after the last one, at most :data:`MAX_WAIT`; an
+attempt inside the wait is refused with 429 and ``Retry-After`` before the password is even
+checked (so it costs no Argon2 work). A count starts afresh after :data:`FORGET` without a
+failure, and a successful login clears the counts of its name and address.
 
-The wait is capped, not a lock-out: an attacker who knows an administrator's name can slow
-that administrator's logins to one try every :data:`MAX_WAIT`, never forbid them. The state
-is in this process's memory, like the failed-authentication throttle (docs/security.md).
+There is deliberately no count per name alone: it would let anyone who knows an
+administrator's name keep that administrator out by failing on purpose from elsewhere.
+An attacker is slowed where the attacker is. Each attempt is counted *before* its password
+is checked (and forgiven when it succeeds), so parallel attempts cannot all pass the check
+while the slow hashes run. The state is in this process's memory, like the
+failed-authentication throttle (docs/security.md).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class LoginSlowdown:
 
     @staticmethod
     def _keys(name: str, address: str | None) -> tuple[tuple[str, str], tuple[str, str]]:
-        return ("name", name.lower()[:64]), ("address", address_key(address))
+        where = address_key(address)
+        return ("name@address", f"{name.lower()[:64]}@{where}"), ("address", where)
 
     def _wait(self, count: _Count | None, now: datetime) -> timedelta:
         if count is None or count.failures < FREE or now - count.last > FORGET:
@@ -58,32 +62,32 @@ class LoginSlowdown:
         wait = min(MAX_WAIT, timedelta(seconds=2 ** min(count.failures - FREE, 16)))
         return max(timedelta(0), count.last + wait - now)
 
-    def check(self, name: str, address: str | None) -> None:
-        """Refuse (429) an attempt that comes before its wait is over."""
-        now = self.clock.now()
-        with self._lock:
-            wait = max(self._wait(self._counts.get(key), now) for key in self._keys(name, address))
-        if wait > timedelta(0):
-            seconds = max(1, math.ceil(wait.total_seconds()))
-            raise TooManyRequests(
-                f"too many failed logins for this user or from this address: try again in {seconds} seconds",
-                retry_after=seconds,
-            )
+    def begin(self, name: str, address: str | None) -> None:
+        """Count one attempt as a failure, unless it comes inside a wait (then 429, uncounted).
 
-    def failed(self, name: str, address: str | None) -> None:
+        :meth:`succeeded` forgives it when the password was right.
+        """
         now = self.clock.now()
         with self._lock:
-            for key in self._keys(name, address):
-                count = self._counts.get(key)
-                if count is None or now - count.last > FORGET:
-                    count = self._counts[key] = _Count(0, now)
-                count.failures += 1
-                count.last = now
-            if len(self._counts) > _MAX_KEYS:
-                for key, _ in sorted(self._counts.items(), key=lambda kv: kv[1].last)[
-                    : len(self._counts) // 10
-                ]:
-                    del self._counts[key]
+            keys = self._keys(name, address)
+            wait = max(self._wait(self._counts.get(key), now) for key in keys)
+            if wait <= timedelta(0):
+                for key in keys:
+                    count = self._counts.get(key)
+                    if count is None or now - count.last > FORGET:
+                        count = self._counts[key] = _Count(0, now)
+                    count.failures += 1
+                    count.last = now
+                if len(self._counts) > _MAX_KEYS:
+                    quietest = sorted(self._counts.items(), key=lambda kv: kv[1].last)
+                    for key, _ in quietest[: len(self._counts) // 10]:
+                        del self._counts[key]
+                return
+        seconds = max(1, math.ceil(wait.total_seconds()))
+        raise TooManyRequests(
+            f"too many failed logins from this address: try again in {seconds} seconds",
+            retry_after=seconds,
+        )
 
     def succeeded(self, name: str, address: str | None) -> None:
         with self._lock:

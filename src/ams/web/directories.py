@@ -144,8 +144,11 @@ async def delete_snapshot(request: Request, directory_id: str, snapshot_id: str)
     from ams.directory import snapshots
 
     session, _data = await checked_post(request)
+    instance = instance_of(request)
     try:
-        await asyncio.to_thread(snapshots.delete, instance_of(request), snapshot_id, actor=session.actor)
+        if snapshots.get(instance, snapshot_id).directory_id != directory_id:
+            raise BadInput(f"snapshot {snapshot_id} does not belong to directory {directory_id}")
+        await asyncio.to_thread(snapshots.delete, instance, snapshot_id, actor=session.actor)
     except AMSError as exc:
         return _directory_page(request, session, directory_id, error=exc.message, status_code=exc.http_status)
     return RedirectResponse(f"/directories/{quote(directory_id)}?done=deleted", status_code=303)
