@@ -17,7 +17,17 @@ from ams.errors import PermissionDenied
 from ams.web import forms
 from ams.web.session import ConsoleRefused, current
 
-__all__ = ["FORM_BODY", "STATIC", "checked_post", "first_error", "instance_of", "now_of", "posted", "render"]
+__all__ = [
+    "FORM_BODY",
+    "STATIC",
+    "checked_post",
+    "posted_form",
+    "first_error",
+    "instance_of",
+    "now_of",
+    "posted",
+    "render",
+]
 
 _HERE = Path(__file__).parent
 # The largest form a console page posts (a few fields and a CSRF token); the PFX upload
@@ -108,12 +118,24 @@ def first_error(form: Any) -> str:
     return "the form is not valid"
 
 
-async def checked_post(request: Request, needed: Role = Role.ADMIN) -> tuple[users.SessionInfo, FormData]:
-    """The session (with the role ``needed``) and the posted form, after the form's CSRF token
-    was checked; a missing or wrong token is a 403 page and nothing happens."""
+async def posted_form(
+    request: Request, form_class: type[Any], needed: Role = Role.ADMIN
+) -> tuple[Any, Any, bool]:
+    """The session (with the role ``needed``), the posted form and whether it is valid.
+
+    A missing or wrong CSRF token is a 403 page and nothing happens; other field errors are
+    the caller's to show beside their fields.
+    """
     session = current(request, needed)
-    data = await posted(request)
-    form = forms.form_for(forms.CsrfOnlyForm, data, secret=session.csrf_secret, now=now_of(request))
-    if not form.validate():
+    form = forms.form_for(form_class, await posted(request), secret=session.csrf_secret, now=now_of(request))
+    valid = form.validate()
+    if form.csrf_token.errors:
         raise ConsoleRefused(PermissionDenied(first_error(form)), session)
-    return session, data
+    return session, form, valid
+
+
+async def checked_post(request: Request, needed: Role = Role.ADMIN) -> tuple[users.SessionInfo, FormData]:
+    """The session (with the role ``needed``) and the posted data, after the form's CSRF
+    token was checked; a missing or wrong token is a 403 page and nothing happens."""
+    session, _form, _valid = await posted_form(request, forms.CsrfOnlyForm, needed)
+    return session, await posted(request)  # Starlette parses a body once and keeps it

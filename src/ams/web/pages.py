@@ -16,9 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import RedirectResponse, Response
 
 from ams import audit, users
-from ams.errors import AMSError, AuthenticationRequired, BadInput, InternalError, PermissionDenied
+from ams.apikeys import Role
+from ams.errors import AMSError, AuthenticationRequired, BadInput, InternalError
 from ams.web import forms
-from ams.web._render import FORM_BODY, STATIC, first_error, instance_of, now_of, posted, render
+from ams.web._render import FORM_BODY, STATIC, checked_post, instance_of, now_of, posted, render
 from ams.web.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -80,12 +81,7 @@ async def login_submit(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    session = current(request)
-    form = forms.form_for(
-        forms.CsrfOnlyForm, await posted(request), secret=session.csrf_secret, now=now_of(request)
-    )
-    if not form.validate():
-        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
+    session, _data = await checked_post(request, Role.READER)
     await asyncio.to_thread(users.end_session, instance_of(request), session.token_hash, session.actor)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")

@@ -13,12 +13,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ams.apikeys import Role
-from ams.errors import AMSError, PermissionDenied, WeakPassword
+from ams.errors import AMSError, WeakPassword
 from ams.security.policy import password_rule
 from ams.web import forms
-from ams.web._render import FORM_BODY, first_error, instance_of, now_of, posted, render
-from ams.web.session import ConsoleRefused, current
+from ams.web._render import FORM_BODY, checked_post, instance_of, now_of, posted_form, render
+from ams.web.session import current
 
 __all__ = ["router"]
 
@@ -64,14 +63,9 @@ def security_page(request: Request) -> Response:
 
 @router.post("/security/recovery-password")
 async def set_recovery_password(request: Request) -> Response:
-    session = current(request, Role.ADMIN)
+    session, form, valid = await posted_form(request, forms.RecoveryPasswordForm)
     instance = instance_of(request)
-    form = forms.form_for(
-        forms.RecoveryPasswordForm, await posted(request), secret=session.csrf_secret, now=now_of(request)
-    )
-    if not form.validate():
-        if form.csrf_token.errors:
-            raise ConsoleRefused(PermissionDenied(first_error(form)), session)
+    if not valid:
         return _page(request, session, recovery_form=form, status_code=400)
     if not form.password.data:
         form.password.errors = ["type the new recovery password twice, or generate one"]
@@ -95,13 +89,8 @@ async def set_recovery_password(request: Request) -> Response:
 async def generate_recovery_password(request: Request) -> Response:
     from ams import crypto
 
-    session = current(request, Role.ADMIN)
+    session, _data = await checked_post(request)
     instance = instance_of(request)
-    form = forms.form_for(
-        forms.CsrfOnlyForm, await posted(request), secret=session.csrf_secret, now=now_of(request)
-    )
-    if not form.validate():
-        raise ConsoleRefused(PermissionDenied(first_error(form)), session)
     password = crypto.generate_recovery_password()
     try:
         set_at = await asyncio.to_thread(instance.keyring.set_recovery_password, password, session.actor)
@@ -117,14 +106,9 @@ async def generate_recovery_password(request: Request) -> Response:
 
 @router.post("/security/unlock")
 async def unlock(request: Request) -> Response:
-    session = current(request, Role.ADMIN)
+    session, form, valid = await posted_form(request, forms.UnlockForm)
     instance = instance_of(request)
-    form = forms.form_for(
-        forms.UnlockForm, await posted(request), secret=session.csrf_secret, now=now_of(request)
-    )
-    if not form.validate():
-        if form.csrf_token.errors:
-            raise ConsoleRefused(PermissionDenied(first_error(form)), session)
+    if not valid:
         return _page(request, session, unlock_form=form, status_code=400)
     if str(instance.keyring.state) == "unlocked":
         return _page(request, session, message="The master key is already unlocked.")
