@@ -6,6 +6,7 @@ import errno
 import logging
 import signal
 import socket
+from enum import StrEnum
 from types import FrameType
 from typing import Annotated, Any
 
@@ -49,6 +50,24 @@ def _server_class(uvicorn: Any) -> Any:
     return AMSServer
 
 
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+# Libraries whose debug output carries data (SQL parameters and rows: sealed secrets, token
+# hashes, CSRF secrets; request bodies): never below WARNING, whatever --log-level says.
+_QUIET_LOGGERS = ("alembic", "sqlalchemy", "multipart", "python_multipart", "httpx", "httpcore")
+
+
+def _configure_logging(level: LogLevel) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def serve(
     home: HomeOption = None,
     host: Annotated[
@@ -57,6 +76,15 @@ def serve(
     port: Annotated[
         int | None, typer.Option("--port", min=0, max=65535, help="Port (default from ams.toml, 8080).")
     ] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            envvar="AMS_LOG_LEVEL",
+            case_sensitive=False,
+            help="How much the service logs (debug adds AMS's own detail; secrets never).",
+        ),
+    ] = LogLevel.INFO,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
     import uvicorn
@@ -66,8 +94,7 @@ def serve(
     from ams.api.limits import MAX_HEADER_BYTES
     from ams.lock import ServiceLock
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _configure_logging(log_level)
     with opened(home) as instance:
         lock = ServiceLock(instance.home.lock_file)
         lock.acquire()
@@ -94,7 +121,7 @@ def serve(
                 )
             config = uvicorn.Config(
                 create_app(instance),
-                log_level="info",
+                log_level=str(log_level),
                 lifespan="on",
                 server_header=False,
                 timeout_graceful_shutdown=10,

@@ -330,6 +330,16 @@ def refuse(
     the event may name (the id when it exists).
     """
     verdict = instance.auth_throttle.failure(kind, address, key_id)
+    # For `ams serve --log-level debug`: why a client was refused. The key id only when it has
+    # the shape of one (a secret pasted into the id position is never logged), never a secret.
+    log.debug(
+        "failed %s authentication from %s (key id %s): %s (%s)",
+        kind,
+        address_key(address),
+        key_id if key_id and _ID_SHAPE.match(key_id) else "-",
+        "throttled" if verdict.retry_after is not None else "recorded" if verdict.record else "counted",
+        getattr(error, "code", type(error).__name__),
+    )
     summaries = instance.auth_throttle.take_summaries()
     if verdict.record or summaries:
         with instance.transaction() as session:
