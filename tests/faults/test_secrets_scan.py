@@ -242,6 +242,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             )
         ),
     )
+    wrong = run_ams(
+        "backup",
+        "restore",
+        backup["path"],
+        "--password-stdin",
+        home=root / "elsewhere",
+        input=WRONG["wrong recovery password"] + "\n",
+    )
+    cli("backup restore (wrong password)", _refused(wrong))
     (restored / "keys" / "service.key").unlink(missing_ok=True)  # a new machine: locked until unlocked
     cli(
         "unlock (wrong)",
@@ -273,7 +282,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             f"audit list {place.name}",
             _ok(run_ams("audit", "list", "--json", "--limit", "100000", home=place)),
         )
-        cli(f"status {place.name}", _ok(run_ams("status", "--json", home=place)))
+    cli("status", _ok(run_ams("status", "--json", home=restored)))
 
     keys = _key_material(home)
     for place in (home, restored):
@@ -330,7 +339,8 @@ def _serve_with(
             secrets[f"device {n} password {turn}"] = agent.password
             if n == 1:
                 reads.add(f"device 1 password {turn}")
-        corpus.cli("device expire", _ok(run_ams("device", "expire", "--all", home=home)))
+        for device in devices:
+            corpus.http("REST expire", api.post(f"/api/v1/devices/{device}/expire"))
 
     # Reads, where device 1's passwords are shown on purpose.
     corpus.cli(
@@ -362,7 +372,7 @@ def _serve_with(
     corpus.http("console audit", console.get("/audit"))
 
     # A certificate export with a PFX password; an import with a wrong one.
-    listed = json.loads(corpus.cli("certs list", _ok(run_ams("certs", "list", "--json", home=home))).stdout)
+    listed = corpus.http("REST certificates", api.get("/api/v1/certificates")).json()
     thumbprint = next(c["thumbprint"] for c in listed if c["scope"] == "agent")
     pfx = root / "agent.pfx"
     corpus.cli(
