@@ -392,6 +392,10 @@ def _serve_with(
     )
     secrets["PFX password"] = PFX_PASSWORD
     corpus.add("exported PFX", pfx.read_bytes())
+    # The console's export posts the PFX password in a form.
+    form = {"csrf_token": csrf, "password": PFX_PASSWORD, "confirm": PFX_PASSWORD}
+    exported = corpus.http("console export", console.post(f"/certificates/{thumbprint}/export", data=form))
+    assert exported.status_code == 200 and exported.headers["content-type"] == "application/x-pkcs12"
     corpus.cli(
         "certs import (wrong password)",
         _refused(
