@@ -285,10 +285,14 @@ CALLS: dict[tuple[str, str], Call] = {
 }
 
 
+# Read at import: the suite's autouse fixture clears AMS_* variables around each test.
+_FIGURES = os.environ.get("AMS_FAULT_FIGURES")
+
+
 def record(area: str, what: str, tried: int, outcome: str, seed: int | None) -> None:
     """One figure for docs/reliability.md, when AMS_FAULT_FIGURES names a folder (the same
     JSON lines as the crash harness's tests/faults/figures.py writes)."""
-    folder = os.environ.get("AMS_FAULT_FIGURES")
+    folder = _FIGURES
     if folder:
         line = {"area": area, "what": what, "tried": tried, "outcome": outcome, "seed": seed}
         with open(Path(folder) / f"{area}.jsonl", "a", encoding="utf-8") as out:
