@@ -289,7 +289,7 @@ CALLS: dict[tuple[str, str], Call] = {
 _FIGURES = os.environ.get("AMS_FAULT_FIGURES")
 
 
-def record(area: str, what: str, tried: int, outcome: str, seed: int | None) -> None:
+def record(area: str, what: str, tried: int, outcome: str, seed: int | str) -> None:
     """One figure for docs/reliability.md, when AMS_FAULT_FIGURES names a folder (the same
     JSON lines as the crash harness's tests/faults/figures.py writes)."""
     folder = _FIGURES
@@ -401,7 +401,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "authorization matrix cells (route x caller)",
                 len(CELLS),
                 f"{built.passed} as the table says",
-                None,
+                "- (no randomness)",
             )
     finally:
         certificates.KEY_SIZE = size

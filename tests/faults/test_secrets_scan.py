@@ -140,7 +140,7 @@ def scan(corpus: Corpus, needles: list[Needle], *, honour_allowed: bool = True) 
 _FIGURES = os.environ.get("AMS_FAULT_FIGURES")
 
 
-def record(area: str, what: str, tried: int, outcome: str, seed: int | None) -> None:
+def record(area: str, what: str, tried: int, outcome: str, seed: int | str) -> None:
     """One figure for docs/reliability.md, when AMS_FAULT_FIGURES names a folder (the same
     JSON lines as the crash harness's tests/faults/figures.py writes)."""
     folder = _FIGURES
@@ -482,7 +482,7 @@ def test_no_secret_anywhere_it_is_not_shown_on_purpose(run: Run) -> None:
         f"secrets searched for ({len(needles)}) in sources ({len(run.corpus.sources)}, {size // 1024} KiB)",
         len(needles) * len(run.corpus.sources),
         f"{len(hits)} found",
-        None,
+        "- (no randomness)",
     )
     assert not hits, f"secrets found where they must not be: {hits}"
 
