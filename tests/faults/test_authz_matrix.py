@@ -740,6 +740,11 @@ def test_cell(
 ) -> None:
     answer = answers[(surface, row, column)]
     assert answer.observed == expected, answer.body[:300]
+    assert "Traceback" not in answer.body
+    if isinstance(expected, int) and expected >= 400 and surface != "web":
+        # A refusal in the documented shape: REST {"error", "message"}, AWS {"__type", "Message"}.
+        shape = {"api": {"error", "message"}, "aws": {"__type", "Message"}}[surface]
+        assert set(json.loads(answer.body)) == shape, answer.body[:300]
     current = world.passwords_of_a[-1]
     for password in world.passwords_of_a:
         shown = (surface, row, column) in PASSWORD_READS and password == current
