@@ -307,7 +307,8 @@ def add_target(
 
 def _check_bucket(client: Any, where: S3Target, lock: bool) -> None:
     try:
-        client.head_bucket(Bucket=where.bucket)
+        # A listing rather than HEAD: its error names the cause (a HEAD answers a bare 403).
+        client.list_objects_v2(Bucket=where.bucket, MaxKeys=1)
     except Exception as exc:  # noqa: BLE001 - translated to one line
         raise failure(exc, where, "bucket") from None
     if lock:
@@ -420,13 +421,8 @@ def test_target(instance: Instance, name: str, *, actor: str) -> dict[str, Any]:
                 f"{where.label}: the probe object read back differs from what was written"
             )
 
-    if step("bucket", "s3:ListBucket", "bucket", lambda: client.head_bucket(Bucket=where.bucket)):
-        step(
-            "list",
-            "s3:ListBucket",
-            "list",
-            lambda: client.list_objects_v2(Bucket=where.bucket, Prefix=target.location.key, MaxKeys=1),
-        )
+    listing = lambda: client.list_objects_v2(Bucket=where.bucket, Prefix=target.location.key, MaxKeys=1)  # noqa: E731
+    if step("list", "s3:ListBucket", "bucket", listing):
         if target.lock_days:
             step(
                 "object lock",

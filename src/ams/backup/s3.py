@@ -122,6 +122,7 @@ def make_client(where: S3Target) -> Any:
 
 
 _PERMISSIONS = {
+    "bucket": "s3:ListBucket",
     "put": "s3:PutObject",
     "get": "s3:GetObject",
     "head": "s3:GetObject",
