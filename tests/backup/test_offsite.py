@@ -254,6 +254,10 @@ def test_the_server_stopped_during_an_upload_keeps_the_local_backup_and_the_next
         with instance.session() as session:
             [failed] = audit.list_events(session, event_id=int(audit.Event.OFFSITE_COPY_FAILED))
         assert failed.target == result.backup_id and failed.outcome == "failure"
+        from ams.overview import console_overview
+
+        warnings = [w.text for w in console_overview(instance)["warnings"] if w.level == "danger"]
+        assert any("offsite target flaky failed" in w for w in warnings), warnings
 
         # The server is back (empty, as a new one); the next run copies what is missing.
         monkeypatch.setattr(offsite, "_read_part", real_read)
