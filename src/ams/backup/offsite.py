@@ -1008,21 +1008,20 @@ def prune_target(instance: Instance, name: str, *, actor: str) -> dict[str, Any]
                     .where(OffsiteCopy.target == name, OffsiteCopy.backup_id == obj["backup_id"])
                     .values(state="pruned")
                 )
-            if action == "deleted":
-                audit.record(
-                    session,
-                    instance.clock,
-                    audit.Event.OFFSITE_PRUNED,
-                    actor=actor,
-                    target=obj["backup_id"],
-                    details={
-                        "target": name,
-                        "key": obj["key"],
-                        "action": action,
-                        "lock_until": obj["lock_until"],
-                        "policy": report["policy"],
-                    },
-                )
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.OFFSITE_PRUNED,
+                actor=actor,
+                target=obj["backup_id"],
+                details={
+                    "target": name,
+                    "key": obj["key"],
+                    "action": action,
+                    "lock_until": obj["lock_until"],
+                    "policy": report["policy"],
+                },
+            )
     return report
 
 
