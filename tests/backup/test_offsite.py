@@ -109,8 +109,7 @@ def test_a_scheduled_backup_is_locked_offsite_and_a_new_home_restores_from_the_b
     assert listed.returncode == 0, listed.stderr
     [obj] = json.loads(listed.stdout)
     assert obj["backup_id"] == result["backup"]["backup_id"] and obj["locked"] is True
-    status = json.loads(run_ams("status", "--json", home=home).stdout)
-    assert status["offsite"][0]["last_copy"]["state"] == "copied"
+    assert offsite.offsite_status(populated)[0]["last_copy"]["state"] == "copied"
 
     # The machine is gone: its home entirely. A new home from the bucket, recovery password only.
     populated.close()
@@ -168,38 +167,43 @@ def test_a_scheduled_backup_is_locked_offsite_and_a_new_home_restores_from_the_b
 def test_bad_targets_are_refused_with_one_line_and_nothing_stored(
     instance: Instance, moto: MotoServer, tmp_path: Path
 ) -> None:
+    from ams import errors
+
     home = instance.home.root
     locked = new_bucket(moto)
     plain = new_bucket(moto, lock=False)
     before = tree_digest(home / "config")
-    cases = [
-        (add_cli(home, moto, "t", f"s3://{locked}/", secret="not-the-secret"), 48, "refused the credentials"),
-        (add_cli(home, moto, "t", "s3://no-such-bucket-here/"), 49, "does not exist"),
+    # Through the command: the exit status and one line, no traceback.
+    answer = add_cli(home, moto, "t", f"s3://{locked}/", secret="not-the-secret")
+    assert answer.returncode == 48, answer.stderr  # type: ignore[attr-defined]
+    [line] = answer.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert line.startswith("error: target t: ") and "refused the credentials" in line
+    # The same service behind every interface, for the other faults.
+    assert moto.full is not None
+    key = {"access_key_id": moto.full.access_key_id, "secret": moto.full.secret}
+    cases: list[tuple[dict[str, object], type[errors.AMSError], str]] = [
+        ({"url": "s3://no-such-bucket-here/", **key}, errors.OffsiteBucketMissing, "does not exist"),
         (
-            add_cli(home, moto, "t", f"s3://{plain}/", "--lock-days", "3", "--lock-mode", "compliance"),
-            77,
-            "Object Lock",
+            {"url": f"s3://{plain}/", "lock_days": 3, "lock_mode": "compliance", **key},
+            errors.OffsiteLockUnavailable,
+            "no Object Lock",
         ),
-        (add_cli(home, moto, "t", f"s3://{plain}/", "--lock-days", "3"), 12, "go together"),
+        (
+            {"url": f"s3://{plain}/", "endpoint_url": "http://127.0.0.1:9", **key},
+            errors.OffsiteUnreachable,
+            "reached",
+        ),
+        ({"url": f"s3://{plain}/", "lock_days": 3, **key}, errors.BadInput, "go together"),
+        ({"url": f"s3://{plain}/", "access_key_id": "AKIA0000"}, errors.BadInput, "secret"),
+        ({"url": "https://not-s3/"}, errors.BadInput, "s3://BUCKET/PREFIX"),
     ]
-    for answer, status, text in cases:
-        assert answer.returncode == status, answer.stderr  # type: ignore[attr-defined]
-        lines = answer.stderr.strip().splitlines()  # type: ignore[attr-defined]
-        assert len(lines) == 1 and text in lines[0] and "target t" in lines[0] or status == 12, lines
-        assert "Traceback" not in answer.stderr  # type: ignore[attr-defined]
-    unreachable = run_ams(
-        "backup",
-        "target",
-        "add",
-        "t",
-        "--s3",
-        f"s3://{plain}/",
-        "--endpoint-url",
-        "http://127.0.0.1:9",
-        home=home,
-        env=moto.env(),
-    )
-    assert unreachable.returncode == 62 and "could not be reached" in unreachable.stderr
+    for options, error, text in cases:
+        options = {"endpoint_url": moto.endpoint, **options}
+        with pytest.raises(error) as raised:
+            offsite.add_target(instance, name="t", actor="test", **options)  # type: ignore[arg-type]
+        assert text in raised.value.message and "\n" not in raised.value.message
+    assert (errors.OffsiteBucketMissing.exit_status, errors.OffsiteLockUnavailable.exit_status) == (49, 77)
+    assert errors.OffsiteUnreachable.exit_status == 62
     assert offsite.list_targets(instance) == []
     assert tree_digest(home / "config") == before
     # A key without s3:DeleteObject: `target test` names the missing permission.
@@ -318,14 +322,17 @@ def test_a_flipped_byte_in_the_stored_object_is_refused_by_verify_and_restore(
     )
     verified = run_ams("backup", "verify", url, home=home)
     assert verified.returncode == 80, verified.stderr
+    from ams.backup import remote
+    from ams.errors import OffsiteObjectNotFound
+
+    with pytest.raises(OffsiteObjectNotFound):
+        remote.verify_url(f"s3://{bucket}/nothing-here.amsbak", instance=instance)
     instance.close()
     before = tree_digest(home)
     restored = run_ams("backup", "restore", url, "--yes", home=home)
     assert restored.returncode == 80, restored.stderr
     assert tree_digest(home) == before  # nothing changed, no scratch left beside the home
     assert not [p for p in home.parent.iterdir() if p.name.startswith(".ams-fetch-")]
-    missing = run_ams("backup", "verify", f"s3://{bucket}/nothing-here.amsbak", home=home)
-    assert missing.returncode == 79, missing.stderr
 
 
 def test_the_secret_never_appears_in_logs_events_metrics_or_responses(
