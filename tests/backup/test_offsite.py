@@ -380,6 +380,15 @@ def test_the_secret_never_appears_in_logs_events_metrics_or_responses(
         )
         assert made.status_code == 201, made.text
         outputs.append(made.text)
+        reader = apikeys.create(instance, "ro", apikeys.Role.READER, "test").token
+        as_reader = {"Authorization": f"Bearer {reader}"}
+        assert client.get("/api/v1/backups/targets", headers=as_reader).status_code == 200
+        refused = client.delete("/api/v1/backups/targets/api", headers=as_reader)
+        assert refused.status_code == 403, refused.text
+        missing = client.post("/api/v1/backups/targets/nope/test", headers=headers)
+        assert missing.status_code == 404 and missing.json()["error"] == "offsite_target_not_found"
+        assert "/api/v1/backups/targets/{name}/drill" in client.get("/openapi.json").json()["paths"]
+        assert client.delete("/api/v1/backups/targets/api", headers=headers).status_code == 200
         assert "ams_offsite_last_success_age_seconds" in outputs[-3]
     outputs.append(audit_text(instance.home.sqlite_path))
     outputs.append((home / "config" / "ams.toml").read_text())
