@@ -73,7 +73,8 @@ __all__ = [
 
 log = logging.getLogger("ams.backup")
 
-PART_SIZE = 16 << 20
+PART_SIZE = 8 << 20  # one PUT up to this; the smallest part of a multipart upload
+_MAX_PARTS = 9000  # S3 allows 10,000 parts: larger archives get larger parts
 _THREADS = 4
 _READ = 1 << 20
 _PURPOSE = "offsite"
@@ -567,11 +568,13 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
         upload_id = client.create_multipart_upload(
             Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", **extra
         )["UploadId"]
-        count = (size + PART_SIZE - 1) // PART_SIZE
+        smallest = -(-size // _MAX_PARTS)  # rounded up, then to whole MiB
+        part = max(PART_SIZE, -(-smallest // (1 << 20)) * (1 << 20))
+        count = (size + part - 1) // part
 
         def send(number: int) -> tuple[int, str, bytes, bytes]:
-            offset = (number - 1) * PART_SIZE
-            data = _read_part(fd, offset, min(PART_SIZE, size - offset))
+            offset = (number - 1) * part
+            data = _read_part(fd, offset, min(part, size - offset))
             sha = hashlib.sha256(data).digest()
             md5 = hashlib.md5(data, usedforsecurity=False).digest()
             answer = client.upload_part(
