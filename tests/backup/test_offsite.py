@@ -437,3 +437,29 @@ def test_target_retention_deletes_only_what_its_rule_allows_and_never_a_locked_c
     assert keys == {first.path.name, third.path.name}
     report = offsite.prune_target(instance, "r", actor="test")
     assert report["kept_by_lock"] == [first.path.name] and report["deleted"] == []
+    # A drill restores the newest copy into a scratch home and deep-verifies it.
+    from ams.backup import remote
+
+    drilled = remote.drill(instance, "r", actor="test")
+    assert drilled["ok"] and drilled["backup_id"] == third.backup_id
+    assert drilled["deep"]["certificates_checked"] and drilled["restore_seconds"] >= 0
+    # Weekly by the scheduler: due once the target's drill_days have passed.
+    offsite.add_target(
+        instance,
+        name="r",
+        url=f"s3://{bucket}/",
+        actor="test",
+        endpoint_url=moto.endpoint,
+        access_key_id=moto.full.access_key_id,
+        secret=moto.full.secret,
+        keep_last=1,
+        drill_days=7,
+        replace=True,
+    )
+    assert offsite.run_due(instance)["drills"] == []  # drilled just now
+    instance.clock.advance(timedelta(days=8))
+    [weekly] = offsite.run_due(instance)["drills"]
+    assert weekly["ok"] and weekly["age_hours"] > 24 * 7
+    with instance.session() as session:
+        assert len(audit.list_events(session, event_id=int(audit.Event.OFFSITE_DRILL))) == 2
+    assert offsite.offsite_status(instance)[0]["last_drill"]["ok"] is True
