@@ -322,6 +322,12 @@ def test_a_flipped_byte_in_the_stored_object_is_refused_by_verify_and_restore(
     )
     verified = run_ams("backup", "verify", url, home=home)
     assert verified.returncode == 80, verified.stderr
+    # The local archive and its catalog row are untouched by the copy's failures.
+    [row] = [b for b in backup.list_backups(instance) if b.backup_id == result.backup_id]
+    assert row.verified_ok is True and row.exists
+    with instance.session() as session:
+        events = audit.list_events(session, event_id=int(audit.Event.BACKUP_VERIFIED))
+    assert [e.details["file"] for e in events if e.outcome == "failure"] == [url, url]
     from ams.backup import remote
     from ams.errors import OffsiteObjectNotFound
 

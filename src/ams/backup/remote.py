@@ -149,15 +149,41 @@ def verify_url(
     region: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """``ams backup verify s3://…``: the object staged, then the checks of a local file."""
-    from ams.backup.verify import verify_and_record, verify_backup
+    """``ams backup verify s3://…``: the object staged, then the checks of a local file.
 
-    with _scratch() as folder:
-        fetched = fetch(url, folder, instance=instance, endpoint_url=endpoint_url, region=region)
-        if instance is not None:
-            report = verify_and_record(fetched.path, instance, actor=actor, **options)
-        else:
-            report = verify_backup(fetched.path, **options)
+    With an instance, its master key checks the seal, and event 1502 records the result with
+    the URL; the catalog's rows describe the local files and stay as they are.
+    """
+    from ams.backup.verify import verify_backup
+
+    report: dict[str, Any] = {}
+    failure_: AMSError | None = None
+    backup_id: str | None = None
+    try:
+        with _scratch() as folder:
+            fetched = fetch(url, folder, instance=instance, endpoint_url=endpoint_url, region=region)
+            backup_id = fetched.metadata.get("ams-backup-id")
+            report = verify_backup(fetched.path, instance=instance, **options)
+    except AMSError as exc:
+        failure_ = exc
+    if instance is not None:
+        with instance.transaction() as session:
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.BACKUP_VERIFIED,
+                actor=actor,
+                target=report.get("backup_id") or backup_id,
+                outcome="success" if failure_ is None else "failure",
+                details={
+                    "file": url,
+                    "deep": bool(options.get("deep")),
+                    "ok": failure_ is None,
+                    "error": failure_.message if failure_ is not None else None,
+                },
+            )
+    if failure_ is not None:
+        raise failure_
     report["file"] = url
     report["download"] = {
         "bytes": fetched.size,
