@@ -367,8 +367,18 @@ def test_the_secret_never_appears_in_logs_events_metrics_or_responses(
     wrong = add_cli(home, moto, "w", f"s3://{bucket}/", secret=secret[::-1])
     outputs += [wrong.stdout, wrong.stderr]  # type: ignore[attr-defined]
     admin = apikeys.create(instance, "ops", apikeys.Role.ADMIN, "test").token
+    from ams import users
+
+    users.create_user(instance, "alice", apikeys.Role.ADMIN, "Violet-Harbour-Engine-58", "test")
+    session_token = users.login(instance, "alice", "Violet-Harbour-Engine-58", None).token
     with TestClient(create_app(instance)) as client:
         headers = {"Authorization": f"Bearer {admin}"}
+        client.cookies.set("ams_session", session_token)
+        page = client.get("/database")  # the console's Database page: the targets and the last copy
+        assert page.status_code == 200 and "Offsite copies" in page.text
+        assert f"s3://{bucket}/p/" in page.text and "ok, " in page.text
+        outputs.append(page.text)
+        client.cookies.clear()
         for path in ("/api/v1/backups/targets", "/metrics", "/api/v1/status"):
             answer = client.get(path, headers=headers)
             assert answer.status_code == 200, answer.text
