@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -528,8 +528,6 @@ class _Sent:
     version_id: str | None
     etag: str  # what the service's ETag is for these bytes (MD5, or the multipart MD5-of-MD5s)
     checksum: str  # base64 SHA-256 (whole, or of the parts' SHA-256s for a multipart upload)
-    parts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _b64(digest: bytes) -> str:
@@ -620,7 +618,7 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
             raise
         etag = hashlib.md5(b"".join(r[3] for r in results), usedforsecurity=False).hexdigest() + f"-{count}"
         checksum = _b64(hashlib.sha256(b"".join(r[2] for r in results)).digest())
-        return _Sent(answer.get("VersionId"), etag, checksum, parts=count)
+        return _Sent(answer.get("VersionId"), etag, checksum)
 
 
 def _check_copy(
@@ -663,7 +661,13 @@ def _check_copy(
 
 
 def copy_backup(
-    instance: Instance, target: Target, local: _Local, *, actor: str, client: Any = None, where: Any = None
+    instance: Instance,
+    target: Target,
+    local: _Local,
+    *,
+    actor: str,
+    client: Any = None,
+    where: S3Target | None = None,
 ) -> CopyOutcome:
     """Upload one archive to one target and check it; record the outcome (never raises AMSError)."""
     key = target.location.key + local.path.name
@@ -907,7 +911,7 @@ def copy_new_backup(instance: Instance, backup_id: str, *, actor: str) -> list[C
 
 
 def list_objects(
-    instance: Instance, name: str, *, client: Any = None, where: Any = None
+    instance: Instance, name: str, *, client: Any = None, where: S3Target | None = None
 ) -> list[dict[str, Any]]:
     """The backups the target's bucket holds (read from the bucket, not the catalog), newest first."""
     target = get_target(instance, name)
@@ -1035,7 +1039,7 @@ def offsite_status(instance: Instance) -> list[dict[str, Any]]:
     """For ``ams status``, the console and ``/metrics``: per target, the last copy and its age."""
     from sqlalchemy import func, select
 
-    from ams.db.models.backups import BackupRecord, OffsiteCopy
+    from ams.db.models.backups import BackupRecord, OffsiteCopy, OffsiteTarget
 
     now = instance.clock.now()
     out: list[dict[str, Any]] = []
@@ -1071,8 +1075,6 @@ def offsite_status(instance: Instance) -> list[dict[str, Any]]:
                     )
                 )
             )
-            from ams.db.models.backups import OffsiteTarget
-
             row = session.get(OffsiteTarget, t.name)
             out.append(
                 {
