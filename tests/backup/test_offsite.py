@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ams import audit
-from ams.backup import offsite
+from ams.backup import offsite, targets
 from ams.backup.schedule import run_scheduled
 from ams.clock import ManualClock
 from ams.home import Home
@@ -200,15 +200,15 @@ def test_bad_targets_are_refused_with_one_line_and_nothing_stored(
     for options, error, text in cases:
         options = {"endpoint_url": moto.endpoint, **options}
         with pytest.raises(error) as raised:
-            offsite.add_target(instance, name="t", actor="test", **options)  # type: ignore[arg-type]
+            targets.add_target(instance, name="t", actor="test", **options)  # type: ignore[arg-type]
         assert text in raised.value.message and "\n" not in raised.value.message
     assert (errors.OffsiteBucketMissing.exit_status, errors.OffsiteLockUnavailable.exit_status) == (49, 77)
     assert errors.OffsiteUnreachable.exit_status == 62
-    assert offsite.list_targets(instance) == []
+    assert targets.list_targets(instance) == []
     assert tree_digest(home / "config") == before
     # A key without s3:DeleteObject: `target test` names the missing permission.
     assert moto.no_delete is not None
-    offsite.add_target(
+    targets.add_target(
         instance,
         name="nodelete",
         url=f"s3://{plain}/x/",
@@ -232,7 +232,7 @@ def test_the_server_stopped_during_an_upload_keeps_the_local_backup_and_the_next
         for name, value in server.env().items():
             monkeypatch.setenv(name, value)
         bucket = new_bucket(server, lock=False)
-        offsite.add_target(
+        targets.add_target(
             instance, name="flaky", url=f"s3://{bucket}/", actor="test", endpoint_url=server.endpoint
         )
         (instance.home.config_dir / "templates" / "big.bin").write_bytes(os.urandom(11 << 20))
@@ -289,7 +289,7 @@ def test_a_flipped_byte_in_the_stored_object_is_refused_by_verify_and_restore(
 
     bucket = new_bucket(moto, lock=False)
     assert moto.full is not None
-    offsite.add_target(
+    targets.add_target(
         instance,
         name="t",
         url=f"s3://{bucket}/",
@@ -423,7 +423,7 @@ def test_target_retention_deletes_only_what_its_rule_allows_and_never_a_locked_c
     real_time(instance)
     bucket = new_bucket(moto)
     assert moto.full is not None
-    offsite.add_target(
+    targets.add_target(
         instance,
         name="r",
         url=f"s3://{bucket}/",
@@ -457,7 +457,7 @@ def test_target_retention_deletes_only_what_its_rule_allows_and_never_a_locked_c
     assert drilled["ok"] and drilled["backup_id"] == third.backup_id
     assert drilled["deep"]["certificates_checked"] and drilled["restore_seconds"] >= 0
     # Weekly by the scheduler: due once the target's drill_days have passed.
-    offsite.add_target(
+    targets.add_target(
         instance,
         name="r",
         url=f"s3://{bucket}/",

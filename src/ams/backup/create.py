@@ -302,9 +302,9 @@ def _copy_offsite(
 ) -> BackupResult:
     from dataclasses import replace
 
-    from ams.backup import offsite
+    from ams.backup import offsite, targets
 
-    if not offsite.list_targets(instance):
+    if not targets.list_targets(instance):
         return result
     if progress:
         progress(0, 0, "copying offsite")

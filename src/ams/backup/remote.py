@@ -65,7 +65,7 @@ def source_for(
 ) -> tuple[Any, S3Target]:
     """A client for the object: a matching target's when the instance has one, else the chain."""
     if instance is not None and endpoint_url is None:
-        from ams.backup.offsite import list_targets, target_client
+        from ams.backup.targets import list_targets, target_client
 
         with contextlib.suppress(AMSError):
             for target in list_targets(instance):
@@ -237,7 +237,8 @@ def drill(instance: Instance, name: str, *, actor: str) -> dict[str, Any]:
     """Restore the newest copy of this instance on the target into a scratch home, deep-verify
     it, and say how old it is and how long the restore took (event 1517; recorded on the
     target for ``ams status`` and the console). A failed drill is recorded, then raised."""
-    from ams.backup.offsite import get_target, read_objects, target_client
+    from ams.backup.offsite import read_objects
+    from ams.backup.targets import get_target, target_client
     from ams.backup.verify import verify_backup
     from ams.db.models.backups import OffsiteTarget
 

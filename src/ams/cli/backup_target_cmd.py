@@ -1,4 +1,4 @@
-"""ams backup target: offsite copies to S3-compatible object storage (ams.backup.offsite)."""
+"""ams backup target: offsite targets and copies (ams.backup.targets, ams.backup.offsite)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def add(
     json_out: JsonOption = False,
 ) -> None:
     """Add a target; the bucket is checked first (and its Object Lock, with --lock-days)."""
-    from ams.backup import offsite
+    from ams.backup import targets
 
     secret = None
     if access_key_id is not None:
@@ -68,7 +68,7 @@ def add(
             console.print("The secret access key (not shown):")
         secret = read_secret("secret access key", from_stdin=not sys.stdin.isatty())
     with opened(home) as instance:
-        target = offsite.add_target(
+        target = targets.add_target(
             instance,
             name=name,
             url=s3,
@@ -117,29 +117,29 @@ def _print_target(t: dict[str, Any], status: dict[str, Any] | None = None) -> No
 @app.command("list")
 def list_(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """The targets, with the last copy to each and its state."""
-    from ams.backup import offsite
+    from ams.backup import offsite, targets
 
     with opened(home) as instance:
-        targets = [t.to_dict() for t in offsite.list_targets(instance)]
+        found = [t.to_dict() for t in targets.list_targets(instance)]
         status = {s["name"]: s for s in offsite.offsite_status(instance)}
     if json_out:
-        emit_json([{**t, "status": status.get(t["name"])} for t in targets])
+        emit_json([{**t, "status": status.get(t["name"])} for t in found])
         return
-    if not targets:
+    if not found:
         console.print(
             "No offsite targets: add one with `ams backup target add NAME --s3 s3://BUCKET/PREFIX`."
         )
-    for t in targets:
+    for t in found:
         _print_target(t, status.get(t["name"]))
 
 
 @app.command("test")
 def test(name: NameArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Write, read back and remove a small probe object; name the permission that is missing."""
-    from ams.backup import offsite
+    from ams.backup import targets
 
     with opened(home) as instance:
-        report = offsite.test_target(instance, name, actor=actor())
+        report = targets.test_target(instance, name, actor=actor())
     if json_out:
         emit_json(report)
         return
@@ -151,10 +151,10 @@ def test(name: NameArgument, home: HomeOption = None, json_out: JsonOption = Fal
 @app.command("remove")
 def remove(name: NameArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Forget a target and its stored credentials (the objects stay in the bucket)."""
-    from ams.backup import offsite
+    from ams.backup import targets
 
     with opened(home) as instance:
-        target = offsite.remove_target(instance, name, actor=actor())
+        target = targets.remove_target(instance, name, actor=actor())
     if json_out:
         emit_json(target.to_dict())
         return

@@ -113,11 +113,11 @@ def _page(request: Request, session: Any, **context: Any) -> Response:
 
 
 def _targets(instance: Any) -> list[dict[str, Any]]:
-    """The offsite targets with the last copy's state and age (ams.backup.offsite)."""
-    from ams.backup import offsite
+    """The offsite targets with the last copy's state and age (ams.backup.targets, .offsite)."""
+    from ams.backup import offsite, targets
 
     states = {s["name"]: s for s in offsite.offsite_status(instance)}
-    return [{**t.to_dict(), "status": states.get(t.name) or {}} for t in offsite.list_targets(instance)]
+    return [{**t.to_dict(), "status": states.get(t.name) or {}} for t in targets.list_targets(instance)]
 
 
 @router.get("/database")

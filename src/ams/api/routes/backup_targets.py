@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from ams.api import limits
 from ams.api.deps import AdminKey, CurrentInstance, ReaderKey
-from ams.backup import offsite, remote
+from ams.backup import offsite, remote, targets
 
 router = APIRouter(prefix="/api/v1/backups/targets", tags=["backups"], max_body_size=limits.ADMIN_JSON)
 
@@ -35,13 +35,13 @@ class TargetCreate(BaseModel):
 def list_targets(instance: CurrentInstance, _key: ReaderKey) -> list[dict[str, Any]]:
     """The targets, each with the last copy to it, its state and age, and its last drill."""
     states = {s["name"]: s for s in offsite.offsite_status(instance)}
-    return [{**t.to_dict(), "status": states.get(t.name)} for t in offsite.list_targets(instance)]
+    return [{**t.to_dict(), "status": states.get(t.name)} for t in targets.list_targets(instance)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def add_target(body: TargetCreate, instance: CurrentInstance, key: AdminKey) -> dict[str, Any]:
     """Add a target (the bucket, and its Object Lock when a lock is asked, are checked first)."""
-    target = offsite.add_target(
+    target = targets.add_target(
         instance,
         name=body.name,
         url=body.url,
@@ -63,13 +63,13 @@ def add_target(body: TargetCreate, instance: CurrentInstance, key: AdminKey) -> 
 @router.delete("/{name}", max_body_size=limits.NO_BODY)
 def remove_target(name: str, instance: CurrentInstance, key: AdminKey) -> dict[str, Any]:
     """Forget a target and its stored credentials; the objects stay in the bucket."""
-    return offsite.remove_target(instance, name, actor=f"apikey:{key.id}").to_dict()
+    return targets.remove_target(instance, name, actor=f"apikey:{key.id}").to_dict()
 
 
 @router.post("/{name}/test", max_body_size=limits.NO_BODY)
 def test_target(name: str, instance: CurrentInstance, key: AdminKey) -> dict[str, Any]:
     """Write, read back and remove a probe object; an error names the missing permission."""
-    return offsite.test_target(instance, name, actor=f"apikey:{key.id}")
+    return targets.test_target(instance, name, actor=f"apikey:{key.id}")
 
 
 @router.post("/{name}/sync", max_body_size=limits.NO_BODY)
