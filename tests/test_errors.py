@@ -66,6 +66,15 @@ PINNED = {
     "agent_server_refused": (92, 502),
     "agent_password_not_set": (93, 500),
     "agent_server_answer_invalid": (94, 502),
+    "offsite_target_not_found": (47, 404),
+    "offsite_access_denied": (48, 502),
+    "offsite_bucket_missing": (49, 502),
+    "offsite_unreachable": (62, 504),
+    "offsite_object_invalid": (63, 422),
+    "offsite_copy_failed": (64, 502),
+    "offsite_lock_unavailable": (77, 409),
+    "offsite_credentials_missing": (78, 422),
+    "offsite_object_not_found": (79, 404),
 }
 
 

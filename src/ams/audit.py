@@ -81,6 +81,15 @@ class Event(IntEnum):
     BACKUP_CATALOG_RESCANNED = 1507
     BACKUP_SCHEDULE_PAUSED = 1508
     BACKUP_LEFTOVERS_REMOVED = 1509
+    # 1510-1529: offsite copies of backups (S3-compatible object storage)
+    OFFSITE_TARGET_ADDED = 1510
+    OFFSITE_TARGET_REMOVED = 1511
+    OFFSITE_TARGET_TESTED = 1512
+    OFFSITE_COPIED = 1513
+    OFFSITE_COPY_FAILED = 1514
+    OFFSITE_PRUNED = 1515
+    OFFSITE_UPLOADS_ABORTED = 1516
+    OFFSITE_DRILL = 1517
     # 1600-1649: directories and snapshots
     DIRECTORY_CREATED = 1600
     DIRECTORY_DELETED = 1601
@@ -173,6 +182,35 @@ DESCRIPTIONS: dict[Event, str] = {
     ),
     Event.BACKUP_LEFTOVERS_REMOVED: (
         "what a crashed backup or restore left in a backup folder was removed (details: folder, names)"
+    ),
+    Event.OFFSITE_TARGET_ADDED: (
+        "an offsite target was added or replaced (target: its name; details: url, endpoint, lock, "
+        "retention, credentials source)"
+    ),
+    Event.OFFSITE_TARGET_REMOVED: (
+        "an offsite target was removed; its objects stay in the bucket (target: its name)"
+    ),
+    Event.OFFSITE_TARGET_TESTED: (
+        "an offsite target was probed (target: its name; details: each permission and its result)"
+    ),
+    Event.OFFSITE_COPIED: (
+        "a backup was copied to an offsite target and checked there (target: backup id; details: "
+        "target, key, size, sha256, lock until)"
+    ),
+    Event.OFFSITE_COPY_FAILED: (
+        "a copy to an offsite target failed; the local backup is kept and the next run retries "
+        "(target: backup id; details: target, reason)"
+    ),
+    Event.OFFSITE_PRUNED: (
+        "a target's retention deleted an object, or kept it for its lock (target: backup id; "
+        "details: target, key, action, policy)"
+    ),
+    Event.OFFSITE_UPLOADS_ABORTED: (
+        "incomplete multipart uploads an interrupted copy left were aborted (details: target, keys)"
+    ),
+    Event.OFFSITE_DRILL: (
+        "a restore drill from an offsite target ran (target: backup id; details: target, key, age, "
+        "seconds, result)"
     ),
     Event.DIRECTORY_CREATED: "a directory was created",
     Event.DIRECTORY_DELETED: "a directory, its entries and its snapshots were deleted",

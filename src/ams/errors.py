@@ -73,6 +73,15 @@ __all__ = [
     "ServiceRunning",
     "WeakPassword",
     "WrongPassword",
+    "OffsiteAccessDenied",
+    "OffsiteBucketMissing",
+    "OffsiteCopyFailed",
+    "OffsiteCredentialsMissing",
+    "OffsiteLockUnavailable",
+    "OffsiteObjectInvalid",
+    "OffsiteObjectNotFound",
+    "OffsiteTargetNotFound",
+    "OffsiteUnreachable",
     "all_errors",
 ]
 
@@ -558,6 +567,87 @@ class AgentServerAnswerInvalid(AMSError):
     exit_status = 94
     http_status = 502
     summary = "the AMS server's answer is not valid for this agent; nothing was changed"
+
+
+# 47-49, 62-64, 77-79: offsite copies of backups on S3-compatible object storage.
+
+
+class OffsiteTargetNotFound(NotFound):
+    code = "offsite_target_not_found"
+    exit_status = 47
+    http_status = 404
+    summary = "no offsite target of that name: list them with `ams backup target list`"
+
+
+class OffsiteAccessDenied(AMSError):
+    code = "offsite_access_denied"
+    exit_status = 48
+    http_status = 502
+    summary = (
+        "the object storage refused the credentials or a permission: check the access key and its "
+        "policy (`ams backup target test NAME` names the permission)"
+    )
+
+
+class OffsiteBucketMissing(AMSError):
+    code = "offsite_bucket_missing"
+    exit_status = 49
+    http_status = 502
+    summary = "the target's bucket does not exist: create it, or correct the target's s3:// URL"
+
+
+class OffsiteUnreachable(AMSError):
+    code = "offsite_unreachable"
+    exit_status = 62
+    http_status = 504
+    summary = (
+        "the object storage could not be reached or did not answer in time: check the endpoint "
+        "and the network"
+    )
+
+
+class OffsiteObjectInvalid(BackupInvalid):
+    code = "offsite_object_invalid"
+    exit_status = 63
+    http_status = 422
+    summary = (
+        "the object in the bucket is not the backup that was copied there (replaced, altered or cut "
+        "short): use another copy"
+    )
+
+
+class OffsiteCopyFailed(AMSError):
+    code = "offsite_copy_failed"
+    exit_status = 64
+    http_status = 502
+    summary = "the copy to the object storage failed; the local backup is kept and the next run retries it"
+
+
+class OffsiteLockUnavailable(Conflict):
+    code = "offsite_lock_unavailable"
+    exit_status = 77
+    http_status = 409
+    summary = (
+        "a lock was asked for but the bucket has no Object Lock: create a bucket with Object Lock enabled, "
+        "or drop --lock-days"
+    )
+
+
+class OffsiteCredentialsMissing(BadInput):
+    code = "offsite_credentials_missing"
+    exit_status = 78
+    http_status = 422
+    summary = (
+        "no credentials for the object storage: give --access-key-id with the secret on standard input, "
+        "or set up the AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
+    )
+
+
+class OffsiteObjectNotFound(NotFound):
+    code = "offsite_object_not_found"
+    exit_status = 79
+    http_status = 404
+    summary = "the bucket holds no such object: list what it holds with `ams backup list --target NAME`"
 
 
 def all_errors() -> list[type[AMSError]]:

@@ -53,6 +53,7 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "service": {"running": pid is not None, "pid": pid or None},
         "counts": counts,
         "backup": _backup_status(instance),
+        "offsite": _offsite_status(instance),
         "audit": _audit_status(instance),
     }
 
@@ -79,6 +80,13 @@ def _backup_status(instance: Instance) -> dict[str, Any]:
     from ams.backup.schedule import schedule_status
 
     return schedule_status(instance)
+
+
+def _offsite_status(instance: Instance) -> list[dict[str, Any]]:
+    """Issue 16: per offsite target, the last copy, its state and age (ams.backup.offsite)."""
+    from ams.backup.offsite import offsite_status
+
+    return offsite_status(instance)
 
 
 def _audit_status(instance: Instance) -> dict[str, Any]:

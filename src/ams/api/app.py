@@ -17,7 +17,18 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from ams import __version__
 from ams.api import aws_ds, limits, throttle
 from ams.api.metrics import Metrics
-from ams.api.routes import agent, apikeys, audit, backups, certificates, devices, directories, health, status
+from ams.api.routes import (
+    agent,
+    apikeys,
+    audit,
+    backup_targets,
+    backups,
+    certificates,
+    devices,
+    directories,
+    health,
+    status,
+)
 from ams.errors import (
     AMSError,
     AuthenticationRequired,
@@ -169,6 +180,7 @@ def create_app(instance: Instance) -> FastAPI:
         app.include_router(router)
     app.include_router(directories.router)
     app.include_router(backups.router)
+    app.include_router(backup_targets.router)
     # The AWS Directory Service-compatible endpoint (issue 5): POST /aws/ds, and POST / by target.
     # It declares no FastAPI body limit: it reads at most 1 MiB itself and answers in AWS's shape.
     app.include_router(aws_ds.router)

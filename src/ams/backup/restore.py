@@ -248,7 +248,7 @@ def _record_in_staged(
     clock: Clock,
     actor: str,
     backup_id: str,
-    archive: Path,
+    archive: Path | str,
     pre: BackupResult | None,
     migrated_from: str | None,
     new_key: bool,
@@ -458,8 +458,12 @@ def restore_backup(
     clock: Clock | None = None,
     progress: Callable[[int], None] | None = None,
     database_url: str | None = None,
+    source: str | None = None,
 ) -> RestoreResult:
     """Restore ``archive`` into ``home``.
+
+    ``source``: where the archive came from, for event 1503 (an ``s3://`` URL, when
+    :mod:`ams.backup.remote` staged the object in a file), instead of the file's path.
 
     The database goes where the home's instance keeps it (its ``database.url``). Into an
     empty home it goes into the embedded database, or onto PostgreSQL at ``database_url``.
@@ -487,7 +491,7 @@ def restore_backup(
                 raise
             return _restore(
                 reader,
-                archive,
+                source or archive,
                 home,
                 current,
                 skipped,
@@ -509,7 +513,7 @@ def restore_backup(
 
 def _restore(
     reader: ArchiveReader,
-    archive: Path,
+    archive: Path | str,
     home: Home,
     current: Instance | None,
     skipped: str | None,

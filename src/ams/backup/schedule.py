@@ -372,7 +372,12 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
             row.last_error = None
             row.last_success_at = instance.clock.now()
             row.consecutive_failures = 0
-        return {"ok": True, "backup": result.to_dict(), "pruned": pruned}
+        return {
+            "ok": True,
+            "backup": result.to_dict(),
+            "pruned": pruned,
+            "offsite": _copy_offsite(instance, actor),
+        }
     except Exception as exc:  # noqa: BLE001 - a scheduled run must never kill the scheduler
         message = exc.message if isinstance(exc, AMSError) else f"{type(exc).__name__}: {exc}"
         with instance.transaction() as session:
@@ -400,6 +405,18 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
                 details={"kind": "scheduled", "destination": str(dest), "reason": message},
             )
         return {"ok": False, "error": message}
+
+
+def _copy_offsite(instance: Instance, actor: str) -> list[dict[str, Any]]:
+    """Copy the new backup, and whatever an earlier run could not, to every offsite target.
+    A failure there is recorded (ams.backup.offsite) and never fails the run."""
+    from ams.backup.offsite import copy_pending
+
+    try:
+        return [o.to_dict() for o in copy_pending(instance, actor=actor)]
+    except Exception as exc:  # noqa: BLE001 - the local backup stands whatever happens offsite
+        message = exc.message if isinstance(exc, AMSError) else type(exc).__name__
+        return [{"ok": False, "error": message}]
 
 
 def run_due(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any] | None:
