@@ -120,7 +120,7 @@ class _OffsiteCollector(Collector):
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
 
-    def _families(self) -> tuple[Metric, Metric, Metric, Metric]:
+    def _families(self) -> tuple[_Gauge, _Gauge, _Gauge, _Gauge]:
         return (
             GaugeMetricFamily(
                 "ams_offsite_last_success_timestamp_seconds",
