@@ -131,6 +131,15 @@ MATRIX: dict[tuple[str, str], tuple[int | str, ...]] = {
     ("api", "GET /api/v1/backups"):                            (401, 401, 401, 200, 200, 401, 401, 401),
     ("api", "POST /api/v1/backups"):                           (401, 401, 401, 403, 201, 401, 401, 401),
     ("api", "GET /api/v1/backups/status"):                     (401, 401, 401, 200, 200, 401, 401, 401),
+    # Offsite targets: none is configured here, so an admin's call on one names it as unknown
+    # (404) and a bad target is refused (422) before anything is reached.
+    ("api", "GET /api/v1/backups/targets"):                    (401, 401, 401, 200, 200, 401, 401, 401),
+    ("api", "POST /api/v1/backups/targets"):                   (401, 401, 401, 403, 422, 401, 401, 401),
+    ("api", "DELETE /api/v1/backups/targets/{name}"):          (401, 401, 401, 403, 404, 401, 401, 401),
+    ("api", "POST /api/v1/backups/targets/{name}/test"):       (401, 401, 401, 403, 404, 401, 401, 401),
+    ("api", "POST /api/v1/backups/targets/{name}/sync"):       (401, 401, 401, 403, 404, 401, 401, 401),
+    ("api", "GET /api/v1/backups/targets/{name}/objects"):     (401, 401, 401, 404, 404, 401, 401, 401),
+    ("api", "POST /api/v1/backups/targets/{name}/drill"):      (401, 401, 401, 403, 404, 401, 401, 401),
     # AWS Directory Service: the operation, sent to POST /aws/ds (and DescribeDirectories to each path)
     #                                                           none mal  rev  rdr  adm  agt  oth  dis
     ("aws", "CreateMicrosoftAD"):                              (403, 400, 400, 400, 200, 400, 400, 400),
@@ -221,6 +230,12 @@ CALLS: dict[tuple[str, str], Call] = {
     # A well-formed report whose blob does not decrypt: who passes authentication gets 4xx.
     ("api", "POST /api/v1/agent/password"): Call(json={"account": "root", "version": 9, "blob": "QU1TUA=="}),
     ("api", "POST /api/v1/devices/{device}/expire"): Call({"device": "pool_device"}),
+    ("api", "POST /api/v1/backups/targets"): Call(json={"name": "offsite", "url": "https://not-s3"}),
+    ("api", "DELETE /api/v1/backups/targets/{name}"): Call({"name": "nosuch"}),
+    ("api", "POST /api/v1/backups/targets/{name}/test"): Call({"name": "nosuch"}),
+    ("api", "POST /api/v1/backups/targets/{name}/sync"): Call({"name": "nosuch"}),
+    ("api", "GET /api/v1/backups/targets/{name}/objects"): Call({"name": "nosuch"}),
+    ("api", "POST /api/v1/backups/targets/{name}/drill"): Call({"name": "nosuch"}),
     ("api", "POST /api/v1/directories"): Call(json={"dns_name": "made.example.com"}),
     ("api", "DELETE /api/v1/directories/{directory_id}"): Call({"directory_id": "doomed_dir_api"}),
     ("api", "POST /api/v1/directories/{directory_id}/objects"): Call(
