@@ -103,9 +103,13 @@ def reset(fleet: simulated.Fleet) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench expiry", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench expiry", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--devices", type=int, help="devices in the instance (default 100000; quick 2000)")
-    parser.add_argument("--agents", type=int, help="agents that rotate after each loss (default 200; quick 50)")
+    parser.add_argument(
+        "--agents", type=int, help="agents that rotate after each loss (default 200; quick 50)"
+    )
     parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -34,7 +34,9 @@ NAME = "fleet"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench fleet", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench fleet", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--devices", type=int, help="devices in the instance (default 100000; quick 2000)")
     parser.add_argument("--agents", help="concurrent agents, comma-separated (default 50,200; quick 50)")
     parser.add_argument("--rounds", type=int, help="rounds per agent count (default 5; quick 2)")
@@ -54,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with Server(fleet.home.root, root / "serve.log") as server:
                 # Untimed: one rotation of every agent warms the server's processes.
-                simulated.measure_round(
-                    fleet, server.cpu_seconds, server.url, peer, fleet.agents, force=True
-                )
+                simulated.measure_round(fleet, server.cpu_seconds, server.url, peer, fleet.agents, force=True)
                 figures: list[results.Figure] = []
                 for count in agent_counts:
                     measured = [

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     decrypt_password(blobs[0], key)
 
-                    def peer() -> None:
+                    def peer(blobs: list[bytes] = blobs) -> None:
                         times = []
                         for raw in blobs:
                             started = time.perf_counter()
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                             times.append(time.perf_counter() - started)
                         peers.append(statistics.median(times) * 1000)
 
-                    def ams() -> None:
+                    def ams(picked: list[str] = picked) -> None:
                         times = [read(d) * 1000 for d in picked]
                         p50s.append(statistics.median(times))
                         p99s.append(simulated.p99(times))

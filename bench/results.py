@@ -174,9 +174,7 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def write(
-    name: str, sizes: dict[str, Any], figures: Sequence[Figure], folder: Path = RESULTS
-) -> Path:
+def write(name: str, sizes: dict[str, Any], figures: Sequence[Figure], folder: Path = RESULTS) -> Path:
     """Write ``folder/NAME.json`` and print its figures; the path."""
     document = {
         "benchmark": name,

@@ -31,7 +31,6 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert, update
 
-from bench.results import Figure, Goal
 from ams import apikeys, crypto
 from ams.apikeys import Role
 from ams.crypto.blob import decrypt_password, encrypt_password
@@ -40,6 +39,7 @@ from ams.home import Home
 from ams.instance import Instance, create_instance, open_instance
 from ams.vault import certificates, regkeys
 from ams.vault.policy import get_policy
+from bench.results import Figure, Goal
 
 __all__ = [
     "Agent",
@@ -116,7 +116,8 @@ def build(root: Path, count: int, agents: int) -> Fleet:
     with instance.session() as session:
         policy = get_policy(session, SCOPE)
     blobs = [
-        base64.b64decode(make_blob(certificate.certificate_der, policy.account, 1)) for _ in range(DISTINCT_BLOBS)
+        base64.b64decode(make_blob(certificate.certificate_der, policy.account, 1))
+        for _ in range(DISTINCT_BLOBS)
     ]
     now = instance.clock.now()
     expires = now + timedelta(days=policy.max_age_days)
@@ -289,7 +290,13 @@ class RoundResult:
 
 
 def measure_round(
-    fleet: Fleet, server_cpu: Callable[[], float], url: str, peer: Peer, agents: Sequence[Agent], *, force: bool
+    fleet: Fleet,
+    server_cpu: Callable[[], float],
+    url: str,
+    peer: Peer,
+    agents: Sequence[Agent],
+    *,
+    force: bool,
 ) -> RoundResult:
     """One round: the blobs made (untimed), the peer decrypts them, then the agents rotate."""
     blobs = prepare(fleet, agents, force=force)

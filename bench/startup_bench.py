@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import results
-from bench.server import AMS, Server, bench_env
 from ams.home import Home
 from ams.instance import create_instance, open_instance
 from ams.vault import certificates
+from bench import results, simulated
+from bench.server import AMS, Server, bench_env
 
 NAME = "startup"
 
@@ -47,7 +47,9 @@ def _serve(home: Path, log: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench startup", description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench startup", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick: 3)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="ams-startup-bench-"))
     try:
         home = Home(root / "home")
-        create_instance(home, recovery_password="Bench-Recovery-Lantern-4471", actor="bench")
+        create_instance(home, recovery_password=simulated.RECOVERY, actor="bench")
         instance = open_instance(home)
         try:
             certificates.ensure_active(instance, "agent", "bench")
