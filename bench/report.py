@@ -23,7 +23,9 @@ from bench.results import RESULTS, load
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 _SECTION = re.compile(
-    r"(?P<begin><!-- bench:(?P<name>[a-z0-9_-]+) begin[^\n]*-->\n)(?P<body>.*?)(?P<end><!-- bench:(?P=name) end -->)",
+    r"(?P<begin><!-- bench:(?P<name>[a-z0-9_-]+) begin[^\n]*-->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<end><!-- bench:(?P=name) end -->)",
     re.DOTALL,
 )
 
@@ -74,8 +76,9 @@ def render(document: dict[str, Any]) -> str:
     for f in document["figures"]:
         met = "—" if f["met"] is None else ("yes" if f["met"] else "**no**")
         lines.append(
-            f"| {f['name'].strip()} | {_number(f['median'])} {f['unit']} | {_number(f['min'])} – {_number(f['max'])}"
-            f" | {_number(f['peer'])} | {_number(f['ratio'])} | {f['goal'] or '—'} | {met} | {f['note']} |"
+            f"| {f['name'].strip()} | {_number(f['median'])} {f['unit']}"
+            f" | {_number(f['min'])} – {_number(f['max'])} | {_number(f['peer'])}"
+            f" | {_number(f['ratio'])} | {f['goal'] or '—'} | {met} | {f['note']} |"
         )
     return "\n".join(lines) + "\n"
 
