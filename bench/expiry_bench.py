@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "agents": agents,
             "rounds": rounds,
             "server_workers": workers or 1,
+            "requests_sent_again": sum(r.retried for r in measured),
             "quick": args.quick,
         }
         results.write(NAME, sizes, figures, args.results)

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Untimed: one rotation of every agent warms the server's processes.
                 simulated.measure_round(fleet, server.cpu_seconds, server.url, peer, fleet.agents, force=True)
                 figures: list[results.Figure] = []
+                retried = 0
                 for count in agent_counts:
                     measured = [
                         simulated.measure_round(
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         for _ in range(rounds)
                     ]
                     figures += simulated.throughput_figures(f"{count} agents", measured, cores)
+                    retried += sum(r.retried for r in measured)
                 workers = server.workers
         finally:
             peer.close()
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             "agents": agent_counts,
             "rounds": rounds,
             "server_workers": workers or 1,
+            "requests_sent_again": retried,
             "quick": args.quick,
         }
         results.write(NAME, sizes, figures, args.results)

@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import insert, update
@@ -195,9 +196,23 @@ def prepare(fleet: Fleet, agents: Sequence[Agent], *, force: bool = True) -> lis
     return [base64.b64decode(a.blob) for a in agents]
 
 
-async def _one(client: httpx.AsyncClient, agent: Agent, account: str, latencies: list[float]) -> None:
+async def _send(client: httpx.AsyncClient, method: str, retried: list[int], **kwargs: Any) -> httpx.Response:
+    """One request; sent again once when a kept-alive connection was closed under it (the
+    server closes connections idle past its keep-alive timeout, and under this load a pooled
+    connection can wait that long). Both requests may be repeated: a check-in changes
+    nothing, and a report of the current version with the same blob answers as the first."""
+    try:
+        return await client.request(method, PATH, **kwargs)
+    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+        retried.append(1)
+        return await client.request(method, PATH, **kwargs)
+
+
+async def _one(
+    client: httpx.AsyncClient, agent: Agent, account: str, latencies: list[float], retried: list[int]
+) -> None:
     headers = {"Authorization": f"Bearer {agent.token}"}
-    got = await client.get(PATH, params={"version": str(agent.version)}, headers=headers)
+    got = await _send(client, "GET", retried, params={"version": str(agent.version)}, headers=headers)
     if got.status_code != 200:
         raise RuntimeError(f"GET {PATH}: {got.status_code} {got.text[:300]}")
     advice = got.json()
@@ -206,23 +221,25 @@ async def _one(client: httpx.AsyncClient, agent: Agent, account: str, latencies:
         raise RuntimeError(f"expected a rotation to version {version}, the server answered {advice}")
     body = {"account": account, "version": version, "blob": agent.blob}
     started = time.perf_counter()
-    stored = await client.post(PATH, json=body, headers=headers)
+    stored = await _send(client, "POST", retried, json=body, headers=headers)
     latencies.append(time.perf_counter() - started)
-    if stored.status_code != 201:
+    if stored.status_code not in (200, 201):
         raise RuntimeError(f"POST {PATH}: {stored.status_code} {stored.text[:300]}")
     agent.version = version
 
 
-async def _rotate(url: str, agents: Sequence[Agent], account: str) -> list[float]:
+async def _rotate(url: str, agents: Sequence[Agent], account: str) -> tuple[list[float], int]:
     latencies: list[float] = []
+    retried: list[int] = []
     limits = httpx.Limits(max_connections=len(agents), max_keepalive_connections=len(agents))
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
-        await asyncio.gather(*(_one(client, a, account, latencies) for a in agents))
-    return latencies
+        await asyncio.gather(*(_one(client, a, account, latencies, retried) for a in agents))
+    return latencies, len(retried)
 
 
-def rotate(url: str, agents: Sequence[Agent], account: str) -> list[float]:
-    """Every agent rotates once, all at the same time; each report's latency (seconds)."""
+def rotate(url: str, agents: Sequence[Agent], account: str) -> tuple[list[float], int]:
+    """Every agent rotates once, all at the same time: each report's latency (seconds), and
+    how many requests were sent again on a fresh connection."""
     return asyncio.run(_rotate(url, agents, account))
 
 
@@ -287,6 +304,7 @@ class RoundResult:
     report_p99_ms: float
     decryptions_per_cpu_second: float  # the peer, one core
     decryptions_per_second: float  # the peer, all cores
+    retried: int = 0  # requests sent again after a kept-alive connection was closed
 
 
 def measure_round(
@@ -303,10 +321,12 @@ def measure_round(
     per_cpu = peer.per_cpu_second(blobs)
     per_wall = peer.per_second_all_cores(blobs)
     cpu, wall = server_cpu(), time.perf_counter()
-    latencies = rotate(url, agents, fleet.account)
+    latencies, retried = rotate(url, agents, fleet.account)
     wall = time.perf_counter() - wall
     cpu = server_cpu() - cpu
-    return RoundResult(len(agents) / cpu, len(agents) / wall, p99(latencies) * 1000, per_cpu, per_wall)
+    return RoundResult(
+        len(agents) / cpu, len(agents) / wall, p99(latencies) * 1000, per_cpu, per_wall, retried
+    )
 
 
 def throughput_figures(label: str, rounds: Sequence[RoundResult], cores: int) -> list[Figure]:
