@@ -14,13 +14,15 @@ the same blobs in the same round:
 - the p99 latency of a report (the POST, which test-decrypts) under that load.
 
 Options: ``--devices N`` (default 100000; ``--quick``: 2000), ``--agents A,B`` (default
-50,200; quick: 50), ``--rounds N`` (default 5; quick: 2), ``--quick``, ``--results DIR``.
-Run: ``python -m bench fleet``.
+50,200; quick: 50), ``--rounds N`` (default 5; quick: 2), ``--quick``, ``--results DIR``,
+``--profile DIR`` (py-spy of the server's processes during the timed rounds:
+bench/profile.py). Run: ``python -m bench fleet``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -28,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from bench import results, simulated
+from bench.profile import profiled
 from bench.server import Server
 
 NAME = "fleet"
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, help="devices in the instance (default 100000; quick 2000)")
     parser.add_argument("--agents", help="concurrent agents, comma-separated (default 50,200; quick 50)")
     parser.add_argument("--rounds", type=int, help="rounds per agent count (default 5; quick 2)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the server (bench/profile.py)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     devices = args.devices or (2000 if args.quick else 100_000)
@@ -60,12 +64,17 @@ def main(argv: list[str] | None = None) -> int:
                 figures: list[results.Figure] = []
                 retried = 0
                 for count in agent_counts:
-                    measured = [
-                        simulated.measure_round(
-                            fleet, server.cpu_seconds, server.url, peer, fleet.agents[:count], force=True
-                        )
-                        for _ in range(rounds)
-                    ]
+                    with (
+                        profiled(server.proc.pid, args.profile / f"fleet-{count}.txt")
+                        if args.profile
+                        else contextlib.nullcontext()
+                    ):
+                        measured = [
+                            simulated.measure_round(
+                                fleet, server.cpu_seconds, server.url, peer, fleet.agents[:count], force=True
+                            )
+                            for _ in range(rounds)
+                        ]
                     figures += simulated.throughput_figures(f"{count} agents", measured, cores)
                     retried += sum(r.retried for r in measured)
                 workers = server.workers

@@ -9,13 +9,15 @@ audits the read. The peer, measured in each round on the blobs the devices hold:
 Goal: the read's p99 at most 3x the decryption's median.
 
 Options: ``--devices N`` (default 100000; ``--quick``: 2000), ``--reads N`` per round
-(default 200; quick 40), ``--rounds N`` (default 5; quick 2), ``--quick``, ``--results DIR``.
+(default 200; quick 40), ``--rounds N`` (default 5; quick 2), ``--quick``, ``--results DIR``,
+``--profile DIR`` (py-spy of the server during the timed rounds: bench/profile.py).
 Run: ``python -m bench read``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import shutil
 import statistics
@@ -30,6 +32,7 @@ from sqlalchemy import select
 from ams.crypto.blob import decrypt_password
 from ams.db.models.vault import DevicePassword
 from bench import results, simulated
+from bench.profile import profiled
 from bench.server import Server
 
 NAME = "read"
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, help="devices in the instance (default 100000; quick 2000)")
     parser.add_argument("--reads", type=int, help="reads per round (default 200; quick 40)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5; quick 2)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the server (bench/profile.py)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     devices = args.devices or (2000 if args.quick else 100_000)
@@ -56,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         p50s: list[float] = []
         p99s: list[float] = []
         peers: list[float] = []
+        stack = contextlib.ExitStack()
         try:
             with (
+                stack,
                 Server(fleet.home.root, root / "serve.log") as server,
                 httpx.Client(
                     base_url=server.url, headers={"Authorization": f"Bearer {fleet.admin_token}"}, timeout=60
@@ -74,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 for device_id in picker.sample(fleet.device_ids, min(20, devices)):  # untimed: warm
                     read(device_id)
+                profiling = (
+                    profiled(server.proc.pid, args.profile / "read.txt")
+                    if args.profile
+                    else contextlib.nullcontext()
+                )
+                stack.enter_context(profiling)
                 for round_no in range(rounds):
                     picked = picker.sample(fleet.device_ids, reads)
                     with fleet.instance.session() as session:
@@ -102,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     for side in (peer, ams) if round_no % 2 == 0 else (ams, peer):
                         side()
                 workers = server.workers
+                stack.close()
         finally:
             fleet.instance.close()
         decryption = statistics.median(peers)
