@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         p50s: list[float] = []
         p99s: list[float] = []
         peers: list[float] = []
+        peers_cpu: list[float] = []
+        server_cpu: list[float] = []
         stack = contextlib.ExitStack()
         try:
             with (
@@ -100,14 +102,18 @@ def main(argv: list[str] | None = None) -> int:
 
                     def peer(blobs: list[bytes] = blobs) -> None:
                         times = []
+                        cpu = time.thread_time()
                         for raw in blobs:
                             started = time.perf_counter()
                             decrypt_password(raw, key)
                             times.append(time.perf_counter() - started)
+                        peers_cpu.append((time.thread_time() - cpu) / len(blobs) * 1000)
                         peers.append(statistics.median(times) * 1000)
 
                     def ams(picked: list[str] = picked) -> None:
+                        cpu = server.cpu_seconds()
                         times = [read(d) * 1000 for d in picked]
+                        server_cpu.append((server.cpu_seconds() - cpu) / len(picked) * 1000)
                         p50s.append(statistics.median(times))
                         p99s.append(simulated.p99(times))
 
@@ -141,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
                 ratio=statistics.median(p99s) / decryption,
                 goal=results.Goal("ratio", "<=", 3),
                 note="ratio: the read's p99 (median of the rounds) / one decryption",
+            ),
+            results.Figure(
+                "server CPU per read",
+                "ms",
+                server_cpu,
+                peer=statistics.median(peers_cpu),
+                ratio=statistics.median(server_cpu) / statistics.median(peers_cpu),
+                note="all the server's processes, from /proc; peer: one decryption's CPU time."
+                " Unlike the latencies, not lengthened by a busy machine's queue for the cores",
             ),
         ]
         sizes = {
