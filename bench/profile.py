@@ -23,22 +23,37 @@ from pathlib import Path
 
 __all__ = ["profiled", "summarize"]
 
-# (cost centre, pattern on the innermost frame's file): the first that matches names it.
+# (cost centre, pattern on the innermost frame's file, as py-spy names it: relative to its
+# sys.path entry, "ams/vault/passwords.py", "sqlalchemy/orm/session.py", "threading.py"):
+# the first that matches names it.
 CENTRES = [
-    ("RSA and AES (ams.crypto, cryptography)", r"/ams/crypto/|/cryptography/"),
-    ("SQLite statements (sqlite3, via SQLAlchemy's cursor)", r"sqlalchemy/engine/default\.py|sqlite3"),
-    ("SQLAlchemy (ORM, Core, pool)", r"/sqlalchemy/"),
-    ("the vault and audit (ams.vault, ams.audit, ...)", r"/ams/(vault|audit|security|db)/|/ams/[a-z_]+\.py"),
-    ("the API (ams.api)", r"/ams/api/"),
-    ("pydantic", r"/pydantic"),
-    ("FastAPI", r"/fastapi/"),
-    ("Starlette", r"/starlette/"),
-    ("uvicorn and h11 (HTTP)", r"/uvicorn/|/h11/|/httptools/"),
-    ("asyncio, anyio, threads (hand-offs)", r"/asyncio/|/anyio/|threading\.py|concurrent/"),
-    ("logging", r"/logging/"),
-    ("json", r"/json/"),
-    ("prometheus_client (metrics)", r"/prometheus_client/"),
+    ("RSA and AES (ams.crypto, cryptography)", r"(^|/)(ams/crypto|cryptography)/"),
+    ("SQLite executing (sqlite3, under SQLAlchemy's cursor)", r"(^|/)sqlalchemy/engine/default\.py$|sqlite3"),
+    ("SQLAlchemy (ORM, Core, pool)", r"(^|/)sqlalchemy/"),
+    ("the vault, audit, db (ams)", r"(^|/)ams/(vault|audit|security|db)/|(^|/)ams/[a-z_]+\.py$"),
+    ("the API's own code (ams.api)", r"(^|/)ams/api/"),
+    ("pydantic", r"(^|/)pydantic"),
+    ("FastAPI", r"(^|/)fastapi/"),
+    ("Starlette", r"(^|/)starlette/"),
+    ("uvicorn and h11 (HTTP)", r"(^|/)(uvicorn|h11|httptools)/"),
+    (
+        "asyncio, anyio, threads (hand-offs)",
+        r"(^|/)(asyncio|anyio|concurrent)/|^threading\.py$|^selectors\.py$",
+    ),
+    ("logging", r"(^|/)logging/"),
+    ("json", r"(^|/)json/"),
+    ("prometheus_client (metrics)", r"(^|/)prometheus_client/"),
 ]
+# A thread waiting for work is not CPU spent on requests (py-spy --nonblocking cannot tell
+# idle threads itself): samples whose innermost frame is one of these are left out.
+IDLE = {
+    "Condition.wait",
+    "Event.wait",
+    "EpollSelector.select",
+    "Thread._wait_for_tstate_lock",
+    "Queue.get",
+    "SimpleQueue.get",
+}
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -79,20 +94,28 @@ def summarize(path: Path, top: int = 25) -> str:
     """Shares of the samples by cost centre and by function (innermost frame)."""
     centres: Counter[str] = Counter()
     functions: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         samples = int(count)
-        total += samples
         func, file = _leaf(stack)
+        if func in IDLE or ";" not in stack:
+            idle += samples
+            continue
+        total += samples
         centre = next((name for name, pattern in CENTRES if re.search(pattern, file)), "other")
         centres[centre] += samples
         functions[f"{func} ({'/'.join(Path(file).parts[-2:])})"] += samples
     if not total:
         return f"{path.name}: no samples\n"
-    lines = [f"{path.name}: {total} samples", "", "cost centre (innermost frame) | share", "---|---"]
+    lines = [
+        f"{path.name}: {total} samples of work ({idle} of threads waiting left out)",
+        "",
+        "cost centre (innermost frame) | share",
+        "---|---",
+    ]
     lines += [f"{name} | {n / total:.1%}" for name, n in centres.most_common()]
     lines += ["", f"top {top} functions (innermost frame) | share", "---|---"]
     lines += [f"{name} | {n / total:.1%}" for name, n in functions.most_common(top)]
