@@ -52,7 +52,9 @@ def _number(value: Any) -> str:
 def _sizes(sizes: dict[str, Any]) -> str:
     parts = []
     for key, value in sizes.items():
-        if isinstance(value, list):
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         elif isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
             value = f"{value:,}"
