@@ -7,7 +7,7 @@ RSA-4096 certificate; polled every 5 ms over a new connection each time). The ro
 interleaved (the order rotating), after one untimed round that warms the page cache. There
 is no goal: the figures are recorded, each as a ratio to ``python -c pass``.
 
-Options: ``--rounds N`` (default 7; ``--quick``: 3), and ``--quick`` / ``--results DIR``
+Options: ``--rounds N`` (default 7; ``--quick``: 2), and ``--quick`` / ``--results DIR``
 (bench/results.py). Run: ``python -m bench startup``.
 """
 
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench startup", description=(__doc__ or "").splitlines()[0]
     )
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick: 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick: 2)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    rounds = args.rounds or (3 if args.quick else 7)
+    rounds = args.rounds or (2 if args.quick else 7)
     root = Path(tempfile.mkdtemp(prefix="ams-startup-bench-"))
     try:
         home = Home(root / "home")

@@ -24,6 +24,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_startup_quick_writes_its_results(tmp_path: Path) -> None:
     done = _bench("startup", "--quick", "--results", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
