@@ -38,9 +38,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from ams.db.models.vault import DevicePassword
+from ams.instance import Instance
 from ams.vault import certificates
 from bench import results, simulated
 from bench.server import Server
@@ -65,6 +66,30 @@ def timing(owner: Any, name: str, into: dict[str, float]) -> Iterator[None]:
         yield
     finally:
         setattr(owner, name, original)
+
+
+_EXPIRING = "UPDATE device_passwords"
+
+
+@contextlib.contextmanager
+def statement_time(instance: Instance, prefix: str, into: dict[str, float]) -> Iterator[None]:
+    """Add the time spent executing statements that start with ``prefix`` to ``into[prefix]``."""
+
+    def before(conn: Any, *_args: Any) -> None:
+        conn.info["bench_started"] = time.perf_counter()
+
+    def after(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        started = conn.info.pop("bench_started", None)
+        if started is not None and statement.lstrip().startswith(prefix):
+            into[prefix] += time.perf_counter() - started
+
+    event.listen(instance.engine, "before_cursor_execute", before)
+    event.listen(instance.engine, "after_cursor_execute", after)
+    try:
+        yield
+    finally:
+        event.remove(instance.engine, "before_cursor_execute", before)
+        event.remove(instance.engine, "after_cursor_execute", after)
 
 
 def bare_update(database: Path, thumbprint: str) -> float:
@@ -139,17 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                     thumbprint = fleet.certificate.thumbprint
                     bare.append(bare_update(fleet.home.sqlite_path, thumbprint))
                     spent: dict[str, float] = defaultdict(float)
-                    with (
-                        timing(certificates, "_generate", spent),
-                        timing(certificates.passwords, "expire_current_under", spent),
-                    ):
+                    with timing(certificates, "_generate", spent), statement_time(instance, _EXPIRING, spent):
                         started = time.perf_counter()
                         lost = certificates.lost(instance, thumbprint, "bench")
                         total = time.perf_counter() - started
                     assert lost.replacement is not None
                     totals.append(total)
                     without_keygen.append(total - spent["_generate"])
-                    inside["expire_current_under"].append(spent["expire_current_under"])
+                    inside["update"].append(spent[_EXPIRING])
                     expired.append(lost.expired_passwords)
                     fleet.refresh_certificate()
                     peer.key_der = fleet.private_key_der()
@@ -176,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                 note="peer: the bare UPDATE of the same rows (sqlite3); ratio: AMS / peer",
             ),
             results.Figure(
-                "  of which expire_current_under",
+                "  of which the UPDATE of the passwords",
                 "s",
-                inside["expire_current_under"],
+                inside["update"],
                 peer=peer_s,
-                ratio=statistics.median(inside["expire_current_under"]) / peer_s,
-                note="the statement(s) that expire the passwords, inside the same transaction",
+                ratio=statistics.median(inside["update"]) / peer_s,
+                note="the statements that write device_passwords, inside the same call",
             ),
             results.Figure(
                 "certificate marked lost, with RSA-4096 key generation",

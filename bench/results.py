@@ -176,19 +176,15 @@ def add_arguments(parser: Any) -> None:
 
 def write(name: str, sizes: dict[str, Any], figures: Sequence[Figure], folder: Path = RESULTS) -> Path:
     """Write ``folder/NAME.json`` and print its figures; the path."""
-    document = {
-        "benchmark": name,
-        "machine": machine(),
-        "sizes": sizes,
-        "figures": [f.to_dict() for f in figures],
-    }
+    rows = [f.to_dict() for f in figures]
+    document: dict[str, Any] = {"benchmark": name, "machine": machine(), "sizes": sizes, "figures": rows}
     validate(document)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2) + "\n")
     tmp.replace(path)
-    for f in document["figures"]:
+    for f in rows:
         peer = "" if f["peer"] is None else f"  peer {f['peer']}"
         ratio = "" if f["ratio"] is None else f"  ratio {f['ratio']}"
         goal = "" if f["goal"] is None else f"  goal {f['goal']}: {'met' if f['met'] else 'NOT met'}"
