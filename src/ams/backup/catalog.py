@@ -20,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ams.backup import leftovers
 from ams.clock import as_utc
@@ -31,7 +31,6 @@ from ams.home import Home
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ams.backup.create import BackupResult
     from ams.db.models.backups import BackupRecord
     from ams.instance import Instance
 
@@ -42,6 +41,7 @@ SCHEDULE_DEFAULT_RETAIN_DAYS = 14
 
 __all__ = [
     "BackupEntry",
+    "MadeBackup",
     "RescanResult",
     "add_complete",
     "add_complete_sqlite",
@@ -55,6 +55,33 @@ __all__ = [
     "rescan_sqlite",
     "scan_folders",
 ]
+
+
+class MadeBackup(Protocol):
+    """What the catalog records of a backup just written (``ams.backup.create.BackupResult``):
+    a protocol, so that the catalog does not import the module that writes backups, which
+    imports it."""
+
+    @property
+    def backup_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def duration_seconds(self) -> float: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def schema_revision(self) -> str: ...
+    @property
+    def recovery_password_set_at(self) -> str | None: ...
+    @property
+    def home_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -177,7 +204,7 @@ def list_backups(instance: Instance, *, include_failed: bool = True) -> list[Bac
         return [_entry(r, home_id) for r in session.scalars(query)]
 
 
-def add_complete(session: Session, result: BackupResult) -> None:
+def add_complete(session: Session, result: MadeBackup) -> None:
     from ams.db.models.backups import BackupRecord
 
     set_at = result.recovery_password_set_at
@@ -198,7 +225,7 @@ def add_complete(session: Session, result: BackupResult) -> None:
     )
 
 
-def add_complete_sqlite(conn: sqlite3.Connection, result: BackupResult) -> None:
+def add_complete_sqlite(conn: sqlite3.Connection, result: MadeBackup) -> None:
     """:func:`add_complete` on a plain sqlite3 connection, inside the caller's transaction."""
     set_at = result.recovery_password_set_at
     conn.execute(
@@ -250,7 +277,7 @@ def mark_verified(session: Session, backup_id: str, at: datetime, ok: bool, erro
             row.error = error
 
 
-def created_details(result: BackupResult) -> dict[str, Any]:
+def created_details(result: MadeBackup) -> dict[str, Any]:
     return {
         "kind": result.kind,
         "file": str(result.path),

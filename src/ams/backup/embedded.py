@@ -37,7 +37,6 @@ from ams.security.service_key import RECOVERY, SERVICE, ServiceKeySource, open_s
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from ams.backup.create import BackupResult
 
 __all__ = ["EmbeddedSource"]
 
@@ -112,7 +111,7 @@ class EmbeddedSource:
     def open_image(self, scratch: Path) -> AbstractContextManager[DatabaseImage]:
         return open_image(self.home.sqlite_path, scratch)
 
-    def record(self, result: BackupResult, actor: str) -> None:
+    def record(self, result: catalog.MadeBackup, actor: str) -> None:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:

@@ -12,6 +12,7 @@ import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
@@ -20,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ams import audit
-from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
+from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion, Snapshot
 from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable
 from ams.instance import Instance
 from ams.textcheck import check_name, check_text
@@ -35,6 +36,7 @@ __all__ = [
     "delete",
     "get",
     "list_directories",
+    "snapshot_path",
 ]
 
 STAGES = (
@@ -330,7 +332,7 @@ def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInf
 
     Refused while it restores (the restore worker owns it then).
     """
-    from ams.db.models.directory import DirectoryRestore, Snapshot
+    from ams.db.models.directory import DirectoryRestore
 
     now = instance.clock.now()
     with instance.transaction() as session:
@@ -362,3 +364,9 @@ def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInf
             "entry_count": 0,
         }
     )
+
+
+def snapshot_path(instance: Instance, row: Snapshot) -> Path:
+    """Where a snapshot's file is: ams.directory.snapshots writes it, the restore worker
+    (ams.directory.restore) reads it; here, so that neither imports the other for it."""
+    return instance.home.snapshots_dir / (row.file or f"{row.directory_id}/{row.id}.snap")

@@ -37,7 +37,7 @@ from sqlalchemy import Connection, delete, select, update
 from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion, DirectoryRestore, Snapshot
 from ams.directory import directories, regions, snapfile
-from ams.directory.snapshots import snapshot_path
+from ams.directory.directories import snapshot_path
 from ams.instance import Instance
 
 __all__ = ["RestoreResult", "notify", "pending_count", "register", "run_pending", "unregister"]

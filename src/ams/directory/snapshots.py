@@ -30,7 +30,7 @@ from ams import audit
 from ams.clock import as_utc
 from ams.db.models.directory import Directory, DirectoryRestore, Snapshot
 from ams.directory import directories, snapfile
-from ams.directory.directories import DirectoryInfo
+from ams.directory.directories import DirectoryInfo, snapshot_path
 from ams.errors import (
     BadInput,
     Conflict,
@@ -125,10 +125,6 @@ class SnapshotLimits:
             "snapshots_supported": self.snapshots_supported,
             "unsupported_reason": self.unsupported_reason,
         }
-
-
-def snapshot_path(instance: Instance, row: Snapshot) -> Path:
-    return instance.home.snapshots_dir / (row.file or f"{row.directory_id}/{row.id}.snap")
 
 
 # Full checks (the whole file read) in this process: the answer, while the file stays as

@@ -592,7 +592,8 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
                 "expired": expired,
             },
         )
-        counts = _counts(session)
-        info = _info(row, counts.get(tp, (0, 0)))
+        # The lost key's counts alone: its current passwords are the ones just expired (a
+        # count over every certificate's passwords would read the whole table again).
+        info = _info(row, (expired, passwords.count_under(session, tp) - expired))
         new_info = _info(replacement) if replacement is not None else None
     return LostResult(info, new_info, expired)

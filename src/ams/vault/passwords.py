@@ -26,9 +26,9 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import CursorResult, case, func, select, update
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
@@ -57,6 +57,7 @@ __all__ = [
     "MAX_VERSION",
     "RotationAdvice",
     "StoredPassword",
+    "count_under",
     "counts_by_certificate",
     "decide",
     "expire_current_under",
@@ -546,16 +547,33 @@ def _audit_read(
 
 def expire_current_under(session: Session, clock: Clock, thumbprint: str) -> int:
     """Expire now every current password encrypted to ``thumbprint`` (each device rotates at its
-    next check-in with reason "expired"); how many. Runs inside the caller's transaction."""
+    next check-in with reason "expired"); how many are current under it. Runs inside the
+    caller's transaction.
+
+    One statement, whose row count is the answer: each current row under the key gets the
+    earlier of its expiry and now (a second statement counting them would read the same
+    100,000 rows again when a key of a large fleet is lost)."""
     now = clock.now()
-    under = and_(DevicePassword.is_current.is_(True), DevicePassword.certificate_thumbprint == thumbprint)
-    session.execute(
+    result = session.execute(
         update(DevicePassword)
-        .where(under, DevicePassword.expires_at > now)
-        .values(expires_at=now)
+        .where(DevicePassword.is_current.is_(True), DevicePassword.certificate_thumbprint == thumbprint)
+        .values(expires_at=case((DevicePassword.expires_at > now, now), else_=DevicePassword.expires_at))
         .execution_options(synchronize_session=False)
     )
-    return session.scalar(select(func.count()).select_from(DevicePassword).where(under)) or 0
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def count_under(session: Session, thumbprint: str) -> int:
+    """How many passwords (current and history) are encrypted to ``thumbprint``: a count of the
+    thumbprint's index alone, without reading the rows."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(DevicePassword)
+            .where(DevicePassword.certificate_thumbprint == thumbprint)
+        )
+        or 0
+    )
 
 
 def counts_by_certificate(session: Session) -> dict[str, tuple[int, int]]:
