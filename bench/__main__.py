@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "expiry": "bench.expiry_bench",
     "backup": "bench.backup_bench",
     "directory": "bench.directory_bench",
+    "offsite": "bench.offsite_bench",
 }
 
 

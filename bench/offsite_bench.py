@@ -315,15 +315,10 @@ def _figure(
 def _write(name: str, sizes: dict[str, Any], figures: list[dict[str, Any]], folder: Path) -> None:
     import json
 
-    try:  # the shared writer (machine facts, validation), where bench/results.py exists
-        from bench import results
+    from bench import results
 
-        machine = results.machine()
-    except ImportError:
-        import platform
-
-        machine = {"python": platform.python_version(), "cores": os.cpu_count(), "date": time.strftime("%F")}
-    document = {"benchmark": name, "machine": machine, "sizes": sizes, "figures": figures}
+    document = {"benchmark": name, "machine": results.machine(), "sizes": sizes, "figures": figures}
+    results.validate(document)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")

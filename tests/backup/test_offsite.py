@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ams import audit
-from ams.backup import offsite, targets
+from ams.backup import offsite, offsite_jobs, targets
 from ams.backup.schedule import run_scheduled
 from ams.clock import ManualClock
 from ams.home import Home
@@ -469,9 +469,9 @@ def test_target_retention_deletes_only_what_its_rule_allows_and_never_a_locked_c
         drill_days=7,
         replace=True,
     )
-    assert offsite.run_due(instance)["drills"] == []  # drilled just now
+    assert offsite_jobs.run_due(instance)["drills"] == []  # drilled just now
     instance.clock.advance(timedelta(days=8))
-    [weekly] = offsite.run_due(instance)["drills"]
+    [weekly] = offsite_jobs.run_due(instance)["drills"]
     assert weekly["ok"] and weekly["age_hours"] > 24 * 7
     with instance.session() as session:
         assert len(audit.list_events(session, event_id=int(audit.Event.OFFSITE_DRILL))) == 2

@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from ams import __version__, audit
 from ams.backup import catalog, leftovers
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter, archive_mtime
-from ams.backup.sqlite_image import DatabaseImage, ImageUnavailable, connection_facts, open_image
+from ams.backup.sqlite_image import (
+    DatabaseImage,
+    ImageUnavailable,
+    database_facts,
+    open_image,
+)
 from ams.errors import BackupFailed, NotWritable
 from ams.home import Home, ensure_private_dir, fsync_dir
 
@@ -95,15 +100,6 @@ class BackupResult:
             "counts": self.manifest.get("counts", {}),
             **extra,
         }
-
-
-def database_facts(db_path: Path) -> dict[str, Any]:
-    """What the manifest says about a database file (a copy, or a staged backup)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return connection_facts(conn)
-    finally:
-        conn.close()
 
 
 def _tree_files(root: Path) -> list[Path]:

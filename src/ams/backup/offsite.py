@@ -50,7 +50,6 @@ __all__ = [
     "offsite_status",
     "prune_target",
     "read_objects",
-    "run_due",
 ]
 
 log = logging.getLogger("ams.backup")
@@ -718,45 +717,3 @@ def offsite_status(instance: Instance) -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-# Between scheduled runs, a failed copy is tried again after this long.
-RETRY_AFTER = timedelta(minutes=30)
-
-
-def run_due(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any]:
-    """The scheduler's work between runs: retry copies that failed (after :data:`RETRY_AFTER`)
-    and run each target's restore drill when its ``drill_days`` have passed. Never raises."""
-    from sqlalchemy import func, select
-
-    from ams.db.models.backups import OffsiteCopy, OffsiteTarget
-
-    done: dict[str, Any] = {"copies": [], "drills": []}
-    try:
-        now = instance.clock.now()
-        with instance.session() as session:
-            failed_at = dict(
-                session.execute(
-                    select(OffsiteCopy.target, func.max(OffsiteCopy.last_attempt_at))
-                    .where(OffsiteCopy.state == "failed")
-                    .group_by(OffsiteCopy.target)
-                ).all()
-            )
-            drills = [
-                (r.name, r.drill_days, r.last_drill_at)
-                for r in session.scalars(select(OffsiteTarget).where(OffsiteTarget.drill_days.is_not(None)))
-            ]
-        for name, at in failed_at.items():
-            if at is not None and now - as_utc(at) >= RETRY_AFTER:
-                done["copies"] += [o.to_dict() for o in copy_pending(instance, actor=actor, target=name)]
-        for name, days, last in drills:
-            if last is None or now - as_utc(last) >= timedelta(days=days or 7):
-                from ams.backup.remote import drill
-
-                try:
-                    done["drills"].append(drill(instance, name, actor=actor))
-                except AMSError as exc:
-                    done["drills"].append({"target": name, "ok": False, "error": exc.message})
-    except Exception:  # noqa: BLE001 - the scheduler outlives any one failure
-        log.exception("the offsite copies could not be retried; the next run tries again")
-    return done

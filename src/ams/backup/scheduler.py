@@ -15,7 +15,7 @@ from typing import Any
 
 from ams import audit
 from ams.backup import catalog, journal
-from ams.backup.offsite import run_due as offsite_due
+from ams.backup.offsite_jobs import run_due as offsite_due
 from ams.backup.schedule import due_at, paused_reason, run_due
 from ams.clock import ManualClock
 from ams.db.advisory import one_node
