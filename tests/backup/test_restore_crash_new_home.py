@@ -20,7 +20,9 @@ class Crash(BaseException):
     """The process dies here (nothing catches it, nothing is cleaned up)."""
 
 
-def _crash_into(populated: Instance, target: Home, monkeypatch: pytest.MonkeyPatch, *, after_swap: bool) -> Path:
+def _crash_into(
+    populated: Instance, target: Home, monkeypatch: pytest.MonkeyPatch, *, after_swap: bool
+) -> Path:
     archive = backup.create_backup(populated, actor="test").path
     with monkeypatch.context() as patch:
         patch.setattr(restore_module, "_undo", lambda *a, **k: None)  # a crash cleans nothing up
