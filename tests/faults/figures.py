@@ -69,7 +69,8 @@ def render(folder: Path) -> str:
         "|---|---|---:|---|",
     ]
     lines += [
-        f"| {_cell(r['area'])} | {_cell(r['what'])} | {_cell(r['tried'])} | {_cell(r['outcome'])} |" for r in rows
+        f"| {_cell(r['area'])} | {_cell(r['what'])} | {_cell(r['tried'])} | {_cell(r['outcome'])} |"
+        for r in rows
     ]
     lines += ["", END]
     return "\n".join(lines)
