@@ -8,6 +8,8 @@ backup or a snapshot, a restore is either not started or wholly applied, and run
 operation again succeeds.
 """
 
+# ruff: noqa: F811 - the fixtures imported from faultfixtures are requested by name below
+
 from __future__ import annotations
 
 import json
@@ -22,6 +24,7 @@ from typing import Any
 import crashlib
 import figures
 import pytest
+from faultfixtures import fault_settings, forks, template  # noqa: F401 - fixtures
 
 Problems = list[str]
 

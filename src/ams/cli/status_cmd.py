@@ -34,6 +34,8 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     console.print(f"holds:             {counts}")
     _print_backups(data.get("backup"))
     _print_audit(data.get("audit"))
+    for warning in data.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def _print_backups(backup: dict[str, object] | None) -> None:

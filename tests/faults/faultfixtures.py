@@ -1,4 +1,5 @@
-"""Fixtures of the fault tests: the kill points, the seed, the template instance, the fork server.
+"""Fixtures of the fault tests (imported by them; a second conftest.py would shadow the suite's):
+the kill points, the seed, the template instance, the fork server.
 
 `pytest tests/faults --points 500 --fault-seed 7` (or AMS_FAULT_POINTS / AMS_FAULT_SEED) for a
 long run; AMS_FAULT_DEVICES and AMS_FAULT_ENTRIES size the template (default 2,000 each).
@@ -18,35 +19,30 @@ DEFAULT_POINTS = 25
 DEFAULT_SEED = 13
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("faults")
-    group.addoption("--points", type=int, default=None, help="kill points per operation (default 25)")
-    group.addoption("--fault-seed", type=int, default=None, help="seed of the kill points (default 13)")
+# Read at import (collection): the suite's autouse fixture clears every AMS_* variable before
+# each test runs.
+_ENV = {
+    name: os.environ.get(name)
+    for name in ("AMS_FAULT_POINTS", "AMS_FAULT_SEED", "AMS_FAULT_DEVICES", "AMS_FAULT_ENTRIES")
+}
 
 
 def _setting(config: pytest.Config, option: str, env: str, default: int) -> int:
     given = config.getoption(option, default=None)
     if given is not None:
         return int(given)
-    return int(os.environ.get(env) or default)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Read now: the suite's autouse fixture clears every AMS_* variable before each test.
-    config.stash[_KEY] = {
-        "points": _setting(config, "--points", "AMS_FAULT_POINTS", DEFAULT_POINTS),
-        "seed": _setting(config, "--fault-seed", "AMS_FAULT_SEED", DEFAULT_SEED),
-        "devices": int(os.environ.get("AMS_FAULT_DEVICES") or 2000),
-        "entries": int(os.environ.get("AMS_FAULT_ENTRIES") or 2000),
-    }
-
-
-_KEY = pytest.StashKey[dict[str, int]]()
+    return int(_ENV[env] or default)
 
 
 @pytest.fixture(scope="session")
 def fault_settings(pytestconfig: pytest.Config) -> dict[str, int]:
-    return pytestconfig.stash[_KEY]
+    """Kill points per operation, the seed, the template's size (options in tests/conftest.py)."""
+    return {
+        "points": _setting(pytestconfig, "--points", "AMS_FAULT_POINTS", DEFAULT_POINTS),
+        "seed": _setting(pytestconfig, "--fault-seed", "AMS_FAULT_SEED", DEFAULT_SEED),
+        "devices": int(_ENV["AMS_FAULT_DEVICES"] or 2000),
+        "entries": int(_ENV["AMS_FAULT_ENTRIES"] or 2000),
+    }
 
 
 @pytest.fixture(scope="session")
