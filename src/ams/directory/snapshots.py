@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import os
 import queue
@@ -41,6 +42,7 @@ from ams.errors import (
     SnapshotCorrupt,
     SnapshotLimitExceeded,
     SnapshotNotFound,
+    SnapshotStoreFailed,
     SnapshotTooOld,
     UnsupportedOperation,
 )
@@ -361,10 +363,30 @@ def _take(
 ) -> SnapshotInfo:
     """Take a snapshot while holding its lock (see :func:`resolve_interrupted`)."""
     snapshot_id = directories.new_id("s")
-    with _taking(_lock_path(instance, directory_id, snapshot_id)):
-        return _take_locked(
-            instance, directory_id, snapshot_id, kind=kind, name=name, region=region, actor=actor
-        )
+    lock = _lock_path(instance, directory_id, snapshot_id)
+    try:
+        with _taking(lock):
+            return _take_locked(
+                instance, directory_id, snapshot_id, kind=kind, name=name, region=region, actor=actor
+            )
+    except OSError as exc:
+        raise _store_failed(lock.parent, exc) from exc
+
+
+def _store_failed(folder: Path, exc: OSError) -> SnapshotStoreFailed:
+    """One line for a snapshot file the disk would not take (its row says Failed already)."""
+    if exc.errno == errno.ENOSPC:
+        why = "the disk is full"
+    elif exc.errno == errno.EROFS:
+        why = "the file system is read-only"
+    elif isinstance(exc, PermissionError):
+        why = "permission denied"
+    else:
+        why = exc.strerror or type(exc).__name__
+    return SnapshotStoreFailed(
+        f"cannot write the snapshot in {folder}: {why}; nothing was kept: free space (or make it "
+        "writable), then take the snapshot again"
+    )
 
 
 def _lock_path(instance: Instance, directory_id: str, snapshot_id: str) -> Path:
