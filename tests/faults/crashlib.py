@@ -290,13 +290,15 @@ def build_template(root: Path, *, devices: int, entries: int, seed: str) -> dict
             create_backup(inst, kind="manual", actor="test")
             clock.advance(timedelta(minutes=30))
         ids = [f"dev_{random_id(16)}" for _ in range(devices)]
-        tokens = [random_secret(32) for _ in range(devices)]
+        secrets = [random_secret(32) for _ in range(devices)]
+        tokens = [f"{d}.{s}" for d, s in zip(ids, secrets, strict=True)]  # what ams-agent keeps
         now = clock.now()
         with inst.transaction() as session:
             session.execute(
                 insert(Device),
                 [
-                    {"id": d, "name": f"pc-{n:05d}", "scope": "agent", "token_hash": hash_token(t),
+                    {"id": d, "name": f"pc-{n:05d}", "scope": "agent",
+                     "token_hash": hash_token(t.partition(".")[2]),
                      "status": "active", "created_at": now, "approved_at": now, "force_rotation": False,
                      "current_version": 3}
                     for n, (d, t) in enumerate(zip(ids, tokens, strict=True))
@@ -534,3 +536,151 @@ def utc_now() -> datetime:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--forkserver"]:
         serve_forks()
+
+
+# -- agents rotating over loopback ----------------------------------------------------------
+
+
+@dataclass
+class SwarmFigures:
+    requests: int = 0
+    rotations: int = 0
+    failed: int = 0  # answers that were neither a success nor a 503 retried to success
+    retried_503: int = 0
+    failures: list[str] | None = None
+
+    def fail(self, text: str) -> None:
+        self.failed += 1
+        if self.failures is None:
+            self.failures = []
+        if len(self.failures) < 20:
+            self.failures.append(text)
+
+
+async def _agent(
+    client: Any,
+    device: str,
+    token: str,
+    version: int,
+    rotations: int,
+    acked: dict[str, tuple[int, str]],
+    figures: SwarmFigures,
+    in_flight: set[str],
+) -> None:
+    """One device: ask, and when told to rotate, encrypt a new password and report it; a 503
+    with Retry-After is waited out and asked again."""
+    import asyncio
+
+    from ams.crypto import certs, random_secret
+
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def call(method: str, path: str, **kwargs: Any) -> Any:
+        while True:
+            figures.requests += 1
+            response = await client.request(method, path, headers=headers, **kwargs)
+            if response.status_code == 503 and response.headers.get("Retry-After"):
+                figures.retried_503 += 1
+                await asyncio.sleep(min(1.0, float(response.headers["Retry-After"])))
+                continue
+            return response
+
+    done = 0
+    while done < rotations:
+        advice = await call("GET", "/api/v1/agent/password", params={"version": str(version)})
+        if advice.status_code != 200:
+            figures.fail(f"GET {advice.status_code} {advice.text[:200]}")
+            return
+        body = advice.json()
+        if not body["rotate"]:
+            return  # nothing to do (the round is over for this device)
+        next_version = int(body["next_version"])
+        password = random_secret(15)
+        blob = _blob(
+            certs.certificate_from_pem(body["certificate"]["pem"]), password, next_version, utc_now()
+        )
+        in_flight.add(device)
+        stored = await call(
+            "POST",
+            "/api/v1/agent/password",
+            json={"account": ACCOUNT, "version": next_version, "blob": base64.b64encode(blob).decode()},
+        )
+        if stored.status_code != 201:
+            figures.fail(f"POST {stored.status_code} {stored.text[:200]}")
+            return
+        in_flight.discard(device)
+        version = next_version
+        acked[device] = (version, password)
+        figures.rotations += 1
+        done += 1
+
+
+def swarm(
+    url: str,
+    agents: list[tuple[str, str, int]],
+    *,
+    rotations: int = 1,
+    concurrency: int = 200,
+    acked: dict[str, tuple[int, str]] | None = None,
+    in_flight: set[str] | None = None,
+    stop_after: float | None = None,
+) -> SwarmFigures:
+    """Run the agents (device id, token, version held) at most ``concurrency`` at a time, each
+    rotating up to ``rotations`` times; ``acked`` gets each device's last acknowledged
+    version and password. With ``stop_after`` seconds, stop there (the server is killed)."""
+    import asyncio
+
+    import httpx
+
+    figures = SwarmFigures()
+    acked = {} if acked is None else acked
+    in_flight = set() if in_flight is None else in_flight
+
+    async def main() -> None:
+        # A connection per request, as ams-agent makes at each check-in (a kept-alive one
+        # that the server closes after its idle timeout would fail the next send).
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(device: str, token: str, version: int) -> None:
+                async with gate:
+                    try:
+                        held = acked.get(device, (version, ""))[0]
+                        await _agent(client, device, token, held, rotations, acked, figures, in_flight)
+                    except httpx.TransportError as exc:
+                        if stop_after is None:
+                            figures.fail(f"{type(exc).__name__}")
+
+            tasks = [asyncio.ensure_future(one(*agent)) for agent in agents]
+            if stop_after is None:
+                await asyncio.gather(*tasks)
+                return
+            await asyncio.wait(tasks, timeout=stop_after)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    return figures
+
+
+def read_back(home: Path, acked: dict[str, tuple[int, str]]) -> list[str]:
+    """Each acknowledged password reads back through the service at its version."""
+    from ams.clock import SystemClock
+    from ams.home import Home
+    from ams.instance import open_instance
+    from ams.vault import passwords
+
+    lost: list[str] = []
+    instance = open_instance(Home(home), SystemClock())
+    try:
+        for device, (version, password) in sorted(acked.items()):
+            answer = passwords.read(instance, device, "crash-test", history=True)
+            entries = [answer["current"], *answer["history"]] if answer.get("current") else answer["history"]
+            got = {e["version"]: e.get("password") for e in entries}
+            if got.get(version) != password:
+                lost.append(f"{device} v{version}")
+    finally:
+        instance.close()
+    return lost
