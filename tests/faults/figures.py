@@ -57,13 +57,13 @@ def _cell(value: object) -> str:
 def render(folder: Path) -> str:
     """The table (with its markers) for the figures in ``folder``."""
     rows, newest = _load(folder)
-    seeds = sorted({str(r["seed"]) for r in rows})
+    seeds = sorted({str(r["seed"]) for r in rows} - {"-"})
     when = newest.strftime("%Y-%m-%d %H:%M UTC") if newest else "never"
     lines = [
         BEGIN,
         "",
         f"Figures of the run of {when}, seed {', '.join(seeds) or '-'} (`tests/faults/`, "
-        "see [the last section](#how-these-figures-are-made)).",
+        "see [the last section](#7-how-these-figures-are-made)).",
         "",
         "| area | what | tried | outcome |",
         "|---|---|---:|---|",
