@@ -1,31 +1,32 @@
 """Permissions: whatever the umask, what AMS writes is 0600 and its folders 0700; a home or a
-key file that others can read is a warning in `ams status`. The real `ams` command."""
+key file that others can read is a warning in `ams status`."""
 
+# ruff: noqa: F811 - the fixture imported from faultfixtures is requested by name below
 from __future__ import annotations
 
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
+import crashlib
 import figures
 import pytest
+from faultfixtures import forks  # noqa: F401 - a fixture
 
-from conftest import AMS, RECOVERY_PASSWORD
+from conftest import RECOVERY_PASSWORD
+
+_FORKS: list[crashlib.ForkServer] = []
 
 
-def _ams(umask: int, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
-    command = f'umask {umask:03o}; exec "$0" "$@"'
-    return subprocess.run(
-        ["sh", "-c", command, str(AMS), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+@pytest.fixture(autouse=True)
+def _through(forks: crashlib.ForkServer) -> None:
+    _FORKS[:] = [forks]
+
+
+def _ams(umask: int, *args: str, stdin: str | None = None) -> crashlib.Outcome:
+    """`ams ARGS` under ``umask`` (the fork server's child runs the `ams` entry point)."""
+    return _FORKS[0].run(list(args), stdin=stdin, umask=umask)
 
 
 def _loose(root: Path) -> list[str]:
