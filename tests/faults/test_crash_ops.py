@@ -140,7 +140,10 @@ def _backups_ok(case: Case, *, verify_new: bool = True) -> Problems:
 
 
 def _check_backup_create(forks: crashlib.ForkServer, case: Case, rng: random.Random) -> Problems:
-    return _common(case, ("t2",), rng) + _backups_ok(case)
+    # Killed between the rename and the record, the archive is complete (it verifies, below)
+    # but unrecorded until the next backup into the folder records it (checked after the rerun).
+    found = [p for p in _backups_ok(case) if "but not in the catalog" not in p]
+    return _common(case, ("t2",), rng) + found
 
 
 def _rerun_backup_create(forks: crashlib.ForkServer, case: Case, done: crashlib.Outcome) -> Problems:
