@@ -45,21 +45,29 @@ def fault_settings(pytestconfig: pytest.Config) -> dict[str, int]:
     }
 
 
+_TEMPLATE: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory, fault_settings: dict[str, int]) -> dict[str, Any]:
-    """The populated instance, built once per session (RSA-2048 certificates: the vault does
-    not look at the key size, and RSA-4096 generation would dominate the build)."""
+    """The populated instance, built once per run (each test module imports this fixture,
+    which pytest would otherwise build once per module). RSA-2048 certificates: the vault
+    does not look at the key size, and RSA-4096 generation would dominate the build."""
     from ams.vault import certificates
 
-    root = tmp_path_factory.mktemp("fault-template")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(certificates, "KEY_SIZE", 2048)
-        return crashlib.build_template(
-            root,
-            devices=fault_settings["devices"],
-            entries=fault_settings["entries"],
-            seed=str(fault_settings["seed"]),
-        )
+    if not _TEMPLATE:
+        root = tmp_path_factory.mktemp("fault-template")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(certificates, "KEY_SIZE", 2048)
+            _TEMPLATE.update(
+                crashlib.build_template(
+                    root,
+                    devices=fault_settings["devices"],
+                    entries=fault_settings["entries"],
+                    seed=str(fault_settings["seed"]),
+                )
+            )
+    return dict(_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
