@@ -56,6 +56,7 @@ PINNED = {
     "backup_invalid": (80, 422),
     "backup_unsafe": (81, 422),
     "backup_failed": (82, 500),
+    "snapshot_store_failed": (86, 507),
     "restore_failed": (83, 500),
     "backup_unsupported": (84, 422),
     "recovery_password_required": (85, 403),

@@ -23,6 +23,7 @@ __all__ = [
     "SnapshotCorrupt",
     "SnapshotLimitExceeded",
     "SnapshotNotFound",
+    "SnapshotStoreFailed",
     "SnapshotTooOld",
     "TooManyRequests",
     "UnsupportedOperation",
@@ -519,6 +520,16 @@ class BackupUnrecoverable(AMSError):
     def __init__(self, message: str | None = None, report: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.report = report or {}
+
+
+class SnapshotStoreFailed(AMSError):
+    """Issue 13: the snapshot store is full or cannot be written (86, from the backups' range)."""
+
+    code = "snapshot_store_failed"
+    exit_status = 86
+    http_status = 507
+    summary = "the snapshot file could not be written (a full or read-only disk): free space, take it again"
+    aws_type: ClassVar[str] = "ServiceException"
 
 
 # 75 and 90-94: ams-agent, on the managed device (these never travel over HTTP).

@@ -532,3 +532,94 @@ def rescan_sqlite(
             ),
         )
     return result
+
+
+# -- archives a crashed backup wrote but did not record (issue 13) ---------------------------
+
+
+def unrecorded(
+    folder: Path, listed: set[str], ids: set[str], instance_id: str, master_key: bytes | None, skip: Path
+) -> list[_Found]:
+    """Complete archives of this instance in ``folder`` that the catalog lacks: a backup
+    killed after renaming its archive into place and before recording it leaves one."""
+    found: list[_Found] = []
+    for path in sorted(folder.glob("*.amsbak")):
+        if path.name.startswith(".") or path == skip or str(path) in listed:
+            continue
+        try:
+            item = _read_header(path, instance_id, master_key)
+        except (AMSError, OSError):
+            continue  # not a good archive of ours: `backup list --rescan` names it
+        if item is not None and item.backup_id not in ids:
+            found.append(item)
+    return found
+
+
+def adopt(session: Session, result: BackupResult, master_key: bytes | None) -> list[str]:
+    """Record, beside a new backup, the complete archives a crashed one left unrecorded in
+    the same folder (inside the caller's transaction); their ids."""
+    from sqlalchemy import select
+
+    from ams.db.models.backups import BackupRecord
+
+    listed = {p for p in session.scalars(select(BackupRecord.path)) if p}
+    ids = set(session.scalars(select(BackupRecord.id)))
+    items = unrecorded(result.path.parent, listed, ids, _instance_of(result), master_key, result.path)
+    for item in items:
+        session.add(
+            BackupRecord(
+                id=item.backup_id,
+                kind=item.kind,
+                status="complete",
+                path=str(item.path),
+                created_at=item.created_at,
+                size_bytes=item.size_bytes,
+                mk_fingerprint=item.fingerprint,
+                schema_revision=item.schema_revision,
+                recovery_password_set_at=item.recovery_password_set_at,
+                home_id=item.home_id,
+            )
+        )
+    return [i.backup_id for i in items]
+
+
+def adopt_sqlite(conn: sqlite3.Connection, result: BackupResult, master_key: bytes | None) -> list[str]:
+    """:func:`adopt` on a plain sqlite3 connection, inside the caller's transaction."""
+    listed = {str(r[0]) for r in conn.execute("SELECT path FROM backups WHERE path IS NOT NULL")}
+    ids = {str(r[0]) for r in conn.execute("SELECT id FROM backups")}
+    items = unrecorded(result.path.parent, listed, ids, _instance_of(result), master_key, result.path)
+    for item in items:
+        conn.execute(
+            "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, mk_fingerprint,"
+            " schema_revision, recovery_password_set_at, home_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.backup_id,
+                item.kind,
+                "complete",
+                str(item.path),
+                db_time(item.created_at),
+                item.size_bytes,
+                item.fingerprint,
+                item.schema_revision,
+                db_time(item.recovery_password_set_at) if item.recovery_password_set_at else None,
+                item.home_id,
+            ),
+        )
+    return [i.backup_id for i in items]
+
+
+def _instance_of(result: BackupResult) -> str:
+    return str(result.manifest["instance_id"])
+
+
+def adopted_details(result: BackupResult, added: list[str]) -> dict[str, Any]:
+    """Event 1507's details when a new backup recorded archives a crashed one left."""
+    return {
+        "folders": [str(result.path.parent)],
+        "added": added,
+        "moved": [],
+        "removed": [],
+        "unreadable": [],
+        "leftovers_removed": [],
+        "by_backup": result.backup_id,
+    }

@@ -269,6 +269,15 @@ class _InstanceSource:
                 target=result.backup_id,
                 details=catalog.created_details(result),
             )
+            adopted = catalog.adopt(session, result, self.master_key())
+            if adopted:
+                audit.record(
+                    session,
+                    self.clock,
+                    audit.Event.BACKUP_CATALOG_RESCANNED,
+                    actor=actor,
+                    details=catalog.adopted_details(result, adopted),
+                )
 
 
 def create_backup(

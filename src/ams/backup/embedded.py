@@ -124,6 +124,15 @@ class EmbeddedSource:
                     target=result.backup_id,
                     details=catalog.created_details(result),
                 )
+                adopted = catalog.adopt_sqlite(self._conn, result, self._master_key)
+                if adopted:
+                    audit.record_sqlite(
+                        self._conn,
+                        self.clock,
+                        audit.Event.BACKUP_CATALOG_RESCANNED,
+                        actor=actor,
+                        details=catalog.adopted_details(result, adopted),
+                    )
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

@@ -539,6 +539,8 @@ def _restore(
             ensure_private_dir(home.root)
         work = journal.work_dir(home)
         work.mkdir(mode=0o700)
+        if created_root:
+            journal.note_created_home(home)
         staging = work / "staging"
         staging.mkdir(mode=0o700)
         staged = stage_archive(reader, master_key, staging, progress, check_pages=False)
@@ -547,7 +549,9 @@ def _restore(
         new_key = via != "instance"
         commit_key: Callable[[], None] = lambda: None  # noqa: E731
         if new_key:
-            service_key, key_kind, commit_key, abort_key = stage_service_key(home)
+            # Staged in the work folder: a crash leaves it there, and the journal removes it
+            # with the folder (rolled back) or puts it in place (finished).
+            service_key, key_kind, commit_key, abort_key = stage_service_key(home, work)
         else:
             source = ServiceKeySource(home)
             existing = source.read()

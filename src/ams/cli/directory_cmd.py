@@ -34,12 +34,14 @@ def note_restore(result: RestoreResult) -> None:
 def opened_directories(home: Path | None) -> Iterator[Instance]:
     """Open the instance; when no ``ams serve`` runs, first finish any restore a crash (or
     an earlier command) left in the journal, so the stages shown are settled ones."""
-    from ams.directory import restore
+    from ams.directory import restore, snapshots
 
     with opened(home) as instance:
         if instance.service_pid() is None and restore.pending_count(instance):
             for result in restore.run_pending(instance):
                 note_restore(result)
+        for snapshot_id in snapshots.resolve_interrupted(instance, actor()):
+            note(f"note: snapshot {snapshot_id} was interrupted while it was taken: it is now Failed")
         yield instance
 
 

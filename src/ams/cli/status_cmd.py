@@ -37,6 +37,8 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     _print_backups(data.get("backup"))
     _print_offsite(data.get("offsite") or [])
     _print_audit(data.get("audit"))
+    for warning in data.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def _print_offsite(targets: list[dict[str, Any]]) -> None:
