@@ -82,6 +82,8 @@ class MadeBackup(Protocol):
     def recovery_password_set_at(self) -> str | None: ...
     @property
     def home_id(self) -> str | None: ...
+    @property
+    def manifest(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -555,7 +557,7 @@ def unrecorded(
     return found
 
 
-def adopt(session: Session, result: BackupResult, master_key: bytes | None) -> list[str]:
+def adopt(session: Session, result: MadeBackup, master_key: bytes | None) -> list[str]:
     """Record, beside a new backup, the complete archives a crashed one left unrecorded in
     the same folder (inside the caller's transaction); their ids."""
     from sqlalchemy import select
@@ -583,7 +585,7 @@ def adopt(session: Session, result: BackupResult, master_key: bytes | None) -> l
     return [i.backup_id for i in items]
 
 
-def adopt_sqlite(conn: sqlite3.Connection, result: BackupResult, master_key: bytes | None) -> list[str]:
+def adopt_sqlite(conn: sqlite3.Connection, result: MadeBackup, master_key: bytes | None) -> list[str]:
     """:func:`adopt` on a plain sqlite3 connection, inside the caller's transaction."""
     listed = {str(r[0]) for r in conn.execute("SELECT path FROM backups WHERE path IS NOT NULL")}
     ids = {str(r[0]) for r in conn.execute("SELECT id FROM backups")}
@@ -608,11 +610,11 @@ def adopt_sqlite(conn: sqlite3.Connection, result: BackupResult, master_key: byt
     return [i.backup_id for i in items]
 
 
-def _instance_of(result: BackupResult) -> str:
+def _instance_of(result: MadeBackup) -> str:
     return str(result.manifest["instance_id"])
 
 
-def adopted_details(result: BackupResult, added: list[str]) -> dict[str, Any]:
+def adopted_details(result: MadeBackup, added: list[str]) -> dict[str, Any]:
     """Event 1507's details when a new backup recorded archives a crashed one left."""
     return {
         "folders": [str(result.path.parent)],
