@@ -32,6 +32,7 @@ __all__ = [
     "AgentServerAnswerInvalid",
     "AgentServerRefused",
     "AgentServerUnreachable",
+    "AgentDirectoryFailed",
     "AgentStateNotPrivate",
     "AlreadyExists",
     "BackupFailed",
@@ -47,6 +48,8 @@ __all__ = [
     "DatabaseUnreadable",
     "DecryptionFailed",
     "DeviceDisabled",
+    "DeviceWriteNotAllowed",
+    "DirectoryBindingInvalid",
     "DevicePendingApproval",
     "DeviceTokenInvalid",
     "InstanceExists",
@@ -354,6 +357,39 @@ class DeviceDisabled(PermissionDenied):
     exit_status = 61
     http_status = 403
     summary = "this device is disabled: register it again, or ask an administrator"
+
+
+# 26-29: devices whose password is stored in a directory (legacy agents, ams.vault.legacy).
+
+
+class DeviceWriteNotAllowed(PermissionDenied):
+    code = "device_write_not_allowed"
+    exit_status = 26
+    http_status = 403
+    summary = (
+        "a device may write only msLAPS-EncryptedPassword and msLAPS-PasswordExpirationTime of its own "
+        "computer object; nothing was changed"
+    )
+
+
+class DirectoryBindingInvalid(BadInput):
+    code = "directory_binding_invalid"
+    exit_status = 27
+    http_status = 422
+    summary = (
+        "a device can be bound only to an existing entry of a directory in its own scope, one device "
+        "per entry: create the computer object first, or choose another DN"
+    )
+
+
+class AgentDirectoryFailed(AMSError):
+    code = "agent_directory_failed"
+    exit_status = 28
+    http_status = 502
+    summary = (
+        "ams-agent could not read or write its computer object over LDAP: check --ldap-url, the "
+        "device's binding and the network; the device keeps its password"
+    )
 
 
 # 65-74: directories and their snapshots. ``aws_type`` names the AWS Directory Service error

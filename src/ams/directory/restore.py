@@ -39,6 +39,7 @@ from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion,
 from ams.directory import directories, regions, snapfile
 from ams.directory.snapshots import snapshot_path
 from ams.instance import Instance
+from ams.vault import legacy
 
 __all__ = ["RestoreResult", "notify", "pending_count", "register", "run_pending", "unregister"]
 
@@ -324,13 +325,27 @@ def _switch(instance: Instance, job: DirectoryRestore, loaded: int) -> None:
         row = session.get(DirectoryRestore, job.id)
         assert row is not None
         row.state = "switched"
+        # Passwords stored on computer objects went back in time with them: the devices whose
+        # object holds an older one must rotate (ams.vault.legacy), decided in this transaction.
+        rolled_back = legacy.detect_restored_rollbacks(
+            session,
+            instance.clock,
+            job.directory_id,
+            job.target_generation,
+            actor=job.requested_by,
+            snapshot_id=job.snapshot_id,
+        )
         audit.record(
             session,
             instance.clock,
             audit.Event.DIRECTORY_RESTORE_COMPLETED,
             actor=job.requested_by,
             target=job.directory_id,
-            details={"snapshot": job.snapshot_id, "entries": loaded},
+            details={
+                "snapshot": job.snapshot_id,
+                "entries": loaded,
+                "passwords_rolled_back": [r.device_id for r in rolled_back],
+            },
         )
 
 
