@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -53,6 +52,7 @@ from ams.errors import (
     DirectoryNotFound,
 )
 from ams.instance import Instance
+from ams.laps import ENCRYPTED_PASSWORD, EXPIRATION_TIME, MAX_FILETIME, from_filetime, to_filetime
 from ams.security import throttle
 from ams.textcheck import check_name
 from ams.vault import devices as devices_service
@@ -78,32 +78,15 @@ __all__ = [
     "visible_attributes",
 ]
 
-ENCRYPTED_PASSWORD = "msLAPS-EncryptedPassword"  # noqa: S105 - an attribute name
-EXPIRATION_TIME = "msLAPS-PasswordExpirationTime"
 _PASSWORD_ATTRIBUTES = {
     ENCRYPTED_PASSWORD.lower(): ENCRYPTED_PASSWORD,
     EXPIRATION_TIME.lower(): EXPIRATION_TIME,
 }
 _HIDDEN_PREFIX = "mslaps-"  # of any other entry, a device sees none of these
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
-_MAX_FILETIME = 2**63 - 1
 
 
 def is_directory_scope(scope: str) -> bool:
     return scope.startswith("d-")
-
-
-def to_filetime(moment: datetime) -> int:
-    """A Windows FILETIME: 100-nanosecond intervals since 1601-01-01 UTC."""
-    delta = moment.astimezone(UTC) - _FILETIME_EPOCH
-    return (delta.days * 86400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
-
-
-def from_filetime(value: int) -> datetime | None:
-    """The moment of a FILETIME; None for 0 ("rotate now")."""
-    if value <= 0:
-        return None
-    return _FILETIME_EPOCH + timedelta(microseconds=value // 10)
 
 
 @dataclass(frozen=True)
@@ -318,7 +301,7 @@ def _one_value(name: str, values: list[Value]) -> Value:
 def _filetime(value: Value) -> int:
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
     text = text.strip()
-    if not text.isdigit() or int(text) > _MAX_FILETIME:
+    if not text.isdigit() or int(text) > MAX_FILETIME:
         raise BadInput(
             f"{EXPIRATION_TIME} must be a Windows FILETIME (a whole number, 0 for rotate now); "
             "nothing was changed"
