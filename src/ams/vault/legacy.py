@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -43,9 +44,6 @@ from ams.directory.entry import Entry, Value, decode_values, encode_values
 from ams.errors import (
     AMSError,
     BadInput,
-    DeviceDisabled,
-    DevicePendingApproval,
-    DeviceTokenInvalid,
     DeviceWriteNotAllowed,
     DirectoryBindingInvalid,
     DirectoryEntryNotFound,
@@ -53,7 +51,6 @@ from ams.errors import (
 )
 from ams.instance import Instance
 from ams.laps import ENCRYPTED_PASSWORD, EXPIRATION_TIME, MAX_FILETIME, from_filetime, to_filetime
-from ams.security import throttle
 from ams.textcheck import check_name
 from ams.vault import devices as devices_service
 from ams.vault import passwords
@@ -83,6 +80,7 @@ _PASSWORD_ATTRIBUTES = {
     EXPIRATION_TIME.lower(): EXPIRATION_TIME,
 }
 _HIDDEN_PREFIX = "mslaps-"  # of any other entry, a device sees none of these
+_DUMMY_HASH = "0" * 64
 
 
 def is_directory_scope(scope: str) -> bool:
@@ -95,6 +93,10 @@ class BoundDevice(AuthenticatedDevice):
 
     directory_id: str = ""
     dn_norm: str = ""
+
+    @property
+    def device_id(self) -> str:
+        return self.id
 
 
 # -- binding -----------------------------------------------------------------------------------
@@ -189,52 +191,43 @@ def register_bound(instance: Instance, name: str, directory_id: str, dn: str, ac
 
 
 def authenticate_bind(
-    instance: Instance, directory_id: str, bind_dn: str, password: str, *, address: str | None = None
+    instance: Instance, directory_id: str, bind_dn: str, password: str
 ) -> BoundDevice | None:
     """The device a simple bind opens: ``bind_dn`` is its computer object's DN in
     ``directory_id``, ``password`` its device token (``dev_<id>.<secret>``).
 
     None when the credentials open no device: a DN no device is bound to, a wrong token, a
-    token of another device, a pending or disabled device (LDAP answers invalidCredentials).
-    The token is checked by :func:`ams.vault.devices.authenticate` (constant time, failures
-    counted per address and device id by ams.security.throttle, event 1406); past the
-    throttle's limit :class:`~ams.errors.TooManyRequests` is raised instead.
+    token of another device, a pending or disabled device. The LDAP server answers
+    invalidCredentials and counts the failure with ams.security.throttle per address, as the
+    agent API counts a wrong device token (ams.ldapserver.access.authenticate); counting it
+    here too would count it twice. The token is compared in constant time, against a dummy
+    hash when the DN is no device's, so the answer's timing tells nothing.
     """
     try:
         norm = dnlib.normalise(bind_dn)
     except BadInput:
         return None
+    token_id, _, secret = (password or "").partition(".")
+    now = instance.clock.now()
     with instance.session() as session:
-        bound_id = session.scalar(
-            select(Device.id).where(
+        row = session.scalars(
+            select(Device).where(
                 Device.scope == directory_id,
                 Device.directory_dn_norm == norm,
                 Device.status != devices_service.DISABLED,
             )
-        )
-    token_id = (password or "").partition(".")[0]
-    if bound_id is None and not token_id.startswith(devices_service.ID_PREFIX):
-        return None  # not a device's bind at all (the admin's, or a mistake): not ours to count
-    try:
-        device = devices_service.authenticate(instance, password, address=address)
-    except (DeviceTokenInvalid, DevicePendingApproval, DeviceDisabled):
-        return None
-    if bound_id is None or not crypto.constant_time_equal(device.id, bound_id):
-        # A valid token presented with another object's DN: a failure like a wrong token.
-        try:
-            throttle.refuse(
-                instance,
-                throttle.AuthKind.DEVICE_TOKEN,
-                address=address,
-                key_id=device.id,
-                event=audit.Event.DEVICE_AUTH_FAILED,
-                target=device.id,
-                details={"reason": "the bind DN is not this device's object", "directory": directory_id},
-                error=DeviceTokenInvalid(),
-            )
-        except DeviceTokenInvalid:
+        ).first()
+        expected = row.token_hash if row is not None else _DUMMY_HASH
+        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
+        if row is None or not valid or not secret or not crypto.constant_time_equal(token_id, row.id):
             return None
-    return BoundDevice(device.id, device.name, device.scope, directory_id=directory_id, dn_norm=norm)
+        if row.status != devices_service.ACTIVE:
+            return None  # pending approval
+        # Written at most once a minute, as the agent API's authentication does.
+        if row.last_seen_at is None or now - row.last_seen_at > timedelta(minutes=1):
+            row.last_seen_at = now
+            session.commit()
+        return BoundDevice(row.id, row.name, row.scope, directory_id=directory_id, dn_norm=norm)
 
 
 def _bound_norm(instance: Instance, device: AuthenticatedDevice) -> str | None:
@@ -257,15 +250,34 @@ def visible_attributes(instance: Instance, device: AuthenticatedDevice, entry: E
     return {n for n in names if not n.lower().startswith(_HIDDEN_PREFIX)}
 
 
-Changes = Mapping[str, Mapping[str, Sequence[Value]]] | Iterable[tuple[str, str, Sequence[Value]]]
+class Change(Protocol):
+    """One change of an LDAP modify, as ams.ldapserver.access.Change carries it."""
+
+    @property
+    def op(self) -> str: ...
+    @property
+    def attribute(self) -> str: ...
+    @property
+    def values(self) -> list[Value]: ...
+
+
+Changes = Mapping[str, Mapping[str, Sequence[Value]]] | Iterable[Change | tuple[str, str, Sequence[Value]]]
 
 
 def _operations(changes: Changes) -> list[tuple[str, str, list[Value]]]:
-    """``changes`` as (operation, attribute, values): either LDAP's sequence of triples, or
-    ``{"replace"|"add"|"delete": {attribute: values}}`` (ams.directory.objects.modify's)."""
+    """``changes`` as (operation, attribute, values), from LDAP's sequence of changes
+    (``Change`` objects or triples), or ``{"replace"|"add"|"delete": {attribute: values}}``
+    (ams.directory.objects.modify's shape)."""
     if isinstance(changes, Mapping):
         return [(op, name, list(values)) for op, group in changes.items() for name, values in group.items()]
-    return [(op, name, list(values)) for op, name, values in changes]
+    out: list[tuple[str, str, list[Value]]] = []
+    for change in changes:
+        if isinstance(change, tuple):
+            op, name, values = change
+            out.append((op, name, list(values)))
+        else:
+            out.append((change.op, change.attribute, list(change.values)))
+    return out
 
 
 def _refuse_write(
