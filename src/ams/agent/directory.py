@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,7 +88,10 @@ class LdapObjectClient:
     def __init__(
         self, url: str, dn: str, token: str, *, ca_file: Path | None = None, timeout: float = 30
     ) -> None:
-        import ldap3  # here: only directory mode needs it
+        with warnings.catch_warnings():
+            # ldap3 2.9.1 imports pyasn1's old names (tagMap), which pyasn1 0.6 deprecates.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import ldap3  # here: only directory mode needs it
 
         self.url = check_ldap_url(url)
         self.dn = dn

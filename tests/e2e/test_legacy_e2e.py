@@ -1,0 +1,267 @@
+"""End to end: legacy agents keep their passwords on their computer objects, over LDAP.
+
+A real `ams serve --ldap-port`, two real `ams-agent --mode directory` devices bound to
+computer objects of one directory, one `ams-agent` device of the agent scope, and the real
+`ams` commands: rotations read back decrypted; a device that tries what it may not; the
+directory certificate marked lost (only its two devices forced); its PFX bringing those
+passwords back on a new home restored from a backup; and a snapshot restore that moves the
+stored passwords back in time, detected and forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from conftest import RECOVERY_PASSWORD, run_ams
+from server import FileAgent, Server, free_port
+
+with warnings.catch_warnings():
+    # ldap3 2.9.1 imports pyasn1's old names (tagMap), which pyasn1 0.6 deprecates.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import ldap3
+
+AGENT = Path(sys.executable).parent / "ams-agent"
+SUFFIX = "DC=corp,DC=example,DC=com"
+PC1 = f"CN=PC1,OU=Computers,{SUFFIX}"
+PC2 = f"CN=PC2,OU=Computers,{SUFFIX}"
+BLOB = "msLAPS-EncryptedPassword"
+EXPIRY = "msLAPS-PasswordExpirationTime"
+PFX_PASSWORD = "Harbor-Lantern-Osprey-4417"
+LDIF = f"""dn: {SUFFIX}
+objectClass: top
+objectClass: domain
+dc: corp
+
+dn: OU=Computers,{SUFFIX}
+objectClass: top
+objectClass: organizationalUnit
+ou: Computers
+
+dn: {PC1}
+objectClass: top
+objectClass: computer
+cn: PC1
+
+dn: {PC2}
+objectClass: top
+objectClass: computer
+cn: PC2
+"""
+
+
+def _json(result: Any) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+class LegacyAgent:
+    """A real ams-agent in directory mode, the password landing in a file."""
+
+    def __init__(self, folder: Path, ldap_url: str) -> None:
+        self.state = folder / "state" / "state.json"
+        self.password_file = folder / "password"
+        self.ldap_url = ldap_url
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
+        return subprocess.run(
+            [str(AGENT), *args, "--state", str(self.state)],
+            input=input, capture_output=True, text=True, env=env, timeout=90,
+        )  # fmt: skip
+
+    def register(
+        self, server: Server, directory_id: str, dn: str, *, key: str | None, token: str | None
+    ) -> str:
+        how = ["--registration-key-stdin"] if key else ["--token-stdin"]
+        done = self.run(
+            "register", "--server", server.url, "--name", dn.split(",")[0][3:], *how,
+            "--directory", directory_id, "--dn", dn, "--ldap-url", self.ldap_url,
+            input=(key or token or "") + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(self.state.read_text())["device_id"])
+
+    def run_once(self) -> str:
+        done = self.run(
+            "run",
+            "--once",
+            "--mode",
+            "directory",
+            "--setter",
+            f"file:{self.password_file}",
+            "--max-delay",
+            "1",
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    @property
+    def token(self) -> str:
+        return str(json.loads(self.state.read_text())["token"])
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+
+def _password(home: Path, device: str) -> str:
+    got = run_ams("password", "get", device, home=home)
+    assert got.returncode == 0, got.stderr
+    return got.stdout.strip()
+
+
+def _forced(home: Path) -> dict[str, bool]:
+    return {d["id"]: d["rotation_forced"] for d in _json(run_ams("device", "list", "--json", home=home))}
+
+
+def _connect(port: int, dn: str, password: str) -> ldap3.Connection:
+    server = ldap3.Server("127.0.0.1", port=port, get_info=ldap3.NONE)
+    conn = ldap3.Connection(server, user=dn, password=password, raise_exceptions=False)
+    assert conn.bind(), conn.result
+    return conn
+
+
+def _object(conn: ldap3.Connection, dn: str) -> dict[str, list[bytes]]:
+    assert conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["*"]), conn.result
+    [entry] = [e for e in conn.response if e["type"] == "searchResEntry"]
+    return {k.lower(): list(v) for k, v in entry["raw_attributes"].items()}
+
+
+def _wait_active(home: Path, directory_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _json(run_ams("directory", "show", directory_id, "--json", home=home))["stage"] == "Active":
+            return
+        time.sleep(0.2)
+    raise AssertionError("the directory did not come back Active")
+
+
+def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _json(run_ams("init", "--recovery-password-stdin", "--json", home=home, input=RECOVERY_PASSWORD + "\n"))
+    directory_id = _json(run_ams("directory", "create", "corp.example.com", "--json", home=home))["id"]
+    # A device is bound only to an object that exists: registering never writes the directory.
+    refused = run_ams("device", "register", "PC1", "--directory", directory_id, "--dn", PC1, home=home)
+    assert refused.returncode == 27 and "has no entry" in refused.stderr and "Traceback" not in refused.stderr
+    ldif = tmp_path / "computers.ldif"
+    ldif.write_text(LDIF)
+    _json(run_ams("directory", "import", directory_id, str(ldif), "--json", home=home))
+    ldap_port = free_port()
+    ldap_url = f"ldap://127.0.0.1:{ldap_port}"
+
+    with Server(home, args=["--ldap-port", str(ldap_port)]) as server:
+        # PC1 registers itself with a registration key; PC2 was registered by an administrator.
+        key = _json(run_ams("regkey", "create", "--name", "legacy", "--json", home=home))["key"]
+        pc1 = LegacyAgent(tmp_path / "pc1", ldap_url)
+        pc1_id = pc1.register(server, directory_id, PC1, key=key, token=None)
+        made = _json(
+            run_ams(
+                "device", "register", "PC2", "--directory", directory_id, "--dn", PC2, "--json", home=home
+            )
+        )
+        pc2 = LegacyAgent(tmp_path / "pc2", ldap_url)
+        assert pc2.register(server, directory_id, PC2, key=None, token=made["token"]) == made["device_id"]
+        pc2_id = made["device_id"]
+        linux = FileAgent(tmp_path / "linux")
+        linux_id = linux.register(server, "linux1")
+        assert linux.run_once().returncode == 0
+
+        # First rotations over LDAP; read back decrypted with the directory's certificate.
+        assert "reason: new" in pc1.run_once()
+        assert "reason: new" in pc2.run_once()
+        assert "nothing to do" in pc1.run_once() or "current" in pc1.run_once()
+        assert _password(home, pc1_id) == pc1.password
+        assert _password(home, pc2_id) == pc2.password
+        [directory_cert] = _json(run_ams("certs", "list", "--scope", directory_id, "--json", home=home))
+        shown = _json(run_ams("password", "get", pc1_id, "--json", home=home))
+        assert shown["certificate_thumbprint"] == directory_cert["thumbprint"]
+
+        # What a device sees and may write over LDAP.
+        conn = _connect(ldap_port, PC1, pc1.token)
+        own = _object(conn, PC1)
+        assert own[BLOB.lower()] and own[EXPIRY.lower()][0] != b"0"
+        other = _object(conn, PC2)
+        assert not any(name.startswith("mslaps-") for name in other)  # no other device's blob
+        assert other["cn"] == [b"PC2"]
+        for dn, changes in (
+            (PC1, {"description": [(ldap3.MODIFY_REPLACE, ["mine"])]}),
+            (PC2, {EXPIRY: [(ldap3.MODIFY_REPLACE, ["0"])]}),
+            (PC2, {BLOB: [(ldap3.MODIFY_REPLACE, [own[BLOB.lower()][0]])]}),
+        ):
+            assert not conn.modify(dn, changes)
+            assert conn.result["result"] == 50, conn.result  # insufficientAccessRights
+        assert not conn.add(f"CN=PC3,OU=Computers,{SUFFIX}", ["top", "computer"])
+        assert conn.result["result"] == 50
+        assert not conn.delete(PC2)
+        assert conn.result["result"] == 50
+        conn.unbind()
+        assert _object(_connect(ldap_port, PC2, pc2.token), PC2)[EXPIRY.lower()][0] != b"0"
+        wrong = ldap3.Connection(
+            ldap3.Server("127.0.0.1", port=ldap_port, get_info=ldap3.NONE), user=PC2, password=pc1.token
+        )
+        assert not wrong.bind() and wrong.result["result"] == 49  # invalidCredentials
+        refused = _json(run_ams("audit", "list", "--event", "1415", "--json", home=home))
+        assert len(refused) == 3
+
+        # Export the directory certificate, then lose it: only the directory's two devices rotate.
+        pfx = tmp_path / "directory.pfx"
+        exported = run_ams(
+            "certs", "export", directory_cert["thumbprint"], "--out", str(pfx), "--password-stdin",
+            home=home, input=PFX_PASSWORD + "\n",
+        )  # fmt: skip
+        assert exported.returncode == 0, exported.stderr
+        first_pc1 = pc1.password
+        _json(run_ams("certs", "lost", directory_cert["thumbprint"], "--json", home=home))
+        assert _forced(home) == {pc1_id: True, pc2_id: True, linux_id: False}
+        assert _object(_connect(ldap_port, PC1, pc1.token), PC1)[EXPIRY.lower()] == [b"0"]
+        assert "reason: forced" in pc1.run_once()
+        assert "reason: forced" in pc2.run_once()
+        assert _password(home, pc1_id) == pc1.password != first_pc1
+        assert _forced(home) == {pc1_id: False, pc2_id: False, linux_id: False}
+
+        # Snapshot, rotate, restore the snapshot: both devices detected and forced.
+        snap = _json(run_ams("snapshot", "create", directory_id, "--json", home=home))
+        _json(run_ams("device", "expire", "--scope", directory_id, "--json", home=home))
+        pc1.run_once()
+        pc2.run_once()
+        assert linux.run_once().returncode == 0
+        _json(run_ams("snapshot", "restore", snap["id"], "--json", home=home))
+        _wait_active(home, directory_id)
+        [completed] = _json(run_ams("audit", "list", "--event", "1621", "--json", home=home))
+        assert sorted(completed["details"]["passwords_rolled_back"]) == sorted([pc1_id, pc2_id])
+        assert _forced(home) == {pc1_id: True, pc2_id: True, linux_id: False}
+        assert _password(home, pc1_id) == pc1.password  # the vault kept the newer password
+        assert "reason: forced" in pc1.run_once()
+        assert _password(home, pc1_id) == pc1.password
+
+        backup = _json(run_ams("backup", "create", "--json", home=home))
+
+    # A new home from the backup: the passwords under the lost certificate read again only
+    # once its PFX is imported.
+    other = tmp_path / "other"
+    _json(
+        run_ams(
+            "backup", "restore", backup["path"], "--password-stdin", "--json", home=other,
+            input=RECOVERY_PASSWORD + "\n",
+        )
+    )  # fmt: skip
+    history = _json(run_ams("password", "get", pc1_id, "--history", "--json", home=other))["history"]
+    under_lost = [h for h in history if h["certificate_thumbprint"] == directory_cert["thumbprint"]]
+    assert under_lost and all(not h["recoverable"] for h in under_lost)
+    imported = run_ams(
+        "certs", "import", str(pfx), "--scope", directory_id, "--password-stdin", home=other,
+        input=PFX_PASSWORD + "\n",
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    history = _json(run_ams("password", "get", pc1_id, "--history", "--json", home=other))["history"]
+    assert [
+        h["password"] for h in history if h["certificate_thumbprint"] == directory_cert["thumbprint"]
+    ] == [first_pc1]
+    assert _password(other, pc1_id) == pc1.password
