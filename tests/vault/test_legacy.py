@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import secrets
+import shutil
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +20,10 @@ from ams.errors import (
     DirectoryBindingInvalid,
     PasswordUndecryptable,
 )
-from ams.instance import Instance
+from ams.home import Home
+from ams.instance import Instance, create_instance, open_instance
 from ams.vault import certificates, devices, legacy, passwords, regkeys
+from conftest import RECOVERY_PASSWORD
 from vault_support import _small_keys, make_blob  # noqa: F401 - _small_keys is a fixture
 
 SUFFIX = "DC=corp,DC=example,DC=com"
@@ -31,17 +36,42 @@ def _events(instance: Instance, event: audit.Event) -> list[audit.EventRecord]:
         return audit.list_events(session, event_id=event)
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, str]:
+    """An instance with a directory and its computer objects, made once per module (the
+    recovery password's Argon2id makes each new instance cost a second): tests copy it."""
+    home = Home(tmp_path_factory.mktemp("legacy") / "home")
+    clock = ManualClock()
+    create_instance(home, recovery_password=RECOVERY_PASSWORD, actor="test", clock=clock)
+    made = open_instance(home, clock)
+    try:
+        info = directories.create(made, dns_name="corp.example.com", short_name="CORP", actor="test")
+        for dn, classes in (
+            (SUFFIX, ["top", "domain"]),
+            (f"OU=Computers,{SUFFIX}", ["top", "organizationalUnit"]),
+            (PC1, ["top", "computer"]),
+            (PC2, ["top", "computer"]),
+        ):
+            objects.add(made, info.id, Entry(dn, classes, {"description": ["x"]}), actor="test")
+    finally:
+        made.close()
+    return home, info.id
+
+
 @pytest.fixture
-def directory_id(instance: Instance) -> str:
-    info = directories.create(instance, dns_name="corp.example.com", short_name="CORP", actor="test")
-    for dn, classes in (
-        (SUFFIX, ["top", "domain"]),
-        (f"OU=Computers,{SUFFIX}", ["top", "organizationalUnit"]),
-        (PC1, ["top", "computer"]),
-        (PC2, ["top", "computer"]),
-    ):
-        objects.add(instance, info.id, Entry(dn, classes, {"description": ["x"]}), actor="test")
-    return info.id
+def instance(template: tuple[Home, str], tmp_path: Path, clock: ManualClock) -> Iterator[Instance]:
+    copy = Home(tmp_path / "home")
+    shutil.copytree(template[0].root, copy.root, symlinks=True)
+    opened = open_instance(copy, clock)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def directory_id(template: tuple[Home, str]) -> str:
+    return template[1]
 
 
 def _register(instance: Instance, directory_id: str, dn: str, name: str) -> tuple[str, str]:
