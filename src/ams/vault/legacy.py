@@ -430,7 +430,7 @@ def publish_forced(instance: Instance, device_ids: Iterable[str], actor: str) ->
         ).all()
     written = []
     for device_id, scope, dn in bound:
-        if device_id not in ids:
+        if device_id not in ids or dn is None:
             continue
         try:
             objects.modify(instance, scope, dn, replace={EXPIRATION_TIME: ["0"]}, actor=actor)
