@@ -6,9 +6,11 @@ an AMS-hosted directory, over LDAP (ldap3), bound as that object's DN with its d
 1. read its object's ``msLAPS-PasswordExpirationTime``; rotate when it is due, ``0`` (forced:
    ``ams device expire``, a lost certificate, a directory restore that moved the password
    back), or absent, or when the object holds no ``msLAPS-EncryptedPassword``;
-2. ask the agent API's check-in (``GET /api/v1/agent/password``) for the directory's active
-   certificate, the policy and the next version: the server hands out the certificate that is
-   active now, which a directory attribute restored from a snapshot could not promise;
+2. ask the agent API's check-in (``GET /api/v1/agent/password?version=V``) for the
+   directory's active certificate, the policy and the next version: the server hands out the
+   certificate that is active now, which a directory attribute restored from a snapshot
+   could not promise. When the server asks for a rotation the object did not (the device
+   was reverted to an older state: reason ``rollback``), the device rotates too;
 3. encrypt the new password to it and write the blob (and its expiry) on its object; the
    server test-decrypts it and keeps it in the vault's history before the write is accepted;
 4. only then set it on the device; if that fails, write expiration time 0, so the next run
@@ -186,14 +188,16 @@ def directory_check_in(
 ) -> CheckIn:
     """One run in directory mode (see the module's docstring for the order)."""
     reason = ldap.read().due(now())
+    answer = client.check(state.last_version)
+    if not isinstance(answer.get("rotate"), bool) or "next_version" not in answer:
+        raise AgentServerAnswerInvalid("the server's check-in answer has no 'rotate': is it an AMS server?")
+    if reason is None and answer["rotate"]:
+        # The directory says nothing is due, the vault does: a device reverted to an older
+        # state (reason rollback), or a forced rotation whose 0 could not be written.
+        reason = str(answer.get("reason"))
     if reason is None:
         return CheckIn(rotated=False, reason=None, version=state.last_version)
-    answer = client.check(state.last_version)
-    if not isinstance(answer, dict) or "next_version" not in answer:
-        raise AgentServerAnswerInvalid(
-            "the server's check-in answer has no 'next_version': is it an AMS server?"
-        )
-    # The directory decides that it is time; the server says with what.
+    # The directory (or the vault) decides that it is time; the server says with what.
     plan = plan_rotation({**answer, "reason": reason}, account)
     log.info("the directory asks for a new password (reason: %s, version %d)", reason, plan.next_version)
     password, blob = new_password(plan, now)
