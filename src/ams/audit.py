@@ -96,6 +96,9 @@ class Event(IntEnum):
     DIRECTORY_RESTORE_COMPLETED = 1621
     DIRECTORY_RESTORE_FAILED = 1622
     DIRECTORY_RESTORE_RESUMED = 1623
+    DIRECTORY_ENTRY_RENAMED = 1630
+    DIRECTORY_ADMIN_PASSWORD_SET = 1631
+    LDAP_BIND_FAILED = 1632
 
     @property
     def label(self) -> str:
@@ -188,6 +191,9 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.DIRECTORY_RESTORE_COMPLETED: "a restore finished; the directory is Active with the snapshot's data",
     Event.DIRECTORY_RESTORE_FAILED: "a restore failed; the directory is RestoreFailed with its old data",
     Event.DIRECTORY_RESTORE_RESUMED: "an interrupted restore",
+    Event.DIRECTORY_ENTRY_RENAMED: "an entry of a directory was renamed or moved (LDAP modifyDN)",
+    Event.DIRECTORY_ADMIN_PASSWORD_SET: "a directory's admin password was set or replaced",
+    Event.LDAP_BIND_FAILED: "an LDAP simple bind was refused (wrong name or password)",
 }
 
 
