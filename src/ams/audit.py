@@ -100,6 +100,10 @@ class Event(IntEnum):
     DIRECTORY_RESTORE_RESUMED = 1623
     # 1624-1629: directory-stored passwords and directory restores (ams.vault.legacy)
     DIRECTORY_PASSWORDS_ROLLED_BACK = 1624
+    # 1630-1639: the LDAP endpoint
+    DIRECTORY_ENTRY_RENAMED = 1630
+    DIRECTORY_ADMIN_PASSWORD_SET = 1631
+    LDAP_BIND_FAILED = 1632
 
     @property
     def label(self) -> str:
@@ -198,6 +202,9 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.DIRECTORY_PASSWORDS_ROLLED_BACK: (
         "a directory restore brought back older directory-stored passwords; those devices must rotate"
     ),
+    Event.DIRECTORY_ENTRY_RENAMED: "an entry of a directory was renamed or moved (LDAP modifyDN)",
+    Event.DIRECTORY_ADMIN_PASSWORD_SET: "a directory's admin password was set or replaced",
+    Event.LDAP_BIND_FAILED: "an LDAP simple bind was refused (wrong name or password)",
 }
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "DirectoryAttributeAbsent",
     "DirectoryEntryNotFound",
     "DirectoryNotFound",
     "DirectoryUnavailable",
+    "DirectoryValueExists",
     "LdifInvalid",
     "NotPrimaryRegion",
     "SnapshotCorrupt",
@@ -129,6 +131,27 @@ class Conflict(AMSError):
     exit_status = 15
     http_status = 409
     summary = "the operation conflicts with the current state"
+
+
+# 16-19: directory entries changed over LDAP.
+
+
+class DirectoryAttributeAbsent(BadInput):
+    """An LDAP modify deletes a value or an attribute the entry does not have (noSuchAttribute)."""
+
+    code = "directory_attribute_absent"
+    exit_status = 16
+    http_status = 422
+    summary = "the entry has no such attribute or value to delete; nothing was changed"
+
+
+class DirectoryValueExists(Conflict):
+    """An LDAP modify adds a value the attribute has already (attributeOrValueExists)."""
+
+    code = "directory_value_exists"
+    exit_status = 17
+    http_status = 409
+    summary = "the attribute already has that value; nothing was changed"
 
 
 class InstanceNotFound(AMSError):
@@ -482,6 +505,11 @@ class DirectoryEntryNotFound(NotFound):
     http_status = 404
     summary = "the directory has no entry with that DN: list entries with GET .../objects"
     aws_type: ClassVar[str] = "EntityDoesNotExistException"
+
+    def __init__(self, message: str | None = None, *, matched_dn: str = "") -> None:
+        super().__init__(message)
+        # The nearest existing entry above the DN asked for (LDAP's matchedDN).
+        self.matched_dn = matched_dn
 
 
 # 80-89: backups and restore.

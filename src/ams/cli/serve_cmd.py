@@ -6,6 +6,8 @@ import errno
 import logging
 import signal
 import socket
+import ssl
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
@@ -49,6 +51,28 @@ def _server_class(uvicorn: Any) -> Any:
     return AMSServer
 
 
+def _ldap_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The TLS context of ldaps and StartTLS, from PEM files; None when neither is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise BadInput("give both --ldap-tls-cert and --ldap-tls-key (PEM files), or neither")
+    from ams.paths import read_file
+
+    read_file(cert, "--ldap-tls-cert")
+    read_file(key, "--ldap-tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise BadInput(
+            f"cannot use {cert} and {key} for LDAP TLS: {exc.reason or exc}; give a PEM certificate and its "
+            "unencrypted PEM private key"
+        ) from None
+    return context
+
+
 def serve(
     home: HomeOption = None,
     host: Annotated[
@@ -56,6 +80,33 @@ def serve(
     ] = None,
     port: Annotated[
         int | None, typer.Option("--port", min=0, max=65535, help="Port (default from ams.toml, 8080).")
+    ] = None,
+    ldap_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ldap-port",
+            min=0,
+            max=65535,
+            help="Serve the directories over LDAP on this port (off unless set).",
+        ),
+    ] = None,
+    ldaps_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ldaps-port",
+            min=0,
+            max=65535,
+            help="Serve LDAP over TLS (ldaps) on this port; needs the TLS files.",
+        ),
+    ] = None,
+    ldap_host: Annotated[
+        str | None, typer.Option("--ldap-host", help="Address for LDAP (default: the HTTP --host).")
+    ] = None,
+    ldap_tls_cert: Annotated[
+        Path | None, typer.Option("--ldap-tls-cert", help="PEM certificate (chain) for ldaps and StartTLS.")
+    ] = None,
+    ldap_tls_key: Annotated[
+        Path | None, typer.Option("--ldap-tls-key", help="PEM private key of --ldap-tls-cert (unencrypted).")
     ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
@@ -74,7 +125,23 @@ def serve(
         try:
             bind_host = host or instance.settings.server.host
             bind_port = instance.settings.server.port if port is None else port
+            tls = _ldap_tls(ldap_tls_cert, ldap_tls_key)
+            if ldaps_port is not None and tls is None:
+                raise BadInput("--ldaps-port needs --ldap-tls-cert and --ldap-tls-key")
             sock = _listen(bind_host, bind_port)
+            ldap = None
+            if ldap_port is not None or ldaps_port is not None:
+                from ams.ldapserver import LdapServer
+
+                ldap = LdapServer(
+                    instance, host=ldap_host or bind_host, port=ldap_port, tls_port=ldaps_port, tls=tls
+                )
+                try:
+                    for address, ldap_bound in ldap.start():
+                        log.info("AMS serving LDAP on %s:%d", address, ldap_bound)
+                except BadInput:
+                    sock.close()
+                    raise
             state = str(instance.keyring.state)
             offset = getattr(instance.clock, "offset", None)
             if offset:
@@ -108,6 +175,8 @@ def serve(
             try:
                 server.run(sockets=[sock])
             finally:
+                if ldap is not None:
+                    ldap.stop()
                 sock.close()
                 with instance.transaction() as session:
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")

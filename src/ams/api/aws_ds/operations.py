@@ -87,8 +87,9 @@ def _snapshot(s: Any) -> dict[str, Any]:
 
 
 def create_microsoft_ad(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    # Password, VpcSettings, Tags and NetworkType are validated against the model but not
-    # kept: AMS hosts the directory's entries, not domain controllers in a VPC.
+    # Password is the admin's LDAP bind password (kept as an Argon2id hash). VpcSettings,
+    # Tags and NetworkType are validated against the model but not kept: AMS hosts the
+    # directory's entries, not domain controllers in a VPC.
     created = directories.create(
         call.instance,
         dns_name=body["Name"],
@@ -97,6 +98,7 @@ def create_microsoft_ad(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         edition=body.get("Edition", "Enterprise"),  # AWS's default edition
         region=call.region,
         description=body.get("Description"),
+        admin_password=body["Password"],
         actor=call.actor,
     )
     return {"DirectoryId": created.id}

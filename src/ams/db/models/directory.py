@@ -35,6 +35,8 @@ class Directory(Base):
     # The live generation of the entries, and the last one handed out (restores stage the next).
     generation: Mapped[int] = mapped_column(Integer, default=1)
     last_generation: Mapped[int] = mapped_column(Integer, default=1)
+    # Argon2id (PHC string) of the admin's LDAP bind password; None: no admin bind.
+    admin_password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     launched_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 

@@ -48,7 +48,7 @@ _BOUND = text("directory_dn_norm IS NOT NULL AND status != 'disabled'")
 class Device(Base):
     __tablename__ = "devices"
     __table_args__ = (
-        # One device (not disabled) per directory entry (migration 0009_legacy).
+        # One device (not disabled) per directory entry (migration 0010_legacy).
         Index(
             "ux_devices_directory_dn",
             "scope",

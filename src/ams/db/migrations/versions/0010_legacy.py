@@ -4,8 +4,8 @@ A device whose scope is a directory id may be bound to one entry of that directo
 ``directory_dn`` (as given) and ``directory_dn_norm`` (ams.directory.dn.normalise). One
 device that is not disabled per entry: a partial unique index on (scope, directory_dn_norm).
 
-Revision ID: 0009_legacy
-Revises: 0008_console
+Revision ID: 0010_legacy
+Revises: 0009_ldap
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_legacy"
-down_revision = "0008_console"
+revision = "0010_legacy"
+down_revision = "0009_ldap"
 branch_labels = None
 depends_on = None
 
