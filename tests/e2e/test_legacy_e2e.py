@@ -117,8 +117,36 @@ def _password(home: Path, device: str) -> str:
     return got.stdout.strip()
 
 
-def _forced(home: Path) -> dict[str, bool]:
-    return {d["id"]: d["rotation_forced"] for d in _json(run_ams("device", "list", "--json", home=home))}
+class Admin:
+    """The REST API with an admin key: the checks, without a process per question."""
+
+    def __init__(self, server: Server, token: str) -> None:
+        self.http = server.client(token)
+
+    def get(self, path: str, **params: Any) -> Any:
+        answer = self.http.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def post(self, path: str, status: int = 200, **kwargs: Any) -> Any:
+        answer = self.http.post(path, **kwargs)
+        assert answer.status_code == status, answer.text
+        return answer.json()
+
+    def password(self, device: str) -> str:
+        return str(self.get(f"/api/v1/devices/{device}/password")["password"])
+
+    def forced(self) -> dict[str, bool]:
+        return {d["id"]: d["rotation_forced"] for d in self.get("/api/v1/devices")}
+
+    def events(self, event_id: int) -> list[dict[str, Any]]:
+        return list(self.get("/api/v1/audit", event_id=event_id))
+
+    def wait_active(self, directory_id: str) -> None:
+        deadline = time.monotonic() + 60
+        while self.get(f"/api/v1/directories/{directory_id}")["stage"] != "Active":
+            assert time.monotonic() < deadline, "the directory did not come back Active"
+            time.sleep(0.2)
 
 
 def _connect(port: int, dn: str, password: str) -> ldap3.Connection:
@@ -128,35 +156,41 @@ def _connect(port: int, dn: str, password: str) -> ldap3.Connection:
     return conn
 
 
+def _read_as(port: int, bind_dn: str, token: str, dn: str) -> dict[str, list[bytes]]:
+    conn = _connect(port, bind_dn, token)
+    try:
+        return _object(conn, dn)
+    finally:
+        conn.unbind()
+
+
 def _object(conn: ldap3.Connection, dn: str) -> dict[str, list[bytes]]:
     assert conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["*"]), conn.result
     [entry] = [e for e in conn.response if e["type"] == "searchResEntry"]
     return {k.lower(): list(v) for k, v in entry["raw_attributes"].items()}
 
 
-def _wait_active(home: Path, directory_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if _json(run_ams("directory", "show", directory_id, "--json", home=home))["stage"] == "Active":
-            return
-        time.sleep(0.2)
-    raise AssertionError("the directory did not come back Active")
-
-
 def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) -> None:
     home = tmp_path / "home"
     _json(run_ams("init", "--recovery-password-stdin", "--json", home=home, input=RECOVERY_PASSWORD + "\n"))
-    directory_id = _json(run_ams("directory", "create", "corp.example.com", "--json", home=home))["id"]
-    # A device is bound only to an object that exists: registering never writes the directory.
-    refused = run_ams("device", "register", "PC1", "--directory", directory_id, "--dn", PC1, home=home)
-    assert refused.returncode == 27 and "has no entry" in refused.stderr and "Traceback" not in refused.stderr
-    ldif = tmp_path / "computers.ldif"
-    ldif.write_text(LDIF)
-    _json(run_ams("directory", "import", directory_id, str(ldif), "--json", home=home))
+    token = _json(run_ams("apikey", "create", "--name", "admin", "--role", "admin", "--json", home=home))[
+        "token"
+    ]
     ldap_port = free_port()
     ldap_url = f"ldap://127.0.0.1:{ldap_port}"
 
     with Server(home, args=["--ldap-port", str(ldap_port)]) as server:
+        admin = Admin(server, token)
+        directory_id = admin.post("/api/v1/directories", 201, json={"dns_name": "corp.example.com"})["id"]
+        # A device is bound only to an object that exists: registering never writes the directory.
+        refused = run_ams("device", "register", "PC1", "--directory", directory_id, "--dn", PC1, home=home)
+        assert (
+            refused.returncode == 27
+            and "has no entry" in refused.stderr
+            and "Traceback" not in refused.stderr
+        )
+        admin.post(f"/api/v1/directories/{directory_id}/import", content=LDIF.encode())
+
         # PC1 registers itself with a registration key; PC2 was registered by an administrator.
         key = _json(run_ams("regkey", "create", "--name", "legacy", "--json", home=home))["key"]
         pc1 = LegacyAgent(tmp_path / "pc1", ldap_url)
@@ -172,15 +206,16 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         linux = FileAgent(tmp_path / "linux")
         linux_id = linux.register(server, "linux1")
         assert linux.run_once().returncode == 0
+        linux_password = linux.password
 
         # First rotations over LDAP; read back decrypted with the directory's certificate.
         assert "reason: new" in pc1.run_once()
         assert "reason: new" in pc2.run_once()
         assert "nothing to do" in pc1.run_once()
-        assert _password(home, pc1_id) == pc1.password
-        assert _password(home, pc2_id) == pc2.password
-        [directory_cert] = _json(run_ams("certs", "list", "--scope", directory_id, "--json", home=home))
-        shown = _json(run_ams("password", "get", pc1_id, "--json", home=home))
+        assert _password(home, pc1_id) == pc1.password  # `ams password get`
+        shown = admin.get(f"/api/v1/devices/{pc2_id}/password")  # REST
+        [directory_cert] = admin.get("/api/v1/certificates", scope=directory_id)
+        assert shown["password"] == pc2.password
         assert shown["certificate_thumbprint"] == directory_cert["thumbprint"]
 
         # What a device sees and may write over LDAP.
@@ -202,13 +237,13 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         assert not conn.delete(PC2)
         assert conn.result["result"] == 50
         conn.unbind()
-        assert _object(_connect(ldap_port, PC2, pc2.token), PC2)[EXPIRY.lower()][0] != b"0"
+        assert _read_as(ldap_port, PC2, pc2.token, PC2)[EXPIRY.lower()][0] != b"0"
         wrong = ldap3.Connection(
             ldap3.Server("127.0.0.1", port=ldap_port, get_info=ldap3.NONE), user=PC2, password=pc1.token
         )
         assert not wrong.bind() and wrong.result["result"] == 49  # invalidCredentials
-        refused = _json(run_ams("audit", "list", "--event", "1415", "--json", home=home))
-        assert len(refused) == 3
+        wrong.unbind()
+        assert len(admin.events(1415)) == 3
 
         # Export the directory certificate, then lose it: only the directory's two devices rotate.
         pfx = tmp_path / "directory.pfx"
@@ -218,30 +253,35 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         )  # fmt: skip
         assert exported.returncode == 0, exported.stderr
         first_pc1 = pc1.password
-        _json(run_ams("certs", "lost", directory_cert["thumbprint"], "--json", home=home))
-        assert _forced(home) == {pc1_id: True, pc2_id: True, linux_id: False}
-        assert _object(_connect(ldap_port, PC1, pc1.token), PC1)[EXPIRY.lower()] == [b"0"]
+        admin.post(f"/api/v1/certificates/{directory_cert['thumbprint']}/lost")
+        assert admin.forced() == {pc1_id: True, pc2_id: True, linux_id: False}
+        assert _read_as(ldap_port, PC1, pc1.token, PC1)[EXPIRY.lower()] == [b"0"]
         assert "reason: forced" in pc1.run_once()
         assert "reason: forced" in pc2.run_once()
-        assert _password(home, pc1_id) == pc1.password != first_pc1
-        assert _forced(home) == {pc1_id: False, pc2_id: False, linux_id: False}
+        assert admin.password(pc1_id) == pc1.password != first_pc1
+        assert admin.forced() == {pc1_id: False, pc2_id: False, linux_id: False}
 
         # Snapshot, rotate, restore the snapshot: both devices detected and forced.
-        snap = _json(run_ams("snapshot", "create", directory_id, "--json", home=home))
-        _json(run_ams("device", "expire", "--scope", directory_id, "--json", home=home))
-        pc1.run_once()
-        pc2.run_once()
-        assert linux.run_once().returncode == 0
-        _json(run_ams("snapshot", "restore", snap["id"], "--json", home=home))
-        _wait_active(home, directory_id)
-        [completed] = _json(run_ams("audit", "list", "--event", "1621", "--json", home=home))
-        assert sorted(completed["details"]["passwords_rolled_back"]) == sorted([pc1_id, pc2_id])
-        assert _forced(home) == {pc1_id: True, pc2_id: True, linux_id: False}
-        assert _password(home, pc1_id) == pc1.password  # the vault kept the newer password
+        snap = admin.post(f"/api/v1/directories/{directory_id}/snapshots", 201, json={})
+        for device in (pc1_id, pc2_id):
+            admin.post(f"/api/v1/devices/{device}/expire")
         assert "reason: forced" in pc1.run_once()
-        assert _password(home, pc1_id) == pc1.password
+        assert "reason: forced" in pc2.run_once()
+        started = run_ams("snapshot", "restore", snap["id"], home=home)
+        assert started.returncode == 0, started.stderr
+        admin.wait_active(directory_id)
+        [completed] = admin.events(1621)
+        assert sorted(completed["details"]["passwords_rolled_back"]) == sorted([pc1_id, pc2_id])
+        assert {e["target"] for e in admin.events(1624)} == {pc1_id, pc2_id}
+        assert admin.forced() == {pc1_id: True, pc2_id: True, linux_id: False}  # linux1 untouched
+        assert admin.password(linux_id) == linux_password
+        assert _read_as(ldap_port, PC2, pc2.token, PC2)[EXPIRY.lower()] == [b"0"]
+        assert admin.password(pc1_id) == pc1.password  # the vault kept the newer password
+        assert "reason: forced" in pc1.run_once()
+        assert admin.password(pc1_id) == pc1.password
 
-        backup = _json(run_ams("backup", "create", "--json", home=home))
+        backup = admin.post("/api/v1/backups", 201)
+        admin.http.close()
 
     # A new home from the backup: the passwords under the lost certificate read again only
     # once its PFX is imported.
