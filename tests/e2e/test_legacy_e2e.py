@@ -19,6 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ams import apikeys
+from ams.clock import SystemClock
+from ams.directory import directories, ldif, objects
+from ams.home import Home
+from ams.instance import create_instance, open_instance
+from ams.vault import certificates, regkeys
 from conftest import RECOVERY_PASSWORD, run_ams
 from server import FileAgent, Server, free_port
 
@@ -170,29 +176,40 @@ def _object(conn: ldap3.Connection, dn: str) -> dict[str, list[bytes]]:
     return {k.lower(): list(v) for k, v in entry["raw_attributes"].items()}
 
 
+def _instance_with_a_directory(home: Path) -> tuple[str, str, str]:
+    """The starting point, made in-process (an e2e test's setup, not what it tests): an
+    instance with a directory holding two computer objects, the agent and directory scopes'
+    first certificates (RSA-2048: the key size is not under test), an admin API key and a
+    registration key. Returns the directory id, the API key's token and the registration key."""
+    certificates.KEY_SIZE = 2048
+    try:
+        create_instance(Home(home), recovery_password=RECOVERY_PASSWORD, actor="test", clock=SystemClock())
+        instance = open_instance(Home(home), SystemClock())
+        try:
+            directory_id = directories.create(
+                instance, dns_name="corp.example.com", short_name="CORP", actor="test"
+            ).id
+            objects.import_entries(instance, directory_id, ldif.parse(LDIF), actor="test")
+            for scope in ("agent", directory_id):
+                certificates.create(instance, scope, "test")
+            token = apikeys.create(instance, "admin", apikeys.Role.ADMIN, "test").token
+            key = regkeys.create(instance, "legacy", "test").key
+        finally:
+            instance.close()
+    finally:
+        certificates.KEY_SIZE = 4096
+    return directory_id, token, key
+
+
 def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    _json(run_ams("init", "--recovery-password-stdin", "--json", home=home, input=RECOVERY_PASSWORD + "\n"))
-    token = _json(run_ams("apikey", "create", "--name", "admin", "--role", "admin", "--json", home=home))[
-        "token"
-    ]
+    directory_id, token, key = _instance_with_a_directory(home)
     ldap_port = free_port()
     ldap_url = f"ldap://127.0.0.1:{ldap_port}"
 
     with Server(home, args=["--ldap-port", str(ldap_port)]) as server:
         admin = Admin(server, token)
-        directory_id = admin.post("/api/v1/directories", 201, json={"dns_name": "corp.example.com"})["id"]
-        # A device is bound only to an object that exists: registering never writes the directory.
-        refused = run_ams("device", "register", "PC1", "--directory", directory_id, "--dn", PC1, home=home)
-        assert (
-            refused.returncode == 27
-            and "has no entry" in refused.stderr
-            and "Traceback" not in refused.stderr
-        )
-        admin.post(f"/api/v1/directories/{directory_id}/import", content=LDIF.encode())
-
         # PC1 registers itself with a registration key; PC2 was registered by an administrator.
-        key = _json(run_ams("regkey", "create", "--name", "legacy", "--json", home=home))["key"]
         pc1 = LegacyAgent(tmp_path / "pc1", ldap_url)
         pc1_id = pc1.register(server, directory_id, PC1, key=key, token=None)
         made = _json(
@@ -204,7 +221,10 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         assert pc2.register(server, directory_id, PC2, key=None, token=made["token"]) == made["device_id"]
         pc2_id = made["device_id"]
         linux = FileAgent(tmp_path / "linux")
-        linux_id = linux.register(server, "linux1")
+        registered = linux._run("register", "--server", server.url, "--name", "linux1",
+                                "--registration-key-stdin", input=key + "\n")  # fmt: skip
+        assert registered.returncode == 0, registered.stderr
+        linux_id = str(json.loads(linux.state.read_text())["device_id"])
         assert linux.run_once().returncode == 0
         linux_password = linux.password
 
@@ -217,6 +237,7 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         [directory_cert] = admin.get("/api/v1/certificates", scope=directory_id)
         assert shown["password"] == pc2.password
         assert shown["certificate_thumbprint"] == directory_cert["thumbprint"]
+        first_pc1 = pc1.password
 
         # What a device sees and may write over LDAP.
         conn = _connect(ldap_port, PC1, pc1.token)
@@ -245,6 +266,9 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         wrong.unbind()
         assert len(admin.events(1415)) == 3
 
+        # A snapshot now, with both devices' first passwords on their objects.
+        snap = admin.post(f"/api/v1/directories/{directory_id}/snapshots", 201, json={})
+
         # Export the directory certificate, then lose it: only the directory's two devices rotate.
         pfx = tmp_path / "directory.pfx"
         exported = run_ams(
@@ -252,7 +276,6 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
             home=home, input=PFX_PASSWORD + "\n",
         )  # fmt: skip
         assert exported.returncode == 0, exported.stderr
-        first_pc1 = pc1.password
         admin.post(f"/api/v1/certificates/{directory_cert['thumbprint']}/lost")
         assert admin.forced() == {pc1_id: True, pc2_id: True, linux_id: False}
         assert _read_as(ldap_port, PC1, pc1.token, PC1)[EXPIRY.lower()] == [b"0"]
@@ -261,24 +284,19 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
         assert admin.password(pc1_id) == pc1.password != first_pc1
         assert admin.forced() == {pc1_id: False, pc2_id: False, linux_id: False}
 
-        # Snapshot, rotate, restore the snapshot: both devices detected and forced.
-        snap = admin.post(f"/api/v1/directories/{directory_id}/snapshots", 201, json={})
-        for device in (pc1_id, pc2_id):
-            admin.post(f"/api/v1/devices/{device}/expire")
-        assert "reason: forced" in pc1.run_once()
-        assert "reason: forced" in pc2.run_once()
-        started = run_ams("snapshot", "restore", snap["id"], home=home)
-        assert started.returncode == 0, started.stderr
+        # Restore the snapshot: the objects hold the older passwords again; both devices are
+        # detected and forced, the agent-scope device is untouched.
+        admin.post(f"/api/v1/snapshots/{snap['id']}/restore", 202)
         admin.wait_active(directory_id)
         [completed] = admin.events(1621)
         assert sorted(completed["details"]["passwords_rolled_back"]) == sorted([pc1_id, pc2_id])
         assert {e["target"] for e in admin.events(1624)} == {pc1_id, pc2_id}
-        assert admin.forced() == {pc1_id: True, pc2_id: True, linux_id: False}  # linux1 untouched
+        assert admin.forced() == {pc1_id: True, pc2_id: True, linux_id: False}
         assert admin.password(linux_id) == linux_password
         assert _read_as(ldap_port, PC2, pc2.token, PC2)[EXPIRY.lower()] == [b"0"]
         assert admin.password(pc1_id) == pc1.password  # the vault kept the newer password
-        assert "reason: forced" in pc1.run_once()
-        assert admin.password(pc1_id) == pc1.password
+        assert "reason: forced" in pc2.run_once()
+        assert admin.password(pc2_id) == pc2.password
 
         backup = admin.post("/api/v1/backups", 201)
         admin.http.close()
@@ -292,16 +310,15 @@ def test_legacy_agents_store_their_passwords_in_the_directory(tmp_path: Path) ->
             input=RECOVERY_PASSWORD + "\n",
         )
     )  # fmt: skip
-    history = _json(run_ams("password", "get", pc1_id, "--history", "--json", home=other))["history"]
-    under_lost = [h for h in history if h["certificate_thumbprint"] == directory_cert["thumbprint"]]
-    assert under_lost and all(not h["recoverable"] for h in under_lost)
+    history = _json(run_ams("password", "get", pc1_id, "--history", "--json", home=other))
+    assert history["current"]["password"] == pc1.password
+    assert [h["recoverable"] for h in history["history"]] == [False]
     imported = run_ams(
         "certs", "import", str(pfx), "--scope", directory_id, "--password-stdin", home=other,
         input=PFX_PASSWORD + "\n",
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr
     history = _json(run_ams("password", "get", pc1_id, "--history", "--json", home=other))["history"]
-    assert [
-        h["password"] for h in history if h["certificate_thumbprint"] == directory_cert["thumbprint"]
-    ] == [first_pc1]
-    assert _password(other, pc1_id) == pc1.password
+    assert [(h["password"], h["certificate_thumbprint"]) for h in history] == [
+        (first_pc1, directory_cert["thumbprint"])
+    ]
