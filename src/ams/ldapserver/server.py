@@ -315,7 +315,7 @@ class _Connection:
         if name == "extendedReq":
             if outcome.code == SUCCESS and reply is not None:
                 oid, value = reply[0]
-                await self.send(codec.encode_extended(message_id, SUCCESS, "", oid or None, value or None))
+                await self.send(codec.encode_extended(message_id, SUCCESS, "", oid or None, value))
             else:
                 await self.send(codec.encode_extended(message_id, outcome.code, outcome.message))
             return
