@@ -379,7 +379,8 @@ jpegPhoto:: /9j/4AAQSkZJRgABAQ==
     (tmp_path / "db").mkdir()
     schemas = [f"include /etc/ldap/schema/{s}.schema" for s in ("core", "cosine", "inetorgperson", "nis")]
     conf.write_text("\n".join([*schemas, "modulepath /usr/lib/ldap", "moduleload back_mdb", "database mdb",
-                               f'suffix "{BASE.lower()}"', f"directory {tmp_path / 'db'}"]) + "\n")  # fmt: skip
+                               f'suffix "{BASE.lower()}"',
+                               f"directory {tmp_path / 'db'}"]) + "\n")  # fmt: skip
     loaded = subprocess.run([slapadd, "-q", "-f", str(conf), "-l", str(out)], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
     entries = {e.dn.lower(): e for e in ldif.parse(out.read_bytes())}
