@@ -450,15 +450,18 @@ def test_admin_password_from_the_cli(ldap: Ldap) -> None:
     conn.unbind()
 
 
-def test_serve_refuses_bad_ldap_options(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    assert run_ams("init", "--generate-recovery-password", home=home).returncode == 0
+def test_serve_refuses_bad_ldap_options(ldap: Ldap, tmp_path: Path) -> None:
+    # Checked before the home is opened or locked: the running service's home will do.
     port = str(free_port())
-    half = run_ams("serve", "--port", port, "--ldap-port", port, "--ldap-tls-cert", str(tmp_path), home=home)
+    half = run_ams(
+        "serve", "--port", port, "--ldap-port", port, "--ldap-tls-cert", str(ldap.cert), home=ldap.home
+    )
     assert half.returncode == 12 and "--ldap-tls-key" in half.stderr and "Traceback" not in half.stderr
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate\n")
     wrong = run_ams(
-        "serve", "--ldap-port", "0", "--ldap-tls-cert", str(bad), "--ldap-tls-key", str(bad), home=home
+        "serve", "--ldap-port", "0", "--ldap-tls-cert", str(bad), "--ldap-tls-key", str(bad), home=ldap.home
     )
     assert wrong.returncode == 12 and "cannot use" in wrong.stderr and "Traceback" not in wrong.stderr
+    no_tls = run_ams("serve", "--ldaps-port", port, home=ldap.home)
+    assert no_tls.returncode == 12 and "--ldaps-port needs" in no_tls.stderr
