@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, *, args: list[str] | None = None
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -14,6 +14,8 @@ PINNED = {
     "not_found": (13, 404),
     "already_exists": (14, 409),
     "conflict": (15, 409),
+    "directory_attribute_absent": (16, 422),
+    "directory_value_exists": (17, 409),
     "instance_not_found": (20, 500),
     "instance_exists": (21, 409),
     "not_writable": (22, 500),

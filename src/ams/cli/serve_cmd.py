@@ -117,6 +117,10 @@ def serve(
     from ams.api.limits import MAX_HEADER_BYTES
     from ams.lock import ServiceLock
 
+    # The LDAP options are checked before anything is opened or locked.
+    tls = _ldap_tls(ldap_tls_cert, ldap_tls_key)
+    if ldaps_port is not None and tls is None:
+        raise BadInput("--ldaps-port needs --ldap-tls-cert and --ldap-tls-key")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with opened(home) as instance:
@@ -125,9 +129,6 @@ def serve(
         try:
             bind_host = host or instance.settings.server.host
             bind_port = instance.settings.server.port if port is None else port
-            tls = _ldap_tls(ldap_tls_cert, ldap_tls_key)
-            if ldaps_port is not None and tls is None:
-                raise BadInput("--ldaps-port needs --ldap-tls-cert and --ldap-tls-key")
             sock = _listen(bind_host, bind_port)
             ldap = None
             if ldap_port is not None or ldaps_port is not None:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from ams import audit
 from ams.crypto.passhash import hash_password, verify_password
-from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
+from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion, DirectoryValue
 from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable, WeakPassword
 from ams.instance import Instance
 from ams.textcheck import check_name, check_text
@@ -414,6 +414,7 @@ def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInf
         refuse_while_restoring(row)
         before = info(session, row)
         # Bulk deletes first: faster than leaving 100,000 rows to the cascade.
+        session.execute(sql_delete(DirectoryValue).where(DirectoryValue.directory_id == directory_id))
         session.execute(sql_delete(DirectoryObject).where(DirectoryObject.directory_id == directory_id))
         session.execute(sql_delete(Snapshot).where(Snapshot.directory_id == directory_id))
         session.execute(sql_delete(DirectoryRestore).where(DirectoryRestore.directory_id == directory_id))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
-from ams.directory import directories
+from ams.directory import directories, valueindex
 from ams.directory import dn as dnlib
 from ams.directory.entry import (
     Entry,
@@ -282,19 +282,21 @@ def add(
             and _find(session, directory_id, directory.generation, parent) is None
         ):
             raise DirectoryEntryNotFound(
-                f"directory {directory_id} has no entry {parent!r} to add {entry.dn!r} under: add the parent first",
+                f"directory {directory_id} has no entry {parent!r} to add {entry.dn!r} under: "
+                "add the parent first",
                 matched_dn=_matched(session, directory_id, directory.generation, parent),
             )
-        session.add(
-            DirectoryObject(
-                directory_id=directory_id,
-                generation=directory.generation,
-                dn=entry.dn,
-                dn_norm=norm,
-                object_classes=json.dumps(entry.object_classes),
-                attributes=encode_values(entry.attributes),
-            )
+        added = DirectoryObject(
+            directory_id=directory_id,
+            generation=directory.generation,
+            dn=entry.dn,
+            dn_norm=norm,
+            object_classes=json.dumps(entry.object_classes),
+            attributes=encode_values(entry.attributes),
         )
+        session.add(added)
+        session.flush()
+        valueindex.index_object(session, added)
         audit.record(
             session,
             instance.clock,
@@ -360,6 +362,8 @@ def modify(
         updated = _clean(merged, stored=True)
         row.object_classes = json.dumps(updated.object_classes)
         row.attributes = encode_values(updated.attributes)
+        session.flush()
+        valueindex.index_object(session, row)
         audit.record(
             session,
             instance.clock,
@@ -442,6 +446,8 @@ def apply_changes(
         updated = _clean(merged, stored=True)
         row.object_classes = json.dumps(updated.object_classes)
         row.attributes = encode_values(updated.attributes)
+        session.flush()
+        valueindex.index_object(session, row)
         audit.record(
             session,
             instance.clock,
@@ -576,6 +582,8 @@ def rename(
         row.dn = updated.dn
         row.dn_norm = new_norm
         row.attributes = encode_values(updated.attributes)
+        session.flush()
+        valueindex.index_object(session, row)
         audit.record(
             session,
             instance.clock,
@@ -607,6 +615,7 @@ def delete(instance: Instance, directory_id: str, dn: str, *, actor: str) -> Ent
         if child is not None:
             raise Conflict(f"entry {dn!r} has entries under it: delete those first")
         gone = _row_entry(row)
+        valueindex.drop_objects(session, [row.id])
         session.delete(row)
         audit.record(
             session,
@@ -624,6 +633,7 @@ def import_entries(instance: Instance, directory_id: str, entries: Iterable[Entr
     with instance.transaction() as session:
         directory = _open(session, directory_id, write=True)
         generation = directory.generation
+        first_new = session.scalar(select(func.max(DirectoryObject.id))) or 0
         existing = set(
             session.scalars(
                 select(DirectoryObject.dn_norm).where(
@@ -660,6 +670,7 @@ def import_entries(instance: Instance, directory_id: str, entries: Iterable[Entr
         if batch:
             session.execute(insert(table), batch)
             total += len(batch)
+        valueindex.index_generation(session, directory_id, generation, after_id=first_new)
         audit.record(
             session,
             instance.clock,

@@ -22,11 +22,10 @@ from typing import Any, Literal
 from sqlalchemy import and_, false, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
-from ams.db.models.directory import DirectoryObject
+from ams.db.models.directory import DirectoryObject, DirectoryValue
 from ams.directory import dn as dnlib
-from ams.directory import objects
+from ams.directory import objects, valueindex
 from ams.directory.entry import Entry, Value
-from ams.errors import BadInput
 from ams.instance import Instance
 
 __all__ = [
@@ -48,23 +47,8 @@ __all__ = [
 
 Scope = Literal["base", "one", "sub"]
 
-# Attributes whose values compare with case (OpenLDAP: octetStringMatch / caseExactMatch).
-CASE_EXACT = frozenset({"userpassword", "unicodepwd", "objectguid", "objectsid"})
-# Attributes whose values are DNs: compared as normalised DNs (distinguishedNameMatch).
-DN_VALUED = frozenset(
-    {
-        "member",
-        "memberof",
-        "manager",
-        "managedby",
-        "owner",
-        "seealso",
-        "secretary",
-        "uniquemember",
-        "distinguishedname",
-        "directreports",
-    }
-)
+CASE_EXACT = valueindex.CASE_EXACT
+DN_VALUED = valueindex.DN_VALUED
 
 
 @dataclass(frozen=True)
@@ -135,16 +119,7 @@ def _base_name(attribute: str) -> str:
 
 def _norm(attribute: str, value: Value) -> Value:
     """The form a value is compared in, for ``attribute`` (already lower case)."""
-    if isinstance(value, bytes):
-        return value
-    if attribute in DN_VALUED:
-        try:
-            return dnlib.normalise(value)
-        except BadInput:
-            return value.lower()
-    if attribute in CASE_EXACT:
-        return value
-    return value.lower()
+    return valueindex.compared(attribute, value)
 
 
 def _values(entry: Entry, attribute: str) -> list[Value]:
@@ -282,6 +257,36 @@ def _hint(node: Filter, pg: bool) -> ColumnElement[bool] | None:
     return _ilike(column, pattern, pg)
 
 
+def _indexed(node: Filter, directory_id: str, generation: int) -> ColumnElement[bool] | None:
+    """Row ids from the equality index (ams.directory.valueindex) that hold every match of
+    the filter, or None when the filter has no indexed equality that must hold."""
+    if isinstance(node, Equal):
+        attribute = _base_name(node.attribute)
+        if attribute not in valueindex.INDEXED:
+            return None
+        key = valueindex.key(attribute, node.value)
+        if key is None:
+            return None
+        return DirectoryObject.id.in_(
+            select(DirectoryValue.object_id).where(
+                DirectoryValue.directory_id == directory_id,
+                DirectoryValue.generation == generation,
+                DirectoryValue.attribute == attribute,
+                DirectoryValue.value == key,
+            )
+        )
+    if isinstance(node, And):
+        for item in node.items:
+            found = _indexed(item, directory_id, generation)
+            if found is not None:
+                return found
+    if isinstance(node, Or) and node.items:
+        parts = [_indexed(i, directory_id, generation) for i in node.items]
+        if all(p is not None for p in parts):
+            return or_(*[p for p in parts if p is not None])
+    return None
+
+
 def _scope(base_norm: str, scope: Scope, suffix_norm: str) -> ColumnElement[bool]:
     if scope == "base":
         return DirectoryObject.dn_norm == base_norm
@@ -350,12 +355,16 @@ def search_page(
                 DirectoryObject.id > after_id,
                 _scope(base_norm, scope, suffix_norm),
             )
-            .order_by(DirectoryObject.id)
-            .limit(rows)
         )  # fmt: skip
-        hint = _hint(node, instance.engine.dialect.name == "postgresql")
-        if hint is not None:
-            query = query.where(hint)
+        if scope != "base":
+            # A base read is one row by its unique DN: ordering by id would lead the planner
+            # to walk the generation's ids instead.
+            query = query.order_by(DirectoryObject.id).limit(rows)
+        indexed = _indexed(node, directory_id, generation)
+        hint = _hint(node, instance.engine.dialect.name == "postgresql") if indexed is None else None
+        for condition in (indexed, hint):
+            if condition is not None:
+                query = query.where(condition)
         fetched = session.execute(query).all()
     found: list[tuple[int, Entry]] = []
     last = after_id

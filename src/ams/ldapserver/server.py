@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -205,6 +206,12 @@ class _Connection:
         self.write_lock = asyncio.Lock()
         self.closing = False
         self.tls = writer.get_extra_info("sslcontext") is not None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # A search answers with several messages: without this each small write after
+            # the first waits for the client's delayed ACK (tens of milliseconds).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     # -- I/O ------------------------------------------------------------------------------
 
@@ -315,7 +322,7 @@ class _Connection:
         if name == "extendedReq":
             if outcome.code == SUCCESS and reply is not None:
                 oid, value = reply[0]
-                await self.send(codec.encode_extended(message_id, SUCCESS, "", oid or None, value or None))
+                await self.send(codec.encode_extended(message_id, SUCCESS, "", oid or None, value))
             else:
                 await self.send(codec.encode_extended(message_id, outcome.code, outcome.message))
             return
@@ -693,6 +700,13 @@ class LdapServer:
         for server in self.servers:
             self.bound.append(server.sockets[0].getsockname()[:2])
 
+    def _shutdown(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        self.loop.call_later(0.2, self.loop.stop)
+
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
@@ -721,6 +735,6 @@ class LdapServer:
 
     def stop(self) -> None:
         if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.loop.call_soon_threadsafe(self._shutdown)
             self.thread.join(10)
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -532,6 +532,7 @@ def detect_restored_rollbacks(
                 details={"directory": directory_id, "snapshot": snapshot_id, **item.to_dict()},
             )
         if obj is not None and device.force_rotation:
+            # Not an attribute of ams.directory.valueindex.INDEXED: no index row to keep.
             kept = {k: v for k, v in attributes.items() if k.lower() != EXPIRATION_TIME.lower()}
             kept[EXPIRATION_TIME] = ["0"]
             obj.attributes = encode_values(kept)
