@@ -4,6 +4,7 @@ rules, the SQL narrowing never losing a match, and the index following every kin
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from ams.db.models.directory import DirectoryValue
@@ -116,3 +117,13 @@ def test_the_index_follows_every_write(instance: Instance) -> None:
 
     directories.delete(instance, d, actor="t")
     assert _indexed(instance, d) == set()
+
+
+@pytest.mark.postgres
+def test_the_same_on_postgresql(pg_instance: Instance) -> None:
+    """ILIKE instead of SQLite's LIKE, the index written by a PostgreSQL restore."""
+    test_matching_rules(pg_instance)
+    directories.delete(pg_instance, directories.list_directories(pg_instance)[0].id, actor="t")
+    test_a_value_with_like_wildcards_is_matched_literally(pg_instance)
+    directories.delete(pg_instance, directories.list_directories(pg_instance)[0].id, actor="t")
+    test_the_index_follows_every_write(pg_instance)

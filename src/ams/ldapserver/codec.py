@@ -87,7 +87,7 @@ def _filter_type(depth: int) -> univ.Choice:
     return univ.Choice(componentType=namedtype.NamedTypes(*leaves))
 
 
-class _SearchRequest(univ.Sequence):
+class _SearchRequest(univ.Sequence):  # type: ignore[misc]  # pyasn1 has no types
     tagSet = rfc4511.SearchRequest.tagSet
     componentType = namedtype.NamedTypes(
         namedtype.NamedType("baseObject", rfc4511.LDAPDN()),
@@ -101,7 +101,7 @@ class _SearchRequest(univ.Sequence):
     )
 
 
-class _RequestOp(univ.Choice):
+class _RequestOp(univ.Choice):  # type: ignore[misc]
     componentType = namedtype.NamedTypes(
         namedtype.NamedType("bindRequest", rfc4511.BindRequest()),
         namedtype.NamedType("unbindRequest", rfc4511.UnbindRequest()),
@@ -116,7 +116,7 @@ class _RequestOp(univ.Choice):
     )
 
 
-class _RequestMessage(univ.Sequence):
+class _RequestMessage(univ.Sequence):  # type: ignore[misc]
     componentType = namedtype.NamedTypes(
         namedtype.NamedType("messageID", rfc4511.MessageID()),
         namedtype.NamedType("protocolOp", _RequestOp()),

@@ -686,7 +686,9 @@ class LdapServer:
         return self._served
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Connection(self, reader, writer).run()
+        # Cancelled when the server stops: the connection is closed, nothing to report.
+        with contextlib.suppress(asyncio.CancelledError):
+            await _Connection(self, reader, writer).run()
 
     async def _start(self) -> None:
         if self.port is not None:
