@@ -25,7 +25,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, *, args: list[str] | None = None
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -34,7 +36,7 @@ class Server:
         full_env.update(env or {})
         self._log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [str(AMS), "serve", "--home", str(home), "--port", str(self.port)],
+            [str(AMS), "serve", "--home", str(home), "--port", str(self.port), *(args or [])],
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -70,6 +70,8 @@ class Event(IntEnum):
     PASSWORD_HISTORY_PRUNED = 1412
     PASSWORD_POLICY_CHANGED = 1413
     DEVICE_DISABLED = 1414
+    # 1415-1419: devices whose password is stored in a directory (ams.vault.legacy)
+    DEVICE_DIRECTORY_WRITE_REFUSED = 1415
     # 1500-1599: backups and restore
     BACKUP_CREATED = 1500
     BACKUP_FAILED = 1501
@@ -105,6 +107,12 @@ class Event(IntEnum):
     DIRECTORY_RESTORE_COMPLETED = 1621
     DIRECTORY_RESTORE_FAILED = 1622
     DIRECTORY_RESTORE_RESUMED = 1623
+    # 1624-1629: directory-stored passwords and directory restores (ams.vault.legacy)
+    DIRECTORY_PASSWORDS_ROLLED_BACK = 1624
+    # 1630-1639: the LDAP endpoint
+    DIRECTORY_ENTRY_RENAMED = 1630
+    DIRECTORY_ADMIN_PASSWORD_SET = 1631
+    LDAP_BIND_FAILED = 1632
 
     @property
     def label(self) -> str:
@@ -226,6 +234,15 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.DIRECTORY_RESTORE_COMPLETED: "a restore finished; the directory is Active with the snapshot's data",
     Event.DIRECTORY_RESTORE_FAILED: "a restore failed; the directory is RestoreFailed with its old data",
     Event.DIRECTORY_RESTORE_RESUMED: "an interrupted restore",
+    Event.DEVICE_DIRECTORY_WRITE_REFUSED: (
+        "a device's write to a directory was refused: not its own object, or not its password attributes"
+    ),
+    Event.DIRECTORY_PASSWORDS_ROLLED_BACK: (
+        "a directory restore brought back older directory-stored passwords; those devices must rotate"
+    ),
+    Event.DIRECTORY_ENTRY_RENAMED: "an entry of a directory was renamed or moved (LDAP modifyDN)",
+    Event.DIRECTORY_ADMIN_PASSWORD_SET: "a directory's admin password was set or replaced",
+    Event.LDAP_BIND_FAILED: "an LDAP simple bind was refused (wrong name or password)",
 }
 
 

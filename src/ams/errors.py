@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "DirectoryAttributeAbsent",
     "DirectoryEntryNotFound",
     "DirectoryNotFound",
     "DirectoryUnavailable",
+    "DirectoryValueExists",
     "LdifInvalid",
     "NotPrimaryRegion",
     "SnapshotCorrupt",
@@ -33,6 +35,7 @@ __all__ = [
     "AgentServerAnswerInvalid",
     "AgentServerRefused",
     "AgentServerUnreachable",
+    "AgentDirectoryFailed",
     "AgentStateNotPrivate",
     "AlreadyExists",
     "BackupFailed",
@@ -48,6 +51,8 @@ __all__ = [
     "DatabaseUnreadable",
     "DecryptionFailed",
     "DeviceDisabled",
+    "DeviceWriteNotAllowed",
+    "DirectoryBindingInvalid",
     "DevicePendingApproval",
     "DeviceTokenInvalid",
     "InstanceExists",
@@ -136,6 +141,27 @@ class Conflict(AMSError):
     exit_status = 15
     http_status = 409
     summary = "the operation conflicts with the current state"
+
+
+# 16-19: directory entries changed over LDAP.
+
+
+class DirectoryAttributeAbsent(BadInput):
+    """An LDAP modify deletes a value or an attribute the entry does not have (noSuchAttribute)."""
+
+    code = "directory_attribute_absent"
+    exit_status = 16
+    http_status = 422
+    summary = "the entry has no such attribute or value to delete; nothing was changed"
+
+
+class DirectoryValueExists(Conflict):
+    """An LDAP modify adds a value the attribute has already (attributeOrValueExists)."""
+
+    code = "directory_value_exists"
+    exit_status = 17
+    http_status = 409
+    summary = "the attribute already has that value; nothing was changed"
 
 
 class InstanceNotFound(AMSError):
@@ -366,6 +392,39 @@ class DeviceDisabled(PermissionDenied):
     summary = "this device is disabled: register it again, or ask an administrator"
 
 
+# 26-29: devices whose password is stored in a directory (legacy agents, ams.vault.legacy).
+
+
+class DeviceWriteNotAllowed(PermissionDenied):
+    code = "device_write_not_allowed"
+    exit_status = 26
+    http_status = 403
+    summary = (
+        "a device may write only msLAPS-EncryptedPassword and msLAPS-PasswordExpirationTime of its own "
+        "computer object; nothing was changed"
+    )
+
+
+class DirectoryBindingInvalid(BadInput):
+    code = "directory_binding_invalid"
+    exit_status = 27
+    http_status = 422
+    summary = (
+        "a device can be bound only to an existing entry of a directory in its own scope, one device "
+        "per entry: create the computer object first, or choose another DN"
+    )
+
+
+class AgentDirectoryFailed(AMSError):
+    code = "agent_directory_failed"
+    exit_status = 28
+    http_status = 502
+    summary = (
+        "ams-agent could not read or write its computer object over LDAP: check --ldap-url, the "
+        "device's binding and the network; the device keeps its password"
+    )
+
+
 # 65-74: directories and their snapshots. ``aws_type`` names the AWS Directory Service error
 # shape the AWS-compatible API answers with.
 
@@ -456,6 +515,11 @@ class DirectoryEntryNotFound(NotFound):
     http_status = 404
     summary = "the directory has no entry with that DN: list entries with GET .../objects"
     aws_type: ClassVar[str] = "EntityDoesNotExistException"
+
+    def __init__(self, message: str | None = None, *, matched_dn: str = "") -> None:
+        super().__init__(message)
+        # The nearest existing entry above the DN asked for (LDAP's matchedDN).
+        self.matched_dn = matched_dn
 
 
 # 80-89: backups and restore.

@@ -7,6 +7,8 @@ import logging
 import signal
 import socket
 from enum import StrEnum
+import ssl
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
@@ -71,6 +73,26 @@ def _configure_logging(level: LogLevel) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+def _ldap_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The TLS context of ldaps and StartTLS, from PEM files; None when neither is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise BadInput("give both --ldap-tls-cert and --ldap-tls-key (PEM files), or neither")
+    from ams.paths import read_file
+
+    read_file(cert, "--ldap-tls-cert")
+    read_file(key, "--ldap-tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise BadInput(
+            f"cannot use {cert} and {key} for LDAP TLS: {exc.reason or exc}; give a PEM certificate and its "
+            "unencrypted PEM private key"
+        ) from None
+    return context
 
 
 def serve(
@@ -90,6 +112,33 @@ def serve(
             help="How much the service logs (debug adds AMS's own detail; secrets never).",
         ),
     ] = LogLevel.INFO,
+    ldap_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ldap-port",
+            min=0,
+            max=65535,
+            help="Serve the directories over LDAP on this port (off unless set).",
+        ),
+    ] = None,
+    ldaps_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ldaps-port",
+            min=0,
+            max=65535,
+            help="Serve LDAP over TLS (ldaps) on this port; needs the TLS files.",
+        ),
+    ] = None,
+    ldap_host: Annotated[
+        str | None, typer.Option("--ldap-host", help="Address for LDAP (default: the HTTP --host).")
+    ] = None,
+    ldap_tls_cert: Annotated[
+        Path | None, typer.Option("--ldap-tls-cert", help="PEM certificate (chain) for ldaps and StartTLS.")
+    ] = None,
+    ldap_tls_key: Annotated[
+        Path | None, typer.Option("--ldap-tls-key", help="PEM private key of --ldap-tls-cert (unencrypted).")
+    ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
     import uvicorn
@@ -99,6 +148,10 @@ def serve(
     from ams.api.limits import MAX_HEADER_BYTES
     from ams.lock import ServiceLock
 
+    # The LDAP options are checked before anything is opened or locked.
+    tls = _ldap_tls(ldap_tls_cert, ldap_tls_key)
+    if ldaps_port is not None and tls is None:
+        raise BadInput("--ldaps-port needs --ldap-tls-cert and --ldap-tls-key")
     _configure_logging(log_level)
     with opened(home) as instance:
         lock = ServiceLock(instance.home.lock_file)
@@ -107,6 +160,19 @@ def serve(
             bind_host = host or instance.settings.server.host
             bind_port = instance.settings.server.port if port is None else port
             sock = _listen(bind_host, bind_port)
+            ldap = None
+            if ldap_port is not None or ldaps_port is not None:
+                from ams.ldapserver import LdapServer
+
+                ldap = LdapServer(
+                    instance, host=ldap_host or bind_host, port=ldap_port, tls_port=ldaps_port, tls=tls
+                )
+                try:
+                    for address, ldap_bound in ldap.start():
+                        log.info("AMS serving LDAP on %s:%d", address, ldap_bound)
+                except BadInput:
+                    sock.close()
+                    raise
             state = str(instance.keyring.state)
             offset = getattr(instance.clock, "offset", None)
             if offset:
@@ -140,6 +206,8 @@ def serve(
             try:
                 server.run(sockets=[sock])
             finally:
+                if ldap is not None:
+                    ldap.stop()
                 sock.close()
                 with instance.transaction() as session:
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")

@@ -63,6 +63,7 @@ class AuthKind(StrEnum):
     REGISTRATION_KEY = "registration_key"
     SIGV4 = "sigv4"
     CONSOLE_LOGIN = "console_login"
+    LDAP_BIND = "ldap_bind"
 
 
 def address_key(address: str | None) -> str:

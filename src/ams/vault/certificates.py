@@ -546,7 +546,11 @@ def import_pfx(
 def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
     """Declare a private key lost: drop it, make sure the scope has a new active certificate
     (generating one), and expire every current password encrypted to it, so each device
-    rotates to the new certificate at its next check-in. One transaction."""
+    rotates to the new certificate at its next check-in. One transaction. For a directory's
+    certificate, every device of that directory is forced to rotate, and the bound ones see
+    expiration time 0 on their objects (ams.vault.legacy)."""
+    from ams.vault import legacy  # it imports this module's importers
+
     with instance.session() as session:
         row = _row(session, thumbprint)
         tp, scope, state = row.thumbprint, row.scope, row.state
@@ -580,6 +584,9 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
             )
             _make_active(instance, session, replacement, actor)
         expired = passwords.expire_current_under(session, instance.clock, tp)
+        # A directory's devices keep their passwords on their objects: each is forced too
+        # (ams.vault.legacy), so a legacy agent reading its object rotates.
+        forced = legacy.force_scope(session, instance.clock, scope, actor, f"certificate {tp} lost")
         audit.record(
             session,
             instance.clock,
@@ -590,10 +597,12 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
                 "scope": scope,
                 "replacement": replacement.thumbprint if replacement is not None else None,
                 "expired": expired,
+                "forced": len(forced),
             },
         )
         # The lost key's counts alone: its current passwords are the ones just expired (a
         # count over every certificate's passwords would read the whole table again).
         info = _info(row, (expired, passwords.count_under(session, tp) - expired))
         new_info = _info(replacement) if replacement is not None else None
+    legacy.publish_forced(instance, forced, actor)
     return LostResult(info, new_info, expired)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import CursorResult, and_, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
@@ -65,6 +66,7 @@ class DeviceInfo:
     password_effective_at: datetime | None
     password_expires_at: datetime | None
     certificate_thumbprint: str | None
+    directory_dn: str | None = None  # the computer object it is bound to (ams.vault.legacy)
 
     def to_dict(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -84,6 +86,7 @@ class DeviceInfo:
             "password_effective_at": iso(self.password_effective_at),
             "password_expires_at": iso(self.password_expires_at),
             "certificate_thumbprint": self.certificate_thumbprint,
+            "directory_dn": self.directory_dn,
         }
 
 
@@ -116,6 +119,7 @@ def _info(device: Device, current: DevicePassword | None) -> DeviceInfo:
         password_effective_at=current.effective_at if current else None,
         password_expires_at=current.expires_at if current else None,
         certificate_thumbprint=current.certificate_thumbprint if current else None,
+        directory_dn=device.directory_dn,
     )
 
 
@@ -149,13 +153,19 @@ def register(
     name: str,
     *,
     scope: str = DEFAULT_SCOPE,
+    dn: str | None = None,
     address: str | None = None,
 ) -> RegisteredDevice:
     """``POST /api/v1/agent/register``: a new device and its token (shown once).
 
+    With a directory id as ``scope`` and a ``dn``, the device is bound to that existing
+    entry, its computer object (ams.vault.legacy: its password is then stored there too).
+
     A refusal is counted against the client ``address`` and the key id; past the limit it
     answers 429 and writes nothing (ams.security.throttle).
     """
+    from ams.vault import legacy  # it imports this module
+
     name = check_name(name, "the device name").strip()
     if not name or len(name) > 255 or not name.isprintable():
         raise BadInput("a device needs a name of 1 to 255 printable characters (its host name)")
@@ -168,10 +178,47 @@ def register(
     if not valid:
         _refuse(instance, address, key_id, row is not None, "unknown or wrong key", RegistrationKeyInvalid())
     assert row is not None
+    binding = legacy.check_binding(instance, scope, dn)  # after the key: no probing without one
     device_id = ID_PREFIX + crypto.random_id(16)
     token_secret = crypto.random_secret(32)
     now = instance.clock.now()
     status = PENDING if row.approval_required else ACTIVE
+    try:
+        taken = _add_registered(
+            instance, row, key_id, device_id, name, scope, binding, token_secret, status, now
+        )
+    except IntegrityError:
+        assert binding is not None  # the only unique constraint a new device id can meet
+        raise legacy.taken(scope, binding[0]) from None
+    if not taken:
+        reason = "disabled" if row.disabled_at is not None else "activation limit reached"
+        _refuse(
+            instance,
+            address,
+            key_id,
+            True,
+            reason,
+            RegistrationKeyRefused(
+                f"the registration key {key_id} is {reason}: ask an administrator for another one"
+            ),
+        )
+    return RegisteredDevice(device_id, token_secret, status)
+
+
+def _add_registered(
+    instance: Instance,
+    key: RegistrationKey,
+    key_id: str,
+    device_id: str,
+    name: str,
+    scope: str,
+    binding: tuple[str, str] | None,
+    token_secret: str,
+    status: str,
+    now: datetime,
+) -> bool:
+    """Count one use of the key and add the device, in one transaction; False when the key
+    is disabled or used up."""
     with instance.transaction() as session:
         # One statement checks and counts, so two registrations cannot both take the last use.
         taken = cast(
@@ -200,29 +247,28 @@ def register(
                     created_at=now,
                     approved_at=now if status == ACTIVE else None,
                     force_rotation=False,
+                    directory_dn=binding[0] if binding else None,
+                    directory_dn_norm=binding[1] if binding else None,
                 )
             )
+            session.flush()
+            details: dict[str, Any] = {
+                "name": name,
+                "registration_key": key_id,
+                "status": status,
+                "scope": scope,
+            }
+            if binding is not None:
+                details["dn"] = binding[0]
             audit.record(
                 session,
                 instance.clock,
                 audit.Event.DEVICE_REGISTERED,
                 actor=f"device:{device_id}",
                 target=device_id,
-                details={"name": name, "registration_key": key_id, "status": status, "scope": scope},
+                details=details,
             )
-    if not taken:
-        reason = "disabled" if row.disabled_at is not None else "activation limit reached"
-        _refuse(
-            instance,
-            address,
-            key_id,
-            True,
-            reason,
-            RegistrationKeyRefused(
-                f"the registration key {key_id} is {reason}: ask an administrator for another one"
-            ),
-        )
-    return RegisteredDevice(device_id, token_secret, status)
+    return bool(taken)
 
 
 # -- device tokens ------------------------------------------------------------------------
@@ -374,4 +420,8 @@ def expire(
             audit.record(
                 session, instance.clock, audit.Event.DEVICE_ROTATION_FORCED, actor=actor, target=row.id
             )
-        return [r.id for r in rows]
+        ids = [r.id for r in rows]
+    from ams.vault import legacy  # it imports this module
+
+    legacy.publish_forced(instance, ids, actor)  # expiration time 0 on bound devices' objects
+    return ids

@@ -64,6 +64,7 @@ __all__ = [
     "read",
     "require_recoverable",
     "store",
+    "store_blob",
     "undo",
 ]
 
@@ -216,9 +217,11 @@ def _reject(instance: Instance, device: AuthenticatedDevice, reason: str) -> Pas
 
 
 def _test_decrypt(
-    instance: Instance, device: AuthenticatedDevice, raw: bytes, account: str, version: int
-) -> str:
-    """The blob's certificate thumbprint, once the blob is proven to open with the active key."""
+    instance: Instance, device: AuthenticatedDevice, raw: bytes, account: str | None, version: int | None
+) -> tuple[str, str, int]:
+    """The blob's certificate thumbprint, account and version, once the blob is proven to open
+    with the active key. ``account``/``version`` None: whatever the plaintext says (a blob
+    written on a directory object carries nothing beside it, ams.vault.legacy)."""
     try:
         thumbprint = password_blob.blob_thumbprint(raw)
     except DecryptionFailed:
@@ -242,14 +245,16 @@ def _test_decrypt(
         not isinstance(document, dict)
         or not isinstance(document.get("password"), str)
         or not document["password"]
-        or document.get("account") != account
+        or not isinstance(document.get("account"), str)
+        or not 1 <= len(document["account"]) <= 64
+        or document["account"] != (account if account is not None else document["account"])
         or type(document.get("version")) is not int
-        or document["version"] != version
+        or document["version"] != (version if version is not None else document["version"])
     ):
         raise _reject(
             instance, device, "the plaintext disagrees with the request (account, version or password)"
         )
-    return thumbprint
+    return thumbprint, document["account"], document["version"]
 
 
 def decode_blob(text: str) -> bytes | None:
@@ -260,19 +265,38 @@ def decode_blob(text: str) -> bytes | None:
     return raw if 0 < len(raw) <= MAX_BLOB_BYTES else None
 
 
-def store(
-    instance: Instance, device: AuthenticatedDevice, account: str, version: int, blob_b64: str
-) -> StoredPassword:
-    """Accept a new password (as its blob) after test decryption; the previous one becomes history."""
+def _check_version(version: object) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise PasswordVersionOutOfRange(
             f"version {str(version)[:24]} is not a whole number from 1 to {MAX_VERSION}: report the "
             "next_version that GET /api/v1/agent/password advises"
         )
+
+
+def store(
+    instance: Instance, device: AuthenticatedDevice, account: str, version: int, blob_b64: str
+) -> StoredPassword:
+    """Accept a new password (as its blob) after test decryption; the previous one becomes history."""
+    _check_version(version)
     raw = decode_blob(blob_b64)
     if raw is None:
         raise _reject(instance, device, "not base64, empty or too large")
-    thumbprint = _test_decrypt(instance, device, raw, account, version)
+    return _store(instance, device, raw, account, version)
+
+
+def store_blob(instance: Instance, device: AuthenticatedDevice, raw: bytes) -> StoredPassword:
+    """:func:`store` for a blob alone (written on a directory object, ams.vault.legacy): its
+    account and version are the ones its plaintext holds, checked as a report's are."""
+    if not 0 < len(raw) <= MAX_BLOB_BYTES:
+        raise _reject(instance, device, "empty or too large")
+    return _store(instance, device, raw, None, None)
+
+
+def _store(
+    instance: Instance, device: AuthenticatedDevice, raw: bytes, account: str | None, version: int | None
+) -> StoredPassword:
+    thumbprint, account, version = _test_decrypt(instance, device, raw, account, version)
+    _check_version(version)
     actor = f"device:{device.id}"
     now = instance.clock.now()
     with instance.transaction() as session:

@@ -35,6 +35,9 @@ AgentDevice = Annotated[AuthenticatedDevice, Depends(current_device)]
 class RegisterBody(BaseModel):
     registration_key: str = Field(min_length=1, max_length=512)
     name: str = Field(min_length=1, max_length=255)
+    # A directory id binds the device to its computer object ``dn`` there (directory mode).
+    scope: str = Field(default="agent", max_length=64)
+    dn: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class PasswordBody(BaseModel):
@@ -46,9 +49,17 @@ class PasswordBody(BaseModel):
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
 def register(body: RegisterBody, request: Request, instance: CurrentInstance) -> dict[str, Any]:
-    """Register a device with a registration key; the answer holds its token, shown once."""
+    """Register a device with a registration key; the answer holds its token, shown once.
+
+    With ``scope`` a directory id and ``dn`` an existing entry of it, the device is bound to
+    that computer object and stores its password there over LDAP (docs/agent-api.md)."""
     return devices.register(
-        instance, body.registration_key, body.name, address=client_address(request)
+        instance,
+        body.registration_key,
+        body.name,
+        scope=body.scope,
+        dn=body.dn,
+        address=client_address(request),
     ).to_dict()
 
 
