@@ -579,9 +579,15 @@ class _Connection:
             changes.append(Change(op, _text(modification["type"]), values))  # type: ignore[arg-type]
         access.check_write(self.principal, directory.id, dn, changes)
         if self.principal.kind == "device":
-            await self.run_db(
-                access.device_modify, self.server.instance, self.principal, directory.id, dn, changes
-            )
+            try:
+                await self.run_db(
+                    access.device_modify, self.server.instance, self.principal, directory.id, dn, changes
+                )
+            except BadInput as exc:
+                # What a device writes is its password blob: a bad one violates a constraint.
+                if isinstance(exc, DirectoryAttributeAbsent):
+                    raise
+                raise LdapResult(CONSTRAINT_VIOLATION, exc.message) from None
             return
         ordered = [(c.op, c.attribute, c.values) for c in changes]
         await self.run_db(self._write, objects.apply_changes, directory.id, dn, {}, ordered)

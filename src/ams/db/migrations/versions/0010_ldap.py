@@ -47,5 +47,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_directory_values_lookup", table_name="directory_values")
     op.drop_table("directory_values")
-    with op.batch_alter_table("directories") as batch:
-        batch.drop_column("admin_password_hash")
+    # Not a batch (which on SQLite copies the table and drops the old one, and the drop
+    # would cascade to every entry): both engines drop a column in place.
+    op.execute("ALTER TABLE directories DROP COLUMN admin_password_hash")
