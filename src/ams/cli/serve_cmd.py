@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
 from types import FrameType
@@ -49,6 +50,28 @@ def _server_class(uvicorn: Any) -> Any:
     return AMSServer
 
 
+def _run_uvicorn(instance: Any, sock: socket.socket) -> None:
+    """One process answering on ``sock`` until SIGTERM or SIGINT (a worker, or the whole
+    service with ``--workers 1``)."""
+    import uvicorn
+
+    from ams.api import create_app
+    from ams.api.limits import MAX_HEADER_BYTES
+
+    config = uvicorn.Config(
+        create_app(instance),
+        log_level="info",
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        # h11, whose limit on the request line and headers AMS states (ams.api.limits);
+        # a request over it gets 400 from the server before the app sees it.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+    _server_class(uvicorn)(config).run(sockets=[sock])
+
+
 def serve(
     home: HomeOption = None,
     host: Annotated[
@@ -57,13 +80,21 @@ def serve(
     port: Annotated[
         int | None, typer.Option("--port", min=0, max=65535, help="Port (default from ams.toml, 8080).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="Worker processes answering on the port (default: the number of cores).",
+        ),
+    ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
-    import uvicorn
+    import uvicorn  # noqa: F401 - loaded once here, before the workers are forked
 
     from ams import audit
-    from ams.api import create_app
-    from ams.api.limits import MAX_HEADER_BYTES
+    from ams.api import create_app  # noqa: F401 - the same
     from ams.lock import ServiceLock
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,6 +105,7 @@ def serve(
         try:
             bind_host = host or instance.settings.server.host
             bind_port = instance.settings.server.port if port is None else port
+            count = workers or os.cpu_count() or 1
             sock = _listen(bind_host, bind_port)
             state = str(instance.keyring.state)
             offset = getattr(instance.clock, "offset", None)
@@ -90,26 +122,33 @@ def serve(
                     instance.clock,
                     audit.Event.SERVICE_STARTED,
                     actor="service",
-                    details={"address": f"{bind_host}:{sock.getsockname()[1]}", "master_key": state},
+                    details={
+                        "address": f"{bind_host}:{sock.getsockname()[1]}",
+                        "master_key": state,
+                        "workers": count,
+                    },
                 )
-            config = uvicorn.Config(
-                create_app(instance),
-                log_level="info",
-                lifespan="on",
-                server_header=False,
-                timeout_graceful_shutdown=10,
-                # h11, whose limit on the request line and headers AMS states (ams.api.limits);
-                # a request over it gets 400 from the server before the app sees it.
-                http="h11",
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            log.info(
+                "AMS serving on http://%s:%d (master key %s, %d worker%s)",
+                bind_host,
+                sock.getsockname()[1],
+                state,
+                count,
+                "" if count == 1 else "s",
             )
-            server = _server_class(uvicorn)(config)
-            log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)
+            code = 0
             try:
-                server.run(sockets=[sock])
+                if count == 1:
+                    _run_uvicorn(instance, sock)
+                else:
+                    from ams.api.supervisor import run_workers
+
+                    code = run_workers(instance, sock, count, _run_uvicorn)
             finally:
                 sock.close()
                 with instance.transaction() as session:
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")
+            if code:
+                raise typer.Exit(code)
         finally:
             lock.release()
