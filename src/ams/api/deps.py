@@ -14,7 +14,9 @@ from ams.instance import Instance
 __all__ = ["AdminKey", "CurrentInstance", "ReaderKey", "UnlockedBox", "client_address", "get_instance"]
 
 
-def get_instance(request: Request) -> Instance:
+async def get_instance(request: Request) -> Instance:
+    # async: FastAPI runs a plain function dependency in a worker thread, a hand-off that
+    # only waits; this reads an attribute.
     instance: Instance = request.app.state.instance
     return instance
 

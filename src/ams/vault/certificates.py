@@ -34,7 +34,7 @@ from ams.home import atomic_write
 from ams.instance import Instance
 from ams.paths import check_new_file
 from ams.security.policy import check_password_strength
-from ams.vault import passwords  # it imports this module too: each uses the other only in functions
+from ams.vault import hotcache, stored
 
 __all__ = [
     "KEY_PURPOSE",
@@ -171,7 +171,7 @@ def _info(row: CertificateRow, counts: tuple[int, int] = (0, 0)) -> CertificateI
 
 
 def _counts(session: Session) -> dict[str, tuple[int, int]]:
-    return passwords.counts_by_certificate(session)
+    return stored.counts_by_certificate(session)
 
 
 _MIN_PREFIX = 8
@@ -308,6 +308,7 @@ def _make_active(instance: Instance, session: Session, row: CertificateRow, acto
         session.flush()  # the partial unique index allows one active row per scope at a time
     row.state = CertificateState.ACTIVE.value
     row.activated_at = instance.clock.now()
+    hotcache.bump(session)
     audit.record(
         session,
         instance.clock,
@@ -338,6 +339,7 @@ def _create(
             if first_only and has_active:
                 raise _Superseded()  # roll back: ours is not needed
             make_active = activate or not has_active
+            hotcache.bump(session)
             audit.record(
                 session,
                 instance.clock,
@@ -526,6 +528,7 @@ def import_pfx(
             session.add(row)
             session.flush()
         make_active = activate or _active_row(session, scope) is None
+        hotcache.bump(session)
         audit.record(
             session,
             instance.clock,
@@ -579,7 +582,8 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
                 details={"scope": scope, "activated": True, "replaces_lost": tp},
             )
             _make_active(instance, session, replacement, actor)
-        expired = passwords.expire_current_under(session, instance.clock, tp)
+        expired = stored.expire_current_under(session, instance.clock, tp)
+        hotcache.bump(session)
         audit.record(
             session,
             instance.clock,

@@ -232,38 +232,67 @@ class AuthenticatedDevice:
     scope: str
 
 
+def split_token(token: str | None) -> tuple[str, str]:
+    """(device id, secret) of a bearer token ``dev_<id>.<secret>``; ("", "") when it has not
+    that shape (nothing to look up)."""
+    device_id, _, secret = (token or "").partition(".")
+    if not device_id.startswith(ID_PREFIX) or not secret:
+        return device_id, ""
+    return device_id, secret
+
+
+def refuse_token(instance: Instance, device_id: str, *, known: bool, address: str | None) -> NoReturn:
+    """A wrong or unknown device token: counted and recorded (ams.security.throttle), then 401
+    (or 429 while throttled). Call it outside any open transaction."""
+    throttle.refuse(
+        instance,
+        throttle.AuthKind.DEVICE_TOKEN,
+        address=address,
+        key_id=device_id,
+        event=audit.Event.DEVICE_AUTH_FAILED,
+        target=device_id[:32] if known else None,
+        error=DeviceTokenInvalid(),
+    )
+
+
+def token_matches(secret: str, token_hash: str | None) -> bool:
+    """Whether the secret hashes to ``token_hash`` (compared in constant time; a dummy hash
+    when the device is unknown, so both answers cost the same)."""
+    valid = crypto.constant_time_equal(crypto.hash_token(secret), token_hash or _DUMMY_HASH)
+    return valid and token_hash is not None
+
+
+def check_status(device_id: str, status: str) -> None:
+    """Only active devices use the password API."""
+    if status == PENDING:
+        raise DevicePendingApproval(
+            f"device {device_id} waits for approval: an administrator runs `ams device approve {device_id}`"
+        )
+    if status == DISABLED:
+        raise DeviceDisabled(f"device {device_id} is disabled: register it again, or ask an administrator")
+
+
+LAST_SEEN_EVERY = timedelta(minutes=1)
+
+
 def authenticate(instance: Instance, token: str | None, *, address: str | None = None) -> AuthenticatedDevice:
     """The device a bearer token ``dev_<id>.<secret>`` belongs to, if it may use the password API.
 
     A failure is counted against the client ``address`` and the device id; past the limit
-    it answers 429 and writes nothing (ams.security.throttle).
+    it answers 429 and writes nothing (ams.security.throttle). (The rotation's routes read
+    the device with their own statements: ams.vault.passwords.check_in and report.)
     """
-    device_id, _, secret = (token or "").partition(".")
+    device_id, secret = split_token(token)
     now = instance.clock.now()
     with instance.session() as session:
-        row = session.get(Device, device_id) if device_id.startswith(ID_PREFIX) and secret else None
-        expected = row.token_hash if row is not None else _DUMMY_HASH
-        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
-        if row is None or not valid:
+        row = session.get(Device, device_id) if secret else None
+        if row is None or not token_matches(secret, row.token_hash):
             known = row is not None
             session.close()  # the read ends before the failure is written on its own
-            throttle.refuse(
-                instance,
-                throttle.AuthKind.DEVICE_TOKEN,
-                address=address,
-                key_id=device_id,
-                event=audit.Event.DEVICE_AUTH_FAILED,
-                target=device_id[:32] if known else None,
-                error=DeviceTokenInvalid(),
-            )
-        if row.status == PENDING:
-            raise DevicePendingApproval(
-                f"device {row.id} waits for approval: an administrator runs `ams device approve {row.id}`"
-            )
-        if row.status == DISABLED:
-            raise DeviceDisabled(f"device {row.id} is disabled: register it again, or ask an administrator")
+            refuse_token(instance, device_id, known=known, address=address)
+        check_status(row.id, row.status)
         # Written at most once a minute, so check-ins do not each turn into a write.
-        if row.last_seen_at is None or now - row.last_seen_at > timedelta(minutes=1):
+        if row.last_seen_at is None or now - row.last_seen_at > LAST_SEEN_EVERY:
             row.last_seen_at = now
             session.commit()
         return AuthenticatedDevice(row.id, row.name, row.scope)

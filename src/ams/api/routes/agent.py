@@ -6,7 +6,9 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from ams.api import limits
 from ams.api.deps import CurrentInstance, client_address
@@ -66,20 +68,41 @@ def _version(value: str | None) -> int | None:
     return int(value.strip())
 
 
-@router.get("/password")
-def rotation_advice(
-    instance: CurrentInstance,
-    device: AgentDevice,
-    version: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+# The check-in and the report are the hot path (docs/architecture.md): each is one hand-off
+# to a worker thread, where the vault authenticates the token and does the work on one
+# database connection; the answer is a JSONResponse, not a dict for FastAPI to validate and
+# encode again.
+
+
+@router.get("/password", response_model=None)
+async def rotation_advice(
+    request: Request, version: Annotated[str | None, Query(max_length=64)] = None
+) -> JSONResponse:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
-    return passwords.decide(instance, device, _version(version)).to_dict()
+    token = _device_token(request)
+    reported = _version(version)
+    advice = await run_in_threadpool(
+        passwords.check_in, request.app.state.instance, token, reported, address=client_address(request)
+    )
+    return JSONResponse(advice.to_dict())
 
 
-@router.post("/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD)
-def report_password(body: PasswordBody, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
+@router.post(
+    "/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD, response_model=None
+)
+async def report_password(body: PasswordBody, request: Request) -> JSONResponse:
     """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
-    return passwords.store(instance, device, body.account, body.version, body.blob).to_dict()
+    token = _device_token(request)
+    stored = await run_in_threadpool(
+        passwords.report,
+        request.app.state.instance,
+        token,
+        body.account,
+        body.version,
+        body.blob,
+        address=client_address(request),
+    )
+    return JSONResponse(stored.to_dict(), status_code=status.HTTP_201_CREATED)
 
 
 @router.delete("/password/{request_id}")

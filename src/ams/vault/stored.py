@@ -1,0 +1,40 @@
+"""Counting and expiring stored passwords by certificate: what the certificates service
+needs of the password rows (so that ams.vault.certificates does not import
+ams.vault.passwords, which imports it: each module's dependencies run one way)."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+from ams.clock import Clock
+from ams.db.models.vault import DevicePassword
+
+__all__ = ["counts_by_certificate", "expire_current_under"]
+
+
+def expire_current_under(session: Session, clock: Clock, thumbprint: str) -> int:
+    """Expire now every current password encrypted to ``thumbprint`` (each device rotates at its
+    next check-in with reason "expired"); how many. Runs inside the caller's transaction."""
+    now = clock.now()
+    under = and_(DevicePassword.is_current.is_(True), DevicePassword.certificate_thumbprint == thumbprint)
+    session.execute(
+        update(DevicePassword)
+        .where(under, DevicePassword.expires_at > now)
+        .values(expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return session.scalar(select(func.count()).select_from(DevicePassword).where(under)) or 0
+
+
+def counts_by_certificate(session: Session) -> dict[str, tuple[int, int]]:
+    """thumbprint -> (current passwords, history passwords) encrypted to it."""
+    counts: dict[str, list[int]] = {}
+    rows = session.execute(
+        select(DevicePassword.certificate_thumbprint, DevicePassword.is_current, func.count()).group_by(
+            DevicePassword.certificate_thumbprint, DevicePassword.is_current
+        )
+    )
+    for thumbprint, is_current, count in rows:
+        counts.setdefault(thumbprint, [0, 0])[0 if is_current else 1] += count
+    return {t: (c[0], c[1]) for t, c in counts.items()}
