@@ -682,20 +682,40 @@ def undo(instance: Instance, device: AuthenticatedDevice, request_id: str) -> in
 # -- reading (ams password get, REST) -------------------------------------------------------
 
 
-class _Keys:
-    """Private keys by thumbprint for one read: None when lost or unknown."""
+_SEALED_KEYS = select(_C.c.thumbprint, _C.c.private_key_sealed).where(
+    _C.c.thumbprint.in_(bindparam("thumbprints", expanding=True))
+)
 
-    def __init__(self, instance: Instance) -> None:
+
+class _Keys:
+    """Private keys by thumbprint for one read (None when lost or unknown): from the process's
+    cache (ams.vault.hotcache), else unsealed from the rows read in the read's session."""
+
+    def __init__(self, instance: Instance, session: Session, generation: int, thumbprints: set[str]) -> None:
         self.instance = instance
-        self._cache: dict[str, bytes | None] = {}
+        self.cache = hotcache.for_instance(instance)
+        self.generation = self.cache.sync(generation)
+        self._found: dict[str, bytes | None] = {t: self.cache.key(t) for t in thumbprints}
+        missing = [t for t, key in self._found.items() if key is None]
+        self._sealed: dict[str, bytes | None] = (
+            {
+                r.thumbprint: r.private_key_sealed
+                for r in session.execute(_SEALED_KEYS, {"thumbprints": missing})
+            }
+            if missing
+            else {}
+        )
 
     def get(self, thumbprint: str) -> bytes | None:
-        if thumbprint not in self._cache:
-            try:
-                self._cache[thumbprint] = certificates.private_key_der(self.instance, thumbprint)
-            except NotFound:
-                self._cache[thumbprint] = None
-        return self._cache[thumbprint]
+        key = self._found.get(thumbprint)
+        if key is None:
+            sealed = self._sealed.get(thumbprint)
+            if sealed is None:
+                return None
+            key = certificates.unseal_private_key(self.instance, thumbprint, sealed)  # MasterKeyLocked
+            self._found[thumbprint] = key
+            self.cache.put_key(self.generation, thumbprint, key)
+        return key
 
 
 def _entry(keys: _Keys, device: Device, row: DevicePassword) -> dict[str, Any]:
@@ -733,6 +753,8 @@ def read(
 
     Without history the answer is the current entry; with it, ``{"current", "history"}``
     (newest first). Entries under a lost key read ``recoverable: false, password: null``.
+    One session: the device, its passwords and the generation number are read, the keys come
+    from the process's cache (or their sealed rows), and the audit event is written last.
     """
     with instance.session() as session:
         device = devices_service.find(session, ref)
@@ -740,18 +762,20 @@ def read(
         if not history:
             query = query.where(DevicePassword.is_current.is_(True))
         rows = list(session.scalars(query.order_by(DevicePassword.version.desc())))
-    current_rows = [r for r in rows if r.is_current]
-    if not history and not current_rows:
-        raise NotFound(
-            f"device {device.id} ({device.name}) has no password yet: it gets one at its next check-in"
-        )
-    keys = _Keys(instance)
-    try:
-        entries = [_entry(keys, device, r) for r in rows]
-    except MasterKeyLocked:
-        _audit_read(instance, device.id, actor, [], history, via, outcome="failure")
-        raise
-    _audit_read(instance, device.id, actor, [e["version"] for e in entries], history, via)
+        current_rows = [r for r in rows if r.is_current]
+        if not history and not current_rows:
+            raise NotFound(
+                f"device {device.id} ({device.name}) has no password yet: it gets one at its next check-in"
+            )
+        generation = session.execute(select(_GENERATION)).scalar_one()
+        keys = _Keys(instance, session, generation, {r.certificate_thumbprint for r in rows})
+        session.commit()  # the reads end here: no transaction stays open while RSA works
+        try:
+            entries = [_entry(keys, device, r) for r in rows]
+        except MasterKeyLocked:
+            _audit_read(session, instance, device.id, actor, [], history, via, outcome="failure")
+            raise
+        _audit_read(session, instance, device.id, actor, [e["version"] for e in entries], history, via)
     current = next((e for e, r in zip(entries, rows, strict=True) if r.is_current), None)
     if not history:
         assert current is not None
@@ -814,6 +838,7 @@ def require_recoverable(entry: dict[str, Any]) -> str:
 
 
 def _audit_read(
+    session: Session,
     instance: Instance,
     device_id: str,
     actor: str,
@@ -823,7 +848,7 @@ def _audit_read(
     *,
     outcome: str = "success",
 ) -> None:
-    with instance.transaction() as session:
+    with session.begin():
         audit.record(
             session,
             instance.clock,
