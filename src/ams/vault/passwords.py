@@ -61,6 +61,7 @@ __all__ = [
     "MAX_VERSION",
     "RotationAdvice",
     "StoredPassword",
+    "FirstCertificateNeeded",
     "check_in",
     "counts_by_certificate",
     "decide",
@@ -283,6 +284,18 @@ def _private_key(
     return key
 
 
+class FirstCertificateNeeded(Exception):
+    """The device's scope has no active certificate yet: :func:`certificates.ensure_active`
+    generates it (RSA-4096, seconds of CPU), then the check-in is asked again. Raised only
+    with ``generate=False``, for a caller that must not spend those seconds where it runs
+    (the event loop of ``ams serve``)."""
+
+    def __init__(self, scope: str, actor: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
+        self.actor = actor
+
+
 class _Refused(Exception):
     """The token does not open the device: answered outside the request's connection."""
 
@@ -312,21 +325,32 @@ def _seen(conn: Connection, instance: Instance, row: Row[Any], now: datetime) ->
 
 
 def check_in(
-    instance: Instance, token: str | None, reported_version: int | None, *, address: str | None = None
+    instance: Instance,
+    token: str | None,
+    reported_version: int | None,
+    *,
+    address: str | None = None,
+    generate: bool = True,
 ) -> RotationAdvice:
     """``GET /api/v1/agent/password``: authenticate the device token and answer :func:`decide`,
-    in one connection and (at most) one short write."""
+    in one connection and (at most) one short write. With ``generate=False`` a scope without
+    a certificate raises :class:`FirstCertificateNeeded` instead of generating it here."""
     device_id, secret = devices_service.split_token(token)
-    return _check_in(instance, device_id, secret, reported_version, address)
+    return _check_in(instance, device_id, secret, reported_version, address, generate)
 
 
 def decide(instance: Instance, device: AuthenticatedDevice, reported_version: int | None) -> RotationAdvice:
     """Whether the device must rotate now, and why; with the certificate and the policy to use."""
-    return _check_in(instance, device.id, None, reported_version, None)
+    return _check_in(instance, device.id, None, reported_version, None, True)
 
 
 def _check_in(
-    instance: Instance, device_id: str, secret: str | None, reported_version: int | None, address: str | None
+    instance: Instance,
+    device_id: str,
+    secret: str | None,
+    reported_version: int | None,
+    address: str | None,
+    generate: bool,
 ) -> RotationAdvice:
     cache = hotcache.for_instance(instance)
     actor = f"device:{device_id}"
@@ -343,6 +367,8 @@ def _check_in(
                 certificate = _active(conn, cache, generation, device.scope)
                 if certificate is None:
                     conn.rollback()
+                    if not generate:
+                        raise FirstCertificateNeeded(device.scope, actor)
                     # The scope's first certificate (RSA-4096, slow), outside this connection.
                     certificates.ensure_active(instance, device.scope, actor)
                     continue

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ams.api import limits
 from ams.api.deps import CurrentInstance, client_address
 from ams.errors import BadInput, DeviceTokenInvalid
-from ams.vault import devices, passwords
+from ams.vault import certificates, devices, passwords
 from ams.vault.devices import AuthenticatedDevice
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"], max_body_size=limits.AGENT_JSON)
@@ -68,10 +68,12 @@ def _version(value: str | None) -> int | None:
     return int(value.strip())
 
 
-# The check-in and the report are the hot path (docs/architecture.md): each is one hand-off
-# to a worker thread, where the vault authenticates the token and does the work on one
-# database connection; the answer is a JSONResponse, not a dict for FastAPI to validate and
-# encode again.
+# The check-in and the report are the hot path (docs/architecture.md): the vault
+# authenticates the token and does the work on one database connection, called right here
+# in the event loop (a hand-off to a thread and back cost more than the work: with
+# `--workers N`, the other workers' loops answer meanwhile); the answer is a JSONResponse,
+# not a dict for FastAPI to validate and encode again. Only the generation of a scope's
+# first certificate (seconds of RSA key generation) goes to a thread.
 
 
 @router.get("/password", response_model=None)
@@ -79,11 +81,15 @@ async def rotation_advice(
     request: Request, version: Annotated[str | None, Query(max_length=64)] = None
 ) -> JSONResponse:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
+    instance = request.app.state.instance
     token = _device_token(request)
     reported = _version(version)
-    advice = await run_in_threadpool(
-        passwords.check_in, request.app.state.instance, token, reported, address=client_address(request)
-    )
+    address = client_address(request)
+    try:
+        advice = passwords.check_in(instance, token, reported, address=address, generate=False)
+    except passwords.FirstCertificateNeeded as needed:
+        await run_in_threadpool(certificates.ensure_active, instance, needed.scope, needed.actor)
+        advice = passwords.check_in(instance, token, reported, address=address, generate=False)
     return JSONResponse(advice.to_dict())
 
 
@@ -92,11 +98,9 @@ async def rotation_advice(
 )
 async def report_password(body: PasswordBody, request: Request) -> JSONResponse:
     """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
-    token = _device_token(request)
-    stored = await run_in_threadpool(
-        passwords.report,
+    stored = passwords.report(
         request.app.state.instance,
-        token,
+        _device_token(request),
         body.account,
         body.version,
         body.blob,
