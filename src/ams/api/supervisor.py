@@ -65,7 +65,7 @@ def _worker(
     counters: SharedCounters,
     serve: Callable[[Instance, socket.socket], None],
     parent: int,
-    mask: set[signal.Signals],
+    mask: set[int | signal.Signals],
 ) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -83,7 +83,7 @@ def _fork(
     sock: socket.socket,
     counters: SharedCounters,
     serve: Callable[[Instance, socket.socket], None],
-    mask: set[signal.Signals],
+    mask: set[int | signal.Signals],
 ) -> int:
     parent = os.getpid()
     sys.stdout.flush()

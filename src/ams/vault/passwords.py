@@ -27,9 +27,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 
@@ -153,14 +153,14 @@ def _exhausted(device_id: str, highest: int) -> PasswordVersionsExhausted:
 # database only after a change bumped the generation. The statements are SQLAlchemy Core,
 # built here once (their compiled form is cached by the engine), one connection per request.
 
-_D = Device.__table__
-_P = DevicePassword.__table__
-_H = DevicePassword.__table__.alias("h")
-_C = CertificateRow.__table__
-_POLICY = PasswordPolicyRow.__table__
-_AUDIT = AuditEvent.__table__
+_D = cast(Table, Device.__table__)
+_P = cast(Table, DevicePassword.__table__)
+_H = _P.alias("h")
+_C = cast(Table, CertificateRow.__table__)
+_POLICY = cast(Table, PasswordPolicyRow.__table__)
+_AUDIT = cast(Table, AuditEvent.__table__)
 _HIGHEST = select(func.max(_H.c.version)).where(_H.c.device_id == _D.c.id).scalar_subquery()
-_GENERATION = select(InstanceRow.__table__.c.generation).limit(1).scalar_subquery()
+_GENERATION = select(InstanceRow.generation).limit(1).scalar_subquery()
 
 
 def _device_state(*, history: bool) -> Any:
@@ -574,6 +574,11 @@ def _store_once(
     # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
     # another's write.
     assert active is None or isinstance(active, hotcache.ActiveCertificate)
+
+    def private_key() -> bytes:
+        assert active is not None  # _test_decrypt asks only for the active certificate's key
+        return _private_key(instance, cache, generation, active)
+
     thumbprint = _test_decrypt(
         instance,
         device,
@@ -581,7 +586,7 @@ def _store_once(
         account,
         version,
         active,
-        lambda: _private_key(instance, cache, generation, active),
+        private_key,
     )
     # 3. Write: the first statement takes the device's write lock (SQLite's database lock,
     # PostgreSQL's row lock), so what is read next stays true until the commit.
