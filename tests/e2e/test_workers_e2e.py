@@ -34,13 +34,16 @@ from ams.vault import certificates, devices, regkeys
 from conftest import RECOVERY_PASSWORD, run_ams
 from server import Server
 
+LIMIT = 10  # ams.security.throttle.LIMIT
+
 
 class Workers:
-    def __init__(self, server: Server, headers: dict[str, str]) -> None:
+    def __init__(self, server: Server, headers: dict[str, str], address: str | None = None) -> None:
         self.server = server
         self.by_pid: dict[int, httpx.Client] = {}
         for _ in range(200):
-            client = httpx.Client(base_url=server.url, headers=headers, timeout=30)
+            transport = httpx.HTTPTransport(local_address=address) if address else None
+            client = httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport)
             pid = int(client.get("/healthz").headers["x-ams-worker"])
             if pid in self.by_pid:
                 client.close()
@@ -155,6 +158,22 @@ def test_a_rotation_through_one_worker_is_read_through_the_other_and_a_lost_key_
         workers.close()
 
 
+def test_failed_authentications_are_counted_once_for_all_workers(served: tuple[Server, str, str]) -> None:
+    server, _, _ = served
+    # From an address of its own, so the other tests' requests are not throttled.
+    workers = Workers(server, {"Authorization": "Bearer dev_0123456789abcdef.wrong"}, "127.0.0.3")
+    try:
+        one, other = workers.pair()
+        answers = [
+            _send(one if n % 2 else other, "GET", "/api/v1/agent/password").status_code
+            for n in range(LIMIT + 1)
+        ]
+    finally:
+        workers.close()
+    # Five failures on each worker would pass a per-process count; the shared one throttles.
+    assert answers == [401] * LIMIT + [429]
+
+
 def _leaders(server: Server) -> dict[int, bool]:
     workers = Workers(server, {})
     try:
@@ -190,16 +209,14 @@ def test_exactly_one_worker_runs_the_jobs_and_another_takes_over(served: tuple[S
     assert server.proc.poll() is None
 
 
-def test_sigterm_stops_every_worker(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    init = run_ams("init", "--recovery-password-stdin", home=home, input=RECOVERY_PASSWORD + "\n")
-    assert init.returncode == 0, init.stderr
-    server = Server(home, workers=2)
+def test_sigterm_stops_every_worker(served: tuple[Server, str, str]) -> None:
+    """Last in this module: it stops the module's server."""
+    server, _, _ = served
     workers = Workers(server, {})
     pids = sorted(workers.by_pid)
     workers.close()
     assert server.stop() == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-    assert "service_stopped" in run_ams("audit", "list", home=home).stdout
-    assert not (home / "run" / "ams.lock").read_text().strip()
+    assert "service_stopped" in run_ams("audit", "list", home=server.home).stdout
+    assert not (server.home / "run" / "ams.lock").read_text().strip()

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ams.cli._common import HomeOption, opened
-from ams.errors import BadInput
+from ams.errors import BadInput, ServiceWorkersFailing
 
 log = logging.getLogger("ams.serve")
 
@@ -136,19 +136,23 @@ def serve(
                 count,
                 "" if count == 1 else "s",
             )
+            from ams.api.supervisor import MAX_RESTARTS, RESTART_WINDOW, run_workers
+
             code = 0
             try:
                 if count == 1:
                     _run_uvicorn(instance, sock)
                 else:
-                    from ams.api.supervisor import run_workers
-
                     code = run_workers(instance, sock, count, _run_uvicorn)
             finally:
                 sock.close()
                 with instance.transaction() as session:
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")
             if code:
-                raise typer.Exit(code)
+                raise ServiceWorkersFailing(
+                    f"the workers ended more than {MAX_RESTARTS} times in {RESTART_WINDOW:.0f} seconds, so "
+                    "the service stopped: the log above says why they ended; fix that and start `ams serve` "
+                    "again"
+                )
         finally:
             lock.release()
