@@ -207,6 +207,10 @@ def test_exactly_one_worker_runs_the_jobs_and_another_takes_over(served: tuple[S
         time.sleep(0.5)
     assert leader not in leaders and sorted(leaders.values()) == [False, True], leaders
     assert server.proc.poll() is None
+    listed = run_ams("audit", "list", "--event", "1006", "--json", home=server.home)
+    replaced = [e["details"] for e in json.loads(listed.stdout)]
+    assert [(d["pid"], d["status"]) for d in replaced] == [(leader, -signal.SIGKILL)]
+    assert replaced[0]["replacement"] in leaders
 
 
 def test_sigterm_stops_every_worker(served: tuple[Server, str, str]) -> None:

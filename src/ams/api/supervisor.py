@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ams import audit
 from ams.instance import Instance
 from ams.security.shared import SharedCounters
 
@@ -137,6 +138,23 @@ def _stop(children: set[int]) -> None:
     children.clear()
 
 
+def _record_replaced(instance: Instance, pid: int, status: int, replacement: int) -> None:
+    """Event 1006, written after the fork: the supervisor's connection never crosses one."""
+    try:
+        with instance.transaction() as session:
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.SERVICE_WORKER_REPLACED,
+                actor="service",
+                details={"pid": pid, "status": status, "replacement": replacement},
+            )
+    except Exception:  # noqa: BLE001 - the service goes on; the log has the facts
+        log.exception("event 1006 could not be recorded")
+    finally:
+        instance.engine.dispose()
+
+
 def run_workers(
     instance: Instance, sock: socket.socket, workers: int, serve: Callable[[Instance, socket.socket], Any]
 ) -> int:
@@ -170,10 +188,11 @@ def run_workers(
                 )
                 code = 1
                 break
-            for _ in ended:
+            for ended_pid, status in ended:
                 pid = _fork(instance, sock, counters, serve, mask)
                 children.add(pid)
                 log.info("worker %d started in its place", pid)
+                _record_replaced(instance, ended_pid, status, pid)
     finally:
         _stop(children)
         counters.stop()
