@@ -11,7 +11,15 @@ from ams.apikeys import ApiKeyInfo, Role
 from ams.crypto import SecretBox
 from ams.instance import Instance
 
-__all__ = ["AdminKey", "CurrentInstance", "ReaderKey", "UnlockedBox", "client_address", "get_instance"]
+__all__ = [
+    "AdminKey",
+    "CurrentInstance",
+    "ReaderKey",
+    "UnlockedBox",
+    "bearer_token",
+    "client_address",
+    "get_instance",
+]
 
 
 async def get_instance(request: Request) -> Instance:
@@ -22,6 +30,11 @@ async def get_instance(request: Request) -> Instance:
 
 
 CurrentInstance = Annotated[Instance, Depends(get_instance)]
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
+    return _bearer(request)
 
 
 def _bearer(request: Request) -> str | None:
