@@ -32,6 +32,7 @@ from ams.home import Home
 from ams.instance import open_instance
 from ams.vault import certificates, devices, regkeys
 from conftest import RECOVERY_PASSWORD, run_ams
+from pg import PostgresServer
 from server import Server
 
 LIMIT = 10  # ams.security.throttle.LIMIT
@@ -92,11 +93,8 @@ def _report(client: httpx.Client, token: str, version: int, pem: str) -> httpx.R
     )
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str]]:
-    home = tmp_path_factory.mktemp("workers") / "home"
-    init = run_ams("init", "--recovery-password-stdin", home=home, input=RECOVERY_PASSWORD + "\n")
-    assert init.returncode == 0, init.stderr
+def _prepare(home: Path) -> tuple[str, str]:
+    """An admin API key and a registered device's token, made in-process before the server starts."""
     instance = open_instance(Home(home), SystemClock())
     try:
         admin = apikeys.create(instance, "admin", Role.ADMIN, actor="test").token
@@ -107,9 +105,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, s
         finally:
             certificates.KEY_SIZE = saved
         key = regkeys.create(instance, "workers", "test")
-        token = devices.register(instance, key.key, "pc-1").token
+        return admin, devices.register(instance, key.key, "pc-1").token
     finally:
         instance.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str]]:
+    home = tmp_path_factory.mktemp("workers") / "home"
+    init = run_ams("init", "--recovery-password-stdin", home=home, input=RECOVERY_PASSWORD + "\n")
+    assert init.returncode == 0, init.stderr
+    admin, token = _prepare(home)
     server = Server(home, workers=2)
     try:
         yield server, admin, token
@@ -224,3 +230,29 @@ def test_sigterm_stops_every_worker(served: tuple[Server, str, str]) -> None:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert "service_stopped" in run_ams("audit", "list", home=server.home).stdout
     assert not (server.home / "run" / "ams.lock").read_text().strip()
+
+
+def test_on_postgresql_two_workers_share_the_database_and_one_runs_the_jobs(
+    pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = pg_server.create_database()
+    home = tmp_path / "home"
+    try:
+        init = run_ams(
+            "init", "--database", url, "--recovery-password-stdin", home=home, input=RECOVERY_PASSWORD + "\n"
+        )
+        assert init.returncode == 0, init.stderr
+        admin, token = _prepare(home)
+        with Server(home, workers=2) as server:
+            workers = Workers(server, {"Authorization": f"Bearer {admin}"})
+            try:
+                one, other = workers.pair()
+                reported, _ = _rotate(one, token, None)
+                assert reported.status_code == 201, reported.text
+                read = _send(other, "GET", f"/api/v1/devices/{token.partition('.')[0]}/password")
+                assert read.json()["password"] == f"secret-{reported.json()['version']}"
+            finally:
+                workers.close()
+            assert sorted(_leaders(server).values()) == [False, True]
+    finally:
+        pg_server.drop_database(url)
