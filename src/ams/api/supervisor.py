@@ -45,9 +45,9 @@ _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:  # the parent died before prctl
         os._exit(0)
 
@@ -57,7 +57,7 @@ def _quiet_shared_state() -> None:
     group (Ctrl-C, systemd's SIGTERM to the unit) leave it to finish the workers' last calls."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent(os.getppid())
+    _die_with_parent(os.getppid(), signal.SIGKILL)  # it ignores SIGTERM
 
 
 def _worker(
