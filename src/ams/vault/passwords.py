@@ -285,10 +285,10 @@ def _private_key(
 
 
 class FirstCertificateNeeded(Exception):
-    """The device's scope has no active certificate yet: :func:`certificates.ensure_active`
-    generates it (RSA-4096, seconds of CPU), then the check-in is asked again. Raised only
-    with ``generate=False``, for a caller that must not spend those seconds where it runs
-    (the event loop of ``ams serve``)."""
+    """The device's scope has no active certificate yet, and generating it (RSA-4096, seconds
+    of CPU) was not allowed here: raised only with ``generate=False``, for a caller that must
+    not spend those seconds where it runs (the event loop of ``ams serve``); it asks again
+    with ``generate=True`` where it may (a worker thread)."""
 
     def __init__(self, scope: str, actor: str) -> None:
         super().__init__(scope)

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from ams.api import limits
 from ams.api.deps import CurrentInstance, client_address
 from ams.errors import BadInput, DeviceTokenInvalid
-from ams.vault import certificates, devices, passwords
+from ams.vault import devices, passwords
 from ams.vault.devices import AuthenticatedDevice
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"], max_body_size=limits.AGENT_JSON)
@@ -87,9 +87,9 @@ async def rotation_advice(
     address = client_address(request)
     try:
         advice = passwords.check_in(instance, token, reported, address=address, generate=False)
-    except passwords.FirstCertificateNeeded as needed:
-        await run_in_threadpool(certificates.ensure_active, instance, needed.scope, needed.actor)
-        advice = passwords.check_in(instance, token, reported, address=address, generate=False)
+    except passwords.FirstCertificateNeeded:
+        # The scope's first certificate: generated (and the check-in answered) in a thread.
+        advice = await run_in_threadpool(passwords.check_in, instance, token, reported, address=address)
     return JSONResponse(advice.to_dict())
 
 
