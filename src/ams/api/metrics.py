@@ -10,6 +10,7 @@ whichever worker answers.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -83,7 +84,10 @@ class Metrics:
             ("ams_backup_consecutive_failures", "consecutive_failures", "Scheduled backups failed in a row."),
         ):
             gauge = Gauge(name, text, registry=self.registry)
-            gauge.set_function(lambda key=key: read(key))
+            gauge.set_function(functools.partial(read, key))
+
+
+_Gauge = GaugeMetricFamily
 
 
 class _AuditCollector(Collector):
@@ -92,7 +96,7 @@ class _AuditCollector(Collector):
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
 
-    def _families(self) -> tuple[Metric, Metric, Metric, Metric]:
+    def _families(self) -> tuple[_Gauge, _Gauge, _Gauge, CounterMetricFamily]:
         return (
             GaugeMetricFamily("ams_audit_events", "Events the audit trail holds."),
             GaugeMetricFamily(

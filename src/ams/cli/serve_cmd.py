@@ -8,12 +8,17 @@ import os
 import signal
 import socket
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ams.cli._common import HomeOption, opened
 from ams.errors import BadInput, ServiceWorkersFailing
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from ams.instance import Instance
 
 log = logging.getLogger("ams.serve")
 
@@ -36,8 +41,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server_class(uvicorn: Any) -> Any:
-    class AMSServer(uvicorn.Server):  # type: ignore[misc,name-defined]
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class AMSServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the
         process before AMS releases its lock and records the stop; AMS exits 0 instead."""
 
@@ -50,7 +57,7 @@ def _server_class(uvicorn: Any) -> Any:
     return AMSServer
 
 
-def _run_uvicorn(instance: Any, sock: socket.socket) -> None:
+def _run_uvicorn(instance: Instance, sock: socket.socket) -> None:
     """One process answering on ``sock`` until SIGTERM or SIGINT (a worker, or the whole
     service with ``--workers 1``)."""
     import uvicorn
@@ -69,7 +76,7 @@ def _run_uvicorn(instance: Any, sock: socket.socket) -> None:
         http="h11",
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
-    _server_class(uvicorn)(config).run(sockets=[sock])
+    _server_class()(config).run(sockets=[sock])
 
 
 def serve(
