@@ -369,7 +369,7 @@ def _check_in(
                     conn.rollback()
                     if not generate:
                         raise FirstCertificateNeeded(device.scope, actor)
-                    # The scope's first certificate (RSA-4096, slow), outside this connection.
+                    # The scope's first certificate (RSA-4096, slow), with no transaction of ours open.
                     certificates.ensure_active(instance, device.scope, actor)
                     continue
                 policy = _policy(conn, cache, generation, device.scope)
