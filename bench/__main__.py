@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "backup": "bench.backup_bench",
     "directory": "bench.directory_bench",
     "offsite": "bench.offsite_bench",
+    "ldap": "bench.ldap_bench",
 }
 
 

@@ -26,19 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +135,9 @@ def _figure(name: str, ams: list[float], peer: list[float], goal: float | None) 
 
 
 def _machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "load": os.getloadavg()[0],
-    }
+    from bench import results
+
+    return results.machine()
 
 
 def run(entries: int, ops: int, work: Path) -> dict[str, Any]:

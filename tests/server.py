@@ -26,7 +26,12 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, home: Path, env: dict[str, str] | None = None, *, args: list[str] | None = None
+        self,
+        home: Path,
+        env: dict[str, str] | None = None,
+        *,
+        args: list[str] | None = None,
+        workers: int | None = None,
     ) -> None:
         self.home = home
         self.port = free_port()
@@ -35,8 +40,9 @@ class Server:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
         full_env.update(env or {})
         self._log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        extra = ["--workers", str(workers)] if workers is not None else []
         self.proc = subprocess.Popen(
-            [str(AMS), "serve", "--home", str(home), "--port", str(self.port), *(args or [])],
+            [str(AMS), "serve", "--home", str(home), "--port", str(self.port), *extra, *(args or [])],
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -28,6 +28,7 @@ PINNED = {
     "master_key_locked": (30, 503),
     "wrong_password": (31, 403),
     "decryption_failed": (33, 422),
+    "service_workers_failing": (34, 500),
     "weak_password": (32, 422),
     "authentication_required": (40, 401),
     "permission_denied": (41, 403),

@@ -31,6 +31,7 @@ class Event(IntEnum):
     SCHEMA_UPGRADED = 1003
     AUDIT_PRUNED = 1004
     AUDIT_RETENTION_CHANGED = 1005
+    SERVICE_WORKER_REPLACED = 1006
     # 1100-1199: the master key and the recovery password
     RECOVERY_PASSWORD_SET = 1100
     MASTER_KEY_UNLOCKED = 1101
@@ -126,6 +127,7 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.SCHEMA_UPGRADED: "the database schema was migrated forward (details: from, to)",
     Event.AUDIT_PRUNED: "audit retention removed events older than the retention (details: removed, before)",
     Event.AUDIT_RETENTION_CHANGED: "the audit retention in effect changed (details: from, to days)",
+    Event.SERVICE_WORKER_REPLACED: "a worker of `ams serve` ended while serving; another took its place",
     Event.RECOVERY_PASSWORD_SET: "a new recovery password replaced the recovery wrapping",
     Event.MASTER_KEY_UNLOCKED: "the recovery password unlocked the master key on this machine",
     Event.MASTER_KEY_UNLOCK_FAILED: "an unlock with the recovery password failed (wrong password)",

@@ -77,6 +77,7 @@ __all__ = [
     "RollbackWindowClosed",
     "SchemaMismatch",
     "ServiceRunning",
+    "ServiceWorkersFailing",
     "WeakPassword",
     "WrongPassword",
     "OffsiteAccessDenied",
@@ -225,6 +226,13 @@ class DecryptionFailed(AMSError):
     exit_status = 33
     http_status = 422
     summary = "the data could not be decrypted: it was altered, or the key is not the right one"
+
+
+class ServiceWorkersFailing(AMSError):
+    code = "service_workers_failing"
+    exit_status = 34
+    http_status = 500
+    summary = "the worker processes of `ams serve` kept ending, so the service stopped: see its log"
 
 
 class WeakPassword(AMSError):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
-from enum import StrEnum
 import ssl
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ams.cli._common import HomeOption, opened
-from ams.errors import BadInput
+from ams.errors import BadInput, ServiceWorkersFailing
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from ams.instance import Instance
 
 log = logging.getLogger("ams.serve")
 
@@ -73,6 +76,8 @@ def _configure_logging(level: LogLevel) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _ldap_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     """The TLS context of ldaps and StartTLS, from PEM files; None when neither is given."""
     if cert is None and key is None:
@@ -93,6 +98,28 @@ def _ldap_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
             "unencrypted PEM private key"
         ) from None
     return context
+
+
+def _run_uvicorn(instance: Instance, sock: socket.socket, log_level: str = "info") -> None:
+    """One process answering on ``sock`` until SIGTERM or SIGINT (a worker, or the whole
+    service with ``--workers 1``)."""
+    import uvicorn
+
+    from ams.api import create_app
+    from ams.api.limits import MAX_HEADER_BYTES
+
+    config = uvicorn.Config(
+        create_app(instance),
+        log_level=log_level,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        # h11, whose limit on the request line and headers AMS states (ams.api.limits);
+        # a request over it gets 400 from the server before the app sees it.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+    _server_class()(config).run(sockets=[sock])
 
 
 def serve(
@@ -139,13 +166,21 @@ def serve(
     ldap_tls_key: Annotated[
         Path | None, typer.Option("--ldap-tls-key", help="PEM private key of --ldap-tls-cert (unencrypted).")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="Worker processes answering on the port (default: the number of cores).",
+        ),
+    ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
-    import uvicorn
+    import uvicorn  # noqa: F401 - loaded once here, before the workers are forked
 
     from ams import audit
-    from ams.api import create_app
-    from ams.api.limits import MAX_HEADER_BYTES
+    from ams.api import create_app  # noqa: F401 - the same
     from ams.lock import ServiceLock
 
     # The LDAP options are checked before anything is opened or locked.
@@ -159,6 +194,7 @@ def serve(
         try:
             bind_host = host or instance.settings.server.host
             bind_port = instance.settings.server.port if port is None else port
+            count = workers or os.cpu_count() or 1
             sock = _listen(bind_host, bind_port)
             ldap = None
             if ldap_port is not None or ldaps_port is not None:
@@ -167,12 +203,6 @@ def serve(
                 ldap = LdapServer(
                     instance, host=ldap_host or bind_host, port=ldap_port, tls_port=ldaps_port, tls=tls
                 )
-                try:
-                    for address, ldap_bound in ldap.start():
-                        log.info("AMS serving LDAP on %s:%d", address, ldap_bound)
-                except BadInput:
-                    sock.close()
-                    raise
             state = str(instance.keyring.state)
             offset = getattr(instance.clock, "offset", None)
             if offset:
@@ -188,28 +218,49 @@ def serve(
                     instance.clock,
                     audit.Event.SERVICE_STARTED,
                     actor="service",
-                    details={"address": f"{bind_host}:{sock.getsockname()[1]}", "master_key": state},
+                    details={
+                        "address": f"{bind_host}:{sock.getsockname()[1]}",
+                        "master_key": state,
+                        "workers": count,
+                    },
                 )
-            config = uvicorn.Config(
-                create_app(instance),
-                log_level=str(log_level),
-                lifespan="on",
-                server_header=False,
-                timeout_graceful_shutdown=10,
-                # h11, whose limit on the request line and headers AMS states (ams.api.limits);
-                # a request over it gets 400 from the server before the app sees it.
-                http="h11",
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            log.info(
+                "AMS serving on http://%s:%d (master key %s, %d worker%s)",
+                bind_host,
+                sock.getsockname()[1],
+                state,
+                count,
+                "" if count == 1 else "s",
             )
-            server = _server_class()(config)
-            log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)
+            from ams.api.supervisor import MAX_RESTARTS, RESTART_WINDOW, run_workers
+
+            def start_ldap() -> None:
+                # In this process, after the workers are forked: no LDAP thread crosses a fork.
+                if ldap is not None:
+                    for address, ldap_bound in ldap.start():
+                        log.info("AMS serving LDAP on %s:%d", address, ldap_bound)
+
+            def serve_one(instance: Instance, sock: socket.socket) -> None:
+                _run_uvicorn(instance, sock, str(log_level))
+
+            code = 0
             try:
-                server.run(sockets=[sock])
+                if count == 1:
+                    start_ldap()
+                    serve_one(instance, sock)
+                else:
+                    code = run_workers(instance, sock, count, serve_one, on_started=start_ldap)
             finally:
                 if ldap is not None:
                     ldap.stop()
                 sock.close()
                 with instance.transaction() as session:
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")
+            if code:
+                raise ServiceWorkersFailing(
+                    f"the workers ended more than {MAX_RESTARTS} times in {RESTART_WINDOW:.0f} seconds, so "
+                    "the service stopped: the log above says why they ended; fix that and start `ams serve` "
+                    "again"
+                )
         finally:
             lock.release()

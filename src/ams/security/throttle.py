@@ -15,7 +15,8 @@ client's address (an IPv6 address by its /64) and against the key id it presente
 
 A valid credential is never refused by the throttle, wherever it comes from: the throttle
 only decides how a failure is answered and recorded. A success does not reset a counter.
-The state is in this process's memory (docs/security.md says what that means).
+The state is in this process's memory; the workers of ``ams serve --workers N`` share one
+(ams.security.shared; docs/security.md says what that means).
 """
 
 from __future__ import annotations

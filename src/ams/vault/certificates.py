@@ -34,7 +34,7 @@ from ams.home import atomic_write
 from ams.instance import Instance
 from ams.paths import check_new_file
 from ams.security.policy import check_password_strength
-from ams.vault import passwords  # it imports this module too: each uses the other only in functions
+from ams.vault import binding, hotcache, stored
 
 __all__ = [
     "KEY_PURPOSE",
@@ -171,7 +171,7 @@ def _info(row: CertificateRow, counts: tuple[int, int] = (0, 0)) -> CertificateI
 
 
 def _counts(session: Session) -> dict[str, tuple[int, int]]:
-    return passwords.counts_by_certificate(session)
+    return stored.counts_by_certificate(session)
 
 
 _MIN_PREFIX = 8
@@ -308,6 +308,7 @@ def _make_active(instance: Instance, session: Session, row: CertificateRow, acto
         session.flush()  # the partial unique index allows one active row per scope at a time
     row.state = CertificateState.ACTIVE.value
     row.activated_at = instance.clock.now()
+    hotcache.bump(session)
     audit.record(
         session,
         instance.clock,
@@ -338,6 +339,7 @@ def _create(
             if first_only and has_active:
                 raise _Superseded()  # roll back: ours is not needed
             make_active = activate or not has_active
+            hotcache.bump(session)
             audit.record(
                 session,
                 instance.clock,
@@ -526,6 +528,7 @@ def import_pfx(
             session.add(row)
             session.flush()
         make_active = activate or _active_row(session, scope) is None
+        hotcache.bump(session)
         audit.record(
             session,
             instance.clock,
@@ -549,7 +552,6 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
     rotates to the new certificate at its next check-in. One transaction. For a directory's
     certificate, every device of that directory is forced to rotate, and the bound ones see
     expiration time 0 on their objects (ams.vault.legacy)."""
-    from ams.vault import legacy  # it imports this module's importers
 
     with instance.session() as session:
         row = _row(session, thumbprint)
@@ -583,10 +585,11 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
                 details={"scope": scope, "activated": True, "replaces_lost": tp},
             )
             _make_active(instance, session, replacement, actor)
-        expired = passwords.expire_current_under(session, instance.clock, tp)
+        expired = stored.expire_current_under(session, instance.clock, tp)
         # A directory's devices keep their passwords on their objects: each is forced too
-        # (ams.vault.legacy), so a legacy agent reading its object rotates.
-        forced = legacy.force_scope(session, instance.clock, scope, actor, f"certificate {tp} lost")
+        # (ams.vault.binding), so a legacy agent reading its object rotates.
+        forced = binding.force_scope(session, instance.clock, scope, actor, f"certificate {tp} lost")
+        hotcache.bump(session)
         audit.record(
             session,
             instance.clock,
@@ -602,7 +605,7 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
         )
         # The lost key's counts alone: its current passwords are the ones just expired (a
         # count over every certificate's passwords would read the whole table again).
-        info = _info(row, (expired, passwords.count_under(session, tp) - expired))
+        info = _info(row, (expired, stored.count_under(session, tp) - expired))
         new_info = _info(replacement) if replacement is not None else None
-    legacy.publish_forced(instance, forced, actor)
+    binding.publish_forced(instance, forced, actor)
     return LostResult(info, new_info, expired)

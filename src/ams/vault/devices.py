@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
-from ams.db.models.vault import Device, DevicePassword, RegistrationKey
+from ams.db.models.vault import ACTIVE, DISABLED, PENDING, Device, DevicePassword, RegistrationKey
 from ams.errors import (
     AMSError,
     BadInput,
@@ -30,9 +30,13 @@ from ams.errors import (
 from ams.instance import Instance
 from ams.security import throttle
 from ams.textcheck import check_name
+from ams.vault import binding as binding_service
 from ams.vault.policy import check_scope
 
 __all__ = [
+    "ACTIVE",
+    "DISABLED",
+    "PENDING",
     "DeviceInfo",
     "RegisteredDevice",
     "approve",
@@ -47,7 +51,6 @@ __all__ = [
 
 ID_PREFIX = "dev_"
 DEFAULT_SCOPE = "agent"
-PENDING, ACTIVE, DISABLED = "pending", "active", "disabled"
 _DUMMY_HASH = "0" * 64
 
 
@@ -164,8 +167,6 @@ def register(
     A refusal is counted against the client ``address`` and the key id; past the limit it
     answers 429 and writes nothing (ams.security.throttle).
     """
-    from ams.vault import legacy  # it imports this module
-
     name = check_name(name, "the device name").strip()
     if not name or len(name) > 255 or not name.isprintable():
         raise BadInput("a device needs a name of 1 to 255 printable characters (its host name)")
@@ -178,7 +179,7 @@ def register(
     if not valid:
         _refuse(instance, address, key_id, row is not None, "unknown or wrong key", RegistrationKeyInvalid())
     assert row is not None
-    binding = legacy.check_binding(instance, scope, dn)  # after the key: no probing without one
+    binding = binding_service.check_binding(instance, scope, dn)  # after the key: no probing without one
     device_id = ID_PREFIX + crypto.random_id(16)
     token_secret = crypto.random_secret(32)
     now = instance.clock.now()
@@ -189,7 +190,7 @@ def register(
         )
     except IntegrityError:
         assert binding is not None  # the only unique constraint a new device id can meet
-        raise legacy.taken(scope, binding[0]) from None
+        raise binding_service.taken(scope, binding[0]) from None
     if not taken:
         reason = "disabled" if row.disabled_at is not None else "activation limit reached"
         _refuse(
@@ -281,38 +282,67 @@ class AuthenticatedDevice:
     scope: str
 
 
+def split_token(token: str | None) -> tuple[str, str]:
+    """(device id, secret) of a bearer token ``dev_<id>.<secret>``; ("", "") when it has not
+    that shape (nothing to look up)."""
+    device_id, _, secret = (token or "").partition(".")
+    if not device_id.startswith(ID_PREFIX) or not secret:
+        return device_id, ""
+    return device_id, secret
+
+
+def refuse_token(instance: Instance, device_id: str, *, known: bool, address: str | None) -> NoReturn:
+    """A wrong or unknown device token: counted and recorded (ams.security.throttle), then 401
+    (or 429 while throttled). Call it outside any open transaction."""
+    throttle.refuse(
+        instance,
+        throttle.AuthKind.DEVICE_TOKEN,
+        address=address,
+        key_id=device_id,
+        event=audit.Event.DEVICE_AUTH_FAILED,
+        target=device_id[:32] if known else None,
+        error=DeviceTokenInvalid(),
+    )
+
+
+def token_matches(secret: str, token_hash: str | None) -> bool:
+    """Whether the secret hashes to ``token_hash`` (compared in constant time; a dummy hash
+    when the device is unknown, so both answers cost the same)."""
+    valid = crypto.constant_time_equal(crypto.hash_token(secret), token_hash or _DUMMY_HASH)
+    return valid and token_hash is not None
+
+
+def check_status(device_id: str, status: str) -> None:
+    """Only active devices use the password API."""
+    if status == PENDING:
+        raise DevicePendingApproval(
+            f"device {device_id} waits for approval: an administrator runs `ams device approve {device_id}`"
+        )
+    if status == DISABLED:
+        raise DeviceDisabled(f"device {device_id} is disabled: register it again, or ask an administrator")
+
+
+LAST_SEEN_EVERY = timedelta(minutes=1)
+
+
 def authenticate(instance: Instance, token: str | None, *, address: str | None = None) -> AuthenticatedDevice:
     """The device a bearer token ``dev_<id>.<secret>`` belongs to, if it may use the password API.
 
     A failure is counted against the client ``address`` and the device id; past the limit
-    it answers 429 and writes nothing (ams.security.throttle).
+    it answers 429 and writes nothing (ams.security.throttle). (The rotation's routes read
+    the device with their own statements: ams.vault.passwords.check_in and report.)
     """
-    device_id, _, secret = (token or "").partition(".")
+    device_id, secret = split_token(token)
     now = instance.clock.now()
     with instance.session() as session:
-        row = session.get(Device, device_id) if device_id.startswith(ID_PREFIX) and secret else None
-        expected = row.token_hash if row is not None else _DUMMY_HASH
-        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
-        if row is None or not valid:
+        row = session.get(Device, device_id) if secret else None
+        if row is None or not token_matches(secret, row.token_hash):
             known = row is not None
             session.close()  # the read ends before the failure is written on its own
-            throttle.refuse(
-                instance,
-                throttle.AuthKind.DEVICE_TOKEN,
-                address=address,
-                key_id=device_id,
-                event=audit.Event.DEVICE_AUTH_FAILED,
-                target=device_id[:32] if known else None,
-                error=DeviceTokenInvalid(),
-            )
-        if row.status == PENDING:
-            raise DevicePendingApproval(
-                f"device {row.id} waits for approval: an administrator runs `ams device approve {row.id}`"
-            )
-        if row.status == DISABLED:
-            raise DeviceDisabled(f"device {row.id} is disabled: register it again, or ask an administrator")
+            refuse_token(instance, device_id, known=known, address=address)
+        check_status(row.id, row.status)
         # Written at most once a minute, so check-ins do not each turn into a write.
-        if row.last_seen_at is None or now - row.last_seen_at > timedelta(minutes=1):
+        if row.last_seen_at is None or now - row.last_seen_at > LAST_SEEN_EVERY:
             row.last_seen_at = now
             session.commit()
         return AuthenticatedDevice(row.id, row.name, row.scope)
@@ -421,7 +451,5 @@ def expire(
                 session, instance.clock, audit.Event.DEVICE_ROTATION_FORCED, actor=actor, target=row.id
             )
         ids = [r.id for r in rows]
-    from ams.vault import legacy  # it imports this module
-
-    legacy.publish_forced(instance, ids, actor)  # expiration time 0 on bound devices' objects
+    binding_service.publish_forced(instance, ids, actor)  # expiration time 0 on bound devices' objects
     return ids

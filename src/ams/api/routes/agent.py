@@ -6,7 +6,9 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from ams.api import limits
 from ams.api.deps import CurrentInstance, client_address
@@ -77,20 +79,45 @@ def _version(value: str | None) -> int | None:
     return int(value.strip())
 
 
-@router.get("/password")
-def rotation_advice(
-    instance: CurrentInstance,
-    device: AgentDevice,
-    version: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+# The check-in and the report are the hot path (docs/architecture.md): the vault
+# authenticates the token and does the work on one database connection, called right here
+# in the event loop (a hand-off to a thread and back cost more than the work: with
+# `--workers N`, the other workers' loops answer meanwhile); the answer is a JSONResponse,
+# not a dict for FastAPI to validate and encode again. Only the generation of a scope's
+# first certificate (seconds of RSA key generation) goes to a thread.
+
+
+@router.get("/password", response_model=None)
+async def rotation_advice(
+    request: Request, version: Annotated[str | None, Query(max_length=64)] = None
+) -> JSONResponse:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
-    return passwords.decide(instance, device, _version(version)).to_dict()
+    instance = request.app.state.instance
+    token = _device_token(request)
+    reported = _version(version)
+    address = client_address(request)
+    try:
+        advice = passwords.check_in(instance, token, reported, address=address, generate=False)
+    except passwords.FirstCertificateNeeded:
+        # The scope's first certificate: generated (and the check-in answered) in a thread.
+        advice = await run_in_threadpool(passwords.check_in, instance, token, reported, address=address)
+    return JSONResponse(advice.to_dict())
 
 
-@router.post("/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD)
-def report_password(body: PasswordBody, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
+@router.post(
+    "/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD, response_model=None
+)
+async def report_password(body: PasswordBody, request: Request) -> JSONResponse:
     """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
-    return passwords.store(instance, device, body.account, body.version, body.blob).to_dict()
+    stored = passwords.report(
+        request.app.state.instance,
+        _device_token(request),
+        body.account,
+        body.version,
+        body.blob,
+        address=client_address(request),
+    )
+    return JSONResponse(stored.to_dict(), status_code=status.HTTP_201_CREATED)
 
 
 @router.delete("/password/{request_id}")

@@ -20,7 +20,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ams.db.models.base import Base, Timestamp
 
-__all__ = ["Device", "DevicePassword", "PasswordPolicyRow", "RegistrationKey"]
+__all__ = [
+    "ACTIVE",
+    "DISABLED",
+    "PENDING",
+    "Device",
+    "DevicePassword",
+    "PasswordPolicyRow",
+    "RegistrationKey",
+]
 
 # Password versions: 64-bit (BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit already).
 Version = BigInteger().with_variant(Integer(), "sqlite")
@@ -43,6 +51,10 @@ class RegistrationKey(Base):
 
 
 _BOUND = text("directory_dn_norm IS NOT NULL AND status != 'disabled'")
+
+
+# A device's status (ams.vault.devices).
+PENDING, ACTIVE, DISABLED = "pending", "active", "disabled"
 
 
 class Device(Base):
