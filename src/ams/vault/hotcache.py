@@ -22,21 +22,13 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
-
-from ams.db.models import InstanceRow
+from ams.vault.generation import bump
 
 if TYPE_CHECKING:
     from ams.instance import Instance
     from ams.vault.policy import PasswordPolicy
 
 __all__ = ["ActiveCertificate", "HotCache", "bump", "for_instance"]
-
-
-def bump(session: Session) -> None:
-    """Add one to the generation, inside the caller's transaction (the change it announces)."""
-    session.execute(update(InstanceRow).values(generation=InstanceRow.generation + 1))
 
 
 @dataclass(frozen=True)
