@@ -152,6 +152,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, ...]] = {
     ("aws", "RestoreFromSnapshot"):                            (403, 400, 400, 400, 200, 400, 400, 400),
     ("aws", "DescribeSnapshots"):                              (403, 400, 400, 200, 200, 400, 400, 400),
     ("aws", "GetSnapshotLimits"):                              (403, 400, 400, 200, 200, 400, 400, 400),
+    ("aws", "ResetUserPassword"):                              (403, 400, 400, 400, 200, 400, 400, 400),
     ("aws", "DescribeDirectories via POST /aws/ds"):           (403, 400, 400, 200, 200, 400, 400, 400),
     ("aws", "DescribeDirectories via POST /aws/ds/"):          (403, 400, 400, 200, 200, 400, 400, 400),
     ("aws", "DescribeDirectories via POST /"):                 (403, 400, 400, 200, 200, 400, 400, 400),
@@ -266,6 +267,9 @@ CALLS: dict[tuple[str, str], Call] = {
     ("aws", "RestoreFromSnapshot"): Call(json={"SnapshotId": "$restore_snapshot_aws"}),
     ("aws", "DescribeSnapshots"): Call(json={}),
     ("aws", "GetSnapshotLimits"): Call(json={"DirectoryId": "$directory_id"}),
+    ("aws", "ResetUserPassword"): Call(
+        json={"DirectoryId": "$directory_id", "UserName": "Admin", "NewPassword": "Matrix-Cell-Passw0rd-7!"}
+    ),
     **{
         ("aws", f"DescribeDirectories via {path}"): Call(json={})
         for path in ("POST /aws/ds", "POST /aws/ds/", "POST /")
