@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from faults_support import SEED, record, reseal, scale
 from sqlalchemy import func, select
 
 from ams import backup
@@ -31,7 +32,6 @@ from ams.errors import AMSError, SnapshotCorrupt
 from ams.home import Home
 from ams.instance import Instance, create_instance, open_instance
 from conftest import RECOVERY_PASSWORD, run_ams, tree_digest
-from faults_support import SEED, record, reseal, scale
 
 AREA = "corruption"
 # What a refusal of a damaged archive may be (docs/errors.md).
