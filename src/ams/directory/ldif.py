@@ -115,7 +115,11 @@ def parse(data: bytes | str | BinaryIO) -> Iterator[Entry]:
     """The entries of an LDIF file, one at a time (errors carry the line number). ``data``
     may be an open binary file, read from where it stands, a line at a time."""
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        try:
+            data = data.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (JSON can carry one)
+            line = data.count("\n", 0, exc.start) + 1
+            raise _fail(line, "is not UTF-8 text (it holds an unpaired surrogate)") from None
     if isinstance(data, bytes):
         if data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]

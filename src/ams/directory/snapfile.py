@@ -271,8 +271,8 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
     checks the digest (as :func:`verify` does) and raises SnapshotCorrupt instead of
     ending when it fails. So the rows are proven only once the iterator has ended: use
     them for nothing that cannot be undone before then (a restore stages them in a
-    generation that goes live only after). A damaged file can also fail earlier, with
-    whatever error its bytes cause; :func:`verify` then tells whether the file is damaged.
+    generation that goes live only after). A damaged file can also fail earlier, when its
+    bytes do not parse: that is SnapshotCorrupt too, naming what could not be read.
     """
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
@@ -298,7 +298,12 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
                 f"snapshot file {path.name} has format {version}, which this AMS cannot read "
                 f"(it reads {', '.join(map(str, _READABLE))}): use a newer AMS"
             )
-        header = json.loads(line())
+        try:
+            header = json.loads(line())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+            raise _corrupt(path, "has an unreadable header") from None
+        if not isinstance(header, dict):
+            raise _corrupt(path, "has an unreadable header")
     except BaseException:
         handle.close()
         raise
@@ -363,7 +368,14 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
                     batch = ([], [], [], [])
             raise _corrupt(path, "ends before its #END line")
 
-    return header, blocks() if version == 2 else legacy_blocks()
+    def readable(entries: Iterator[Columns]) -> Iterator[Columns]:
+        """Bytes that do not parse (not UTF-8, not JSON, nested too deep) are a damaged file."""
+        try:
+            yield from entries
+        except (ValueError, RecursionError):
+            raise _corrupt(path, "has an entry that cannot be read") from None
+
+    return header, readable(blocks() if version == 2 else legacy_blocks())
 
 
 def read_entries(path: Path, expected_sha256: str | None = None) -> tuple[dict[str, Any], Iterator[Row]]:
