@@ -155,6 +155,7 @@ LDIF_LINE = st.one_of(
 
 def test_fuzz_ldif_import() -> None:
     @given(st.lists(LDIF_LINE, max_size=20), st.sampled_from(["\n", "\r\n"]), st.booleans())
+    @example(["dn: cn=\ud800,dc=x", "cn: x"], "\n", False)  # an unpaired surrogate in text
     def check(lines: list[str], newline: str, as_bytes: bool) -> None:
         text = newline.join(lines) + newline
         data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
