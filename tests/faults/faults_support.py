@@ -24,6 +24,8 @@ from ams.backup.archive import MANIFEST, ArchiveReader, ArchiveWriter, archive_m
 
 SEED = int(os.environ.get("AMS_FAULT_SEED", "20261204"))
 LONG = os.environ.get("AMS_FAULT_LONG", "").lower() not in ("", "0", "false", "no")
+# Read once at import: tests/conftest.py clears every AMS_* variable around each test.
+FIGURES = os.environ.get("AMS_FAULT_FIGURES")
 
 
 def scale(ci: int, long: int) -> int:
@@ -37,12 +39,11 @@ except ImportError:
 
     def record(area: str, what: str, tried: int, outcome: str, seed: int | None = SEED) -> None:
         """Append ``{"area","what","tried","outcome","seed"}`` to $AMS_FAULT_FIGURES/<area>.jsonl."""
-        folder = os.environ.get("AMS_FAULT_FIGURES")
-        if not folder:
+        if not FIGURES:
             return
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(FIGURES).mkdir(parents=True, exist_ok=True)
         line = {"area": area, "what": what, "tried": tried, "outcome": outcome, "seed": seed}
-        with open(Path(folder) / f"{area}.jsonl", "a", encoding="utf-8") as handle:
+        with open(Path(FIGURES) / f"{area}.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, sort_keys=True) + "\n")
 
 
