@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -127,6 +128,7 @@ def test_fuzz_agent_api_bodies(api: Api) -> None:
     @example("password", {"account": "Administrator", "version": 2**63, "blob": "AAAA"}, "", b"")
     @example("password", {"account": "Administrator", "version": 7, "blob": "%%%"}, "", b"")
     @example("advice", {}, "9" * 63, b"")
+    @example("advice", {}, "\ud800", b"")
     @example("undo", {}, "../../x", b"")
     @example("raw", {}, "", b'{"account": "' + b"[" * 10_000)
     def check(route: str, body: object, text: str, raw: bytes) -> None:
@@ -140,7 +142,8 @@ def test_fuzz_agent_api_bodies(api: Api) -> None:
         elif route == "register":
             response = c.post("/api/v1/agent/register", content=content, headers=typed)
         elif route == "advice":
-            response = c.get("/api/v1/agent/password", params={"version": text}, headers=auth)
+            version = quote(text.encode("utf-8", "surrogatepass"))  # invalid UTF-8 too
+            response = c.get(f"/api/v1/agent/password?version={version}", headers=auth)
         elif route == "undo":
             response = c.delete(
                 f"/api/v1/agent/password/{text.encode('utf-8', 'replace').hex()}", headers=auth
