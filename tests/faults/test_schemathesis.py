@@ -62,6 +62,7 @@ def test_api_conforms_to_its_openapi_document(served: tuple[Instance, Any, dict[
     _instance, app, tokens = served
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = 0
+    failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
         if not LONG and (operation.method.upper(), operation.path) in SLOW:
@@ -82,5 +83,9 @@ def test_api_conforms_to_its_openapi_document(served: tuple[Instance, Any, dict[
                     checks=[not_a_server_error, response_schema_conformance],
                 )
 
-        check()
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - every operation is tried; all failures shown
+            failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
     assert operations >= 40
+    assert not failures, "\n\n".join(failures)
