@@ -20,6 +20,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 # The console's pages, photographed by the browser tests into docs/screenshots (needs chromium).
 screenshots: $(STAMP)

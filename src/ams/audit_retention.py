@@ -18,9 +18,9 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from ams import audit
@@ -115,10 +115,13 @@ def prune(instance: Instance, actor: str, *, record_nothing_removed: bool = True
                 .limit(BATCH)
                 .scalar_subquery()
             )
-            removed = session.execute(
-                delete(AuditEvent)
-                .where(AuditEvent.seq.in_(doomed))
-                .execution_options(synchronize_session=False)
+            removed = cast(
+                "CursorResult[Any]",
+                session.execute(
+                    delete(AuditEvent)
+                    .where(AuditEvent.seq.in_(doomed))
+                    .execution_options(synchronize_session=False)
+                ),
             ).rowcount
             if removed or (record_nothing_removed and total == 0):
                 audit.record(

@@ -59,7 +59,7 @@ class RetryPolicy:
     def delay(self, failures: int, rng: random.Random) -> float:
         """The wait after the ``failures``-th failed attempt (1-based)."""
         ceiling = min(self.max_delay, self.base_delay * (2 ** (failures - 1)))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 def normalise_server_url(url: str) -> str:
@@ -246,9 +246,8 @@ def _error_of(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return ""
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return ""
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 def _answer(response: httpx.Response, what: str, server: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -134,10 +135,11 @@ def create_app(instance: Instance) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":
             reason = (first.get("ctx") or {}).get("error", "not JSON")
-            position = first.get("loc", ("body", 0))[-1]
+            location = first.get("loc") or ("body", 0)
+            position = location[-1]
             return _error_response(
                 BadInput(f"the request body is not valid JSON ({reason} at character {position}): fix it")
             )

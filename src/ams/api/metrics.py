@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -65,7 +66,10 @@ class Metrics:
             ("ams_backup_consecutive_failures", "consecutive_failures", "Scheduled backups failed in a row."),
         ):
             gauge = Gauge(name, text, registry=self.registry)
-            gauge.set_function(lambda key=key: read(key))
+            gauge.set_function(functools.partial(read, key))
+
+
+_Gauge = GaugeMetricFamily
 
 
 class _AuditCollector(Collector):
@@ -74,7 +78,7 @@ class _AuditCollector(Collector):
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
 
-    def _families(self) -> tuple[Metric, Metric, Metric, Metric]:
+    def _families(self) -> tuple[_Gauge, _Gauge, _Gauge, CounterMetricFamily]:
         return (
             GaugeMetricFamily("ams_audit_events", "Events the audit trail holds."),
             GaugeMetricFamily(

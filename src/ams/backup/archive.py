@@ -518,7 +518,7 @@ class ArchiveReader:
             if info.type != tarfile.REGTYPE:
                 raise BackupUnsafe(f"the archive member {info.name} is not a regular file")
             try:
-                canonical = _header(expected, info.size, info.mtime)
+                canonical = _header(expected, info.size, int(info.mtime))
             except ValueError:  # a size or time no canonical header can hold
                 canonical = bytes(_BLOCK)
             if block != canonical:
@@ -526,7 +526,7 @@ class ArchiveReader:
                     f"the tar header of {expected} was altered ({_altered_fields(block, canonical)} "
                     "from the canonical header AMS writes)"
                 )
-            mtimes[expected] = info.mtime
+            mtimes[expected] = int(info.mtime)
             data_at = offset + _BLOCK
             end = data_at + info.size
             if end > size:

@@ -117,7 +117,7 @@ def _entry(row: BackupRecord, home_id: str | None = None) -> BackupEntry:
         verified_at=row.verified_at,
         verified_ok=row.verified_ok,
         error=row.error,
-        exists=bool(row.path) and Path(row.path).is_file(),
+        exists=row.path is not None and bool(row.path) and Path(row.path).is_file(),
         home_id=row.home_id,
         written_here=(row.home_id == home_id) if home_id and row.status == "complete" else None,
     )
@@ -310,7 +310,7 @@ def scan_folders(instance: Instance) -> list[Path]:
 
     with instance.session() as session:
         row = session.get(BackupSchedule, 1)
-        paths = list(session.scalars(select(BackupRecord.path).where(BackupRecord.path.is_not(None))))
+        paths = [p for p in session.scalars(select(BackupRecord.path)) if p]
         return _folders(instance.home, row.destination if row is not None else None, paths)
 
 

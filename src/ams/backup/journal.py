@@ -71,13 +71,14 @@ def swap(home: Home, db_commit: Callable[[], None] | None = None, marker: str | 
     """
     work = work_dir(home)
     (work / "old").mkdir(mode=0o700, exist_ok=True)
-    items = [{"name": n, "had_live": (home.root / n).exists()} for n in SWAPPED]
+    had_live = {n: (home.root / n).exists() for n in SWAPPED}
+    items = [{"name": n, "had_live": live} for n, live in had_live.items()]
     _write(home, "swapping", items)
-    for item in items:
-        if item["had_live"]:
-            step(home, "aside", item["name"])
-    for item in reversed(items):
-        step(home, "in", item["name"])
+    for name, live in had_live.items():
+        if live:
+            step(home, "aside", name)
+    for name in reversed(had_live):
+        step(home, "in", name)
     if db_commit is not None:
         _write(home, "db-pending", items, marker)
         db_commit()

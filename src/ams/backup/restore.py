@@ -385,6 +385,7 @@ def _decide_around(db_path: Path, current: Instance | None, manifest: Any) -> _A
     home_id = current_home or new_home_id()
     staged_at = staged[1] if staged else None
     keep = None
+    in_force: datetime | None
     if mine is not None and (staged is None or mine[0] == staged[0]):
         outcome, in_force = "unchanged", mine[1]
         keep = mine if staged is None else None

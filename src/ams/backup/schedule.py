@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ams import audit
 from ams.backup import catalog
@@ -143,7 +144,7 @@ def get_settings(instance: Instance) -> ScheduleSettings:
         return _settings_of(session.get(BackupSchedule, 1))
 
 
-def _row(session: Any) -> BackupSchedule:
+def _row(session: Session) -> BackupSchedule:
     row = session.get(BackupSchedule, 1)
     if row is None:
         row = BackupSchedule(

@@ -137,8 +137,8 @@ def print_table(
     from rich import box
     from rich.table import Table
 
-    rows = [list(r) for r in rows]
-    columns = list(zip(headers, *rows, strict=True)) if rows else [(h,) for h in headers]
+    cells = [list(r) for r in rows]
+    columns = list(zip(headers, *cells, strict=True)) if cells else [(h,) for h in headers]
     natural = [max(len(line) for text in col for line in (text.splitlines() or [""])) for col in columns]
     longest_word = [max(map(len, " ".join(col).split()), default=1) for col in columns]
     room = console.width - (len(headers) - 1)  # one space between columns
@@ -152,7 +152,7 @@ def print_table(
         if sum(smallest) <= room:
             break
     else:
-        _print_lines(headers, rows, natural)
+        _print_lines(headers, cells, natural)
         return
     widths = list(smallest)
     spare = room - sum(widths)
@@ -170,7 +170,7 @@ def print_table(
             table.add_column(header, width=width, no_wrap=True, overflow="ignore")
         else:
             table.add_column(header, width=width, overflow="fold")
-    for row in rows:
+    for row in cells:
         table.add_row(*row)
     console.print(table)
 

@@ -7,12 +7,15 @@ import logging
 import signal
 import socket
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ams.cli._common import HomeOption, opened
 from ams.errors import BadInput
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("ams.serve")
 
@@ -35,8 +38,10 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server_class(uvicorn: Any) -> Any:
-    class AMSServer(uvicorn.Server):  # type: ignore[misc,name-defined]
+def _server_class() -> type[uvicorn.Server]:
+    import uvicorn
+
+    class AMSServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM after its graceful shutdown, which would kill the
         process before AMS releases its lock and records the stop; AMS exits 0 instead."""
 
@@ -103,7 +108,7 @@ def serve(
                 http="h11",
                 h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             )
-            server = _server_class(uvicorn)(config)
+            server = _server_class()(config)
             log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)
             try:
                 server.run(sockets=[sock])

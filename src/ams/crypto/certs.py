@@ -184,7 +184,10 @@ def export_pfx(
         raise BadInput("a PFX file needs a password")
     cert = _load_der(certificate_der)
     key = _private_key(private_key_der)
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    cert_key = cert.public_key()
+    if not isinstance(cert_key, rsa.RSAPublicKey) or (
+        cert_key.public_numbers() != key.public_key().public_numbers()
+    ):
         raise PfxKeyMismatch("the private key does not belong to the certificate; nothing was written")
     builder = serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(PFX_KDF_ROUNDS)
     if compat:

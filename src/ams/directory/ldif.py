@@ -19,7 +19,7 @@ import base64
 import binascii
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import IO
 
 from ams.directory.entry import Entry, Value, check_attribute_name, text_or_bytes
 from ams.errors import BadInput, LdifInvalid
@@ -34,14 +34,14 @@ def _fail(line: int, what: str) -> LdifInvalid:
     return LdifInvalid(f"LDIF line {line}: {what}; nothing was imported")
 
 
-def _physical_lines(data: bytes | BinaryIO) -> Iterable[bytes]:
+def _physical_lines(data: bytes | IO[bytes]) -> Iterable[bytes]:
     if isinstance(data, bytes):
         return data.split(b"\n")
     # A file (an upload spooled to disk) is read a line at a time, never whole.
     return (line[:-1] if line.endswith(b"\n") else line for line in data)
 
 
-def _logical_lines(data: bytes | BinaryIO) -> Iterator[tuple[int, str | None]]:
+def _logical_lines(data: bytes | IO[bytes]) -> Iterator[tuple[int, str | None]]:
     """Unfolded lines with the number of their first physical line; None marks a record
     separator (an empty line). Comments are dropped here."""
     current: list[str] | None = None
@@ -88,11 +88,11 @@ def _split(line_no: int, line: str) -> tuple[str, Value]:
     if rest.startswith(":"):
         encoded = rest[1:].strip(" ")
         try:
-            value: Value = base64.b64decode(encoded, validate=True)
+            raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise _fail(line_no, f"the base64 value of {name} is not valid base64") from None
         # Text when it is text (UTF-8, no NUL); anything else stays binary.
-        return name, text_or_bytes(value)
+        return name, text_or_bytes(raw)
     if rest.startswith("<"):
         raise _fail(
             line_no,
@@ -111,7 +111,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def parse(data: bytes | str | BinaryIO) -> Iterator[Entry]:
+def parse(data: bytes | str | IO[bytes]) -> Iterator[Entry]:
     """The entries of an LDIF file, one at a time (errors carry the line number). ``data``
     may be an open binary file, read from where it stands, a line at a time."""
     if isinstance(data, str):

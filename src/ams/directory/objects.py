@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from ams import audit
@@ -368,7 +368,7 @@ def import_entries(instance: Instance, directory_id: str, entries: Iterable[Entr
         )
         batch: list[dict[str, Any]] = []
         total = 0
-        table = DirectoryObject.__table__
+        table = cast(Table, DirectoryObject.__table__)
         for raw in entries:
             entry = _clean(raw)
             norm = dnlib.normalise(entry.dn)

@@ -264,7 +264,7 @@ def _stage(
         for batch in batches():
             # Straight to the driver: at 100,000 entries the ORM's per-row work would dominate.
             with conn.begin():
-                conn.exec_driver_sql(sql, batch)  # type: ignore[arg-type]
+                conn.exec_driver_sql(sql, batch)
             count += len(batch)
             if progress is not None:
                 progress(directory_id, count)

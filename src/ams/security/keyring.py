@@ -56,8 +56,8 @@ class Keyring:
         with self._sessions() as session:
             # The two columns every schema revision has (a command may open an older one).
             row = session.execute(select(InstanceRow.id, InstanceRow.master_key_fingerprint)).one()
-            self.instance_id = row.id
-            self.fingerprint = row.master_key_fingerprint
+            self.instance_id: str = row.id
+            self.fingerprint: str = row.master_key_fingerprint
 
     # -- state ------------------------------------------------------------------------
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import CursorResult, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
@@ -174,16 +174,19 @@ def register(
     status = PENDING if row.approval_required else ACTIVE
     with instance.transaction() as session:
         # One statement checks and counts, so two registrations cannot both take the last use.
-        taken = session.execute(
-            update(RegistrationKey)
-            .where(
-                RegistrationKey.id == key_id,
-                RegistrationKey.disabled_at.is_(None),
-                (RegistrationKey.activation_limit.is_(None))
-                | (RegistrationKey.used_count < RegistrationKey.activation_limit),
-            )
-            .values(used_count=RegistrationKey.used_count + 1)
-            .execution_options(synchronize_session=False)
+        taken = cast(
+            "CursorResult[Any]",
+            session.execute(
+                update(RegistrationKey)
+                .where(
+                    RegistrationKey.id == key_id,
+                    RegistrationKey.disabled_at.is_(None),
+                    (RegistrationKey.activation_limit.is_(None))
+                    | (RegistrationKey.used_count < RegistrationKey.activation_limit),
+                )
+                .values(used_count=RegistrationKey.used_count + 1)
+                .execution_options(synchronize_session=False)
+            ),
         ).rowcount
         if taken:
             session.add(

@@ -192,7 +192,7 @@ async def verify(request: Request) -> Response:
     instance = instance_of(request)
     wanted = str(data.get("backup_id") or "")
     entry = next((b for b in backup.list_backups(instance) if b.backup_id == wanted and b.path), None)
-    if entry is None:
+    if entry is None or entry.path is None:
         return _page(
             request, session, error=f"no backup {wanted[:40]!r} with a file: reload the page", status_code=404
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from wtforms import Form, HiddenField, PasswordField, StringField
 from wtforms.csrf.core import CSRF
+from wtforms.form import BaseForm
 from wtforms.validators import DataRequired, Length, ValidationError
 
 from ams import crypto
@@ -27,16 +28,17 @@ TOKEN_LIFETIME = timedelta(hours=12)
 class SessionBoundCSRF(CSRF):
     """CSRF tokens ``<expiry>.<hmac>`` bound to a secret of the session (``meta.csrf_context``)."""
 
-    def setup_form(self, form: Form) -> Any:
-        self.secret: str = form.meta.csrf_context["secret"]
-        self.now: datetime = form.meta.csrf_context["now"]
+    def setup_form(self, form: BaseForm) -> Any:
+        context: Any = form.meta.csrf_context
+        self.secret: str = context["secret"]
+        self.now: datetime = context["now"]
         return super().setup_form(form)
 
     def generate_csrf_token(self, csrf_token_field: Any) -> str:
         expires = str(int((self.now + TOKEN_LIFETIME).timestamp()))
         return f"{expires}.{crypto.sign_token(self.secret, 'csrf:' + expires)}"
 
-    def validate_csrf_token(self, form: Form, field: Any) -> None:
+    def validate_csrf_token(self, form: BaseForm, field: Any) -> None:
         expires, _, mac = (field.data or "").partition(".")
         if not expires.isdigit() or not crypto.constant_time_equal(
             mac, crypto.sign_token(self.secret, "csrf:" + expires)

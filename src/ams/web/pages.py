@@ -9,6 +9,7 @@ beside the field or at the top of the page, in the CLI's words.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, FastAPI, Request
@@ -68,7 +69,7 @@ async def login_submit(request: Request) -> Response:
         except AMSError as exc:
             error, status_code = exc.message, exc.http_status
         else:
-            response = RedirectResponse(safe_next(form.next.data), status_code=303)
+            response: Response = RedirectResponse(safe_next(form.next.data), status_code=303)
             set_cookie(request, response, SESSION_COOKIE, logged_in.token, max_age=None)
             response.delete_cookie(LOGIN_COOKIE, path="/")
             return response
@@ -194,7 +195,7 @@ def install(app: FastAPI) -> None:
 
     # An unexpected failure on a console page is a page too (the API's answer stays JSON);
     # the traceback goes to the service's log only.
-    console_paths = {route.path for pages_router in pages for route in pages_router.routes}
+    console_paths = {getattr(route, "path", None) for pages_router in pages for route in pages_router.routes}
     api_internal_error = app.exception_handlers.get(Exception)
 
     @app.exception_handler(Exception)
@@ -203,5 +204,5 @@ def install(app: FastAPI) -> None:
         if getattr(route, "path", None) in console_paths or api_internal_error is None:
             error = InternalError()
             return render(request, "error.html", {"message": error.message, "status": 500}, status_code=500)
-        answer: Response = await api_internal_error(request, exc)
-        return answer
+        answer = api_internal_error(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
