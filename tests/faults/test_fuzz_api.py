@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
-from faults_support import record
-from hypothesis import example, given, settings
+from faults_support import RUN, count, record
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ams import apikeys
@@ -45,10 +45,6 @@ JSON_VALUE = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
     max_leaves=10,
 )
-
-
-def _examples() -> int:
-    return settings.default.max_examples
 
 
 @dataclass
@@ -132,6 +128,7 @@ def test_fuzz_agent_api_bodies(api: Api) -> None:
     @example("undo", {}, "../../x", b"")
     @example("raw", {}, "", b'{"account": "' + b"[" * 10_000)
     def check(route: str, body: object, text: str, raw: bytes) -> None:
+        count("test_fuzz_api-1")
         auth = {"Authorization": f"Bearer {api.device_token}"}
         c = api.client
         # JSON as a client may send it: lone surrogates as \ud800 escapes.
@@ -154,7 +151,7 @@ def test_fuzz_agent_api_bodies(api: Api) -> None:
         _check_api_answer(response)
 
     check()
-    record(AREA, "agent API bodies (/api/v1/agent)", _examples(), "no 5xx; documented error codes")
+    record(AREA, "agent API bodies (/api/v1/agent)", RUN["test_fuzz_api-1"], "no 5xx; documented error codes")
 
 
 # -- the AWS JSON protocol -------------------------------------------------------------------
@@ -213,6 +210,7 @@ def test_fuzz_aws_json_protocol(api: Api) -> None:
     @example(TARGET_PREFIX + "DescribeSnapshots", {"NextToken": "\ud800"}, None)
     @example(TARGET_PREFIX + "DescribeDirectories", {"NextToken": "!!!"}, None)
     def check(target: str, body: object, raw: bytes | None) -> None:
+        count("test_fuzz_api-2")
         try:
             content = raw if raw is not None else json.dumps(body).encode("utf-8", "surrogatepass")
             target.encode("ascii")
@@ -223,7 +221,12 @@ def test_fuzz_aws_json_protocol(api: Api) -> None:
         _check_aws_answer(response)
 
     check()
-    record(AREA, "AWS JSON protocol, signed requests (/aws/ds)", _examples(), "no 5xx; documented AWS types")
+    record(
+        AREA,
+        "AWS JSON protocol, signed requests (/aws/ds)",
+        RUN["test_fuzz_api-2"],
+        "no 5xx; documented AWS types",
+    )
 
 
 def test_fuzz_aws_validation() -> None:
@@ -232,6 +235,7 @@ def test_fuzz_aws_validation() -> None:
 
     @given(st.sampled_from(operations), JSON_VALUE)
     def check(operation: str, body: object) -> None:
+        count("test_fuzz_api-3")
         try:
             out = validate(operation, body)
         except AwsError as exc:
@@ -240,7 +244,7 @@ def test_fuzz_aws_validation() -> None:
             assert isinstance(out, dict)
 
     check()
-    record(AREA, "AWS request model validation", _examples(), "only InvalidParameterException")
+    record(AREA, "AWS request model validation", RUN["test_fuzz_api-3"], "only InvalidParameterException")
 
 
 # -- SigV4 headers ---------------------------------------------------------------------------
@@ -294,6 +298,7 @@ def test_fuzz_sigv4_headers(api: Api) -> None:
         "",
     )
     def check(authorization: str | None, headers: list[tuple[str, str]], query: str) -> None:
+        count("test_fuzz_api-4")
         try:
             credential = sigv4.parse_authorization(authorization)
         except sigv4.SignatureError as exc:
@@ -309,7 +314,10 @@ def test_fuzz_sigv4_headers(api: Api) -> None:
 
     check()
     record(
-        AREA, "SigV4 Authorization and signed headers", _examples(), "only documented SignatureError types"
+        AREA,
+        "SigV4 Authorization and signed headers",
+        RUN["test_fuzz_api-4"],
+        "only documented SignatureError types",
     )
 
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from faults_support import record
+from faults_support import RUN, count, record
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -38,10 +38,6 @@ from ams.errors import (
 AREA = "fuzzing"
 # Text of any code point, lone surrogates and NUL included (what JSON can carry).
 ANY_TEXT = st.text(st.one_of(st.characters(exclude_categories=[]), st.characters(categories=["Cs"])))
-
-
-def _examples() -> int:
-    return settings.default.max_examples
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +78,7 @@ def test_fuzz_password_blob(rsa_pair: tuple[bytes, bytes]) -> None:
     @example(genuine[:38])
     @example(genuine[:37] + b"\0\0" + genuine[39:])
     def check(data: bytes) -> None:
+        count("test_fuzz_formats-1")
         try:
             out = blob.decrypt_password(data, key)
         except DecryptionFailed as exc:
@@ -96,7 +93,7 @@ def test_fuzz_password_blob(rsa_pair: tuple[bytes, bytes]) -> None:
             assert len(thumb) == 64
 
     check()
-    record(AREA, "password blob (crypto/blob.py)", _examples() * 2, "only decryption_failed")
+    record(AREA, "password blob (crypto/blob.py)", RUN["test_fuzz_formats-1"], "only decryption_failed")
 
 
 # -- PFX import ----------------------------------------------------------------------------------
@@ -116,6 +113,7 @@ def test_fuzz_pfx_import(rsa_pair: tuple[bytes, bytes]) -> None:
     @example(genuine, "\ud800")
     @example(genuine, "pfx-pass\x00")
     def check(data: bytes, password: str) -> None:
+        count("test_fuzz_formats-2")
         try:
             got_cert, _got_key = certs.import_pfx(data, password)
         except PFX_ERRORS as exc:
@@ -124,7 +122,12 @@ def test_fuzz_pfx_import(rsa_pair: tuple[bytes, bytes]) -> None:
             assert got_cert == cert
 
     check()
-    record(AREA, "PFX import (crypto/certs.py)", _examples(), "only pfx_* / wrong_password / bad_input")
+    record(
+        AREA,
+        "PFX import (crypto/certs.py)",
+        RUN["test_fuzz_formats-2"],
+        "only pfx_* / wrong_password / bad_input",
+    )
 
 
 # -- LDIF ------------------------------------------------------------------------------------
@@ -157,6 +160,7 @@ def test_fuzz_ldif_import() -> None:
     @given(st.lists(LDIF_LINE, max_size=20), st.sampled_from(["\n", "\r\n"]), st.booleans())
     @example(["dn: cn=\ud800,dc=x", "cn: x"], "\n", False)  # an unpaired surrogate in text
     def check(lines: list[str], newline: str, as_bytes: bool) -> None:
+        count("test_fuzz_formats-3")
         text = newline.join(lines) + newline
         data: bytes | str = text.encode("utf-8", "surrogatepass") if as_bytes else text
         try:
@@ -168,7 +172,7 @@ def test_fuzz_ldif_import() -> None:
                 assert isinstance(entry.dn, str)
 
     check()
-    record(AREA, "LDIF import (directory/ldif.py)", _examples(), "only ldif_invalid")
+    record(AREA, "LDIF import (directory/ldif.py)", RUN["test_fuzz_formats-3"], "only ldif_invalid")
 
 
 # -- the backup manifest -------------------------------------------------------------------------
@@ -212,6 +216,7 @@ def test_fuzz_backup_manifest() -> None:
     @example(b"[" * 100_000)
     @example(b'{"format": "ams-backup", "format_version": 1e400}')
     def check(raw: bytes) -> None:
+        count("test_fuzz_formats-4")
         try:
             manifest = Manifest.parse(raw)
         except (BackupInvalid, BackupUnsupported) as exc:
@@ -231,7 +236,7 @@ def test_fuzz_backup_manifest() -> None:
 
     check()
     what = "backup manifest (backup/archive.py Manifest.parse)"
-    record(AREA, what, _examples(), "only backup_invalid / backup_unsupported")
+    record(AREA, what, RUN["test_fuzz_formats-4"], "only backup_invalid / backup_unsupported")
 
 
 # -- the snapshot file ---------------------------------------------------------------------------
@@ -274,6 +279,7 @@ def test_fuzz_snapshot_file(tmp_path: Path) -> None:
     @example(b"AMS-DIRECTORY-SNAPSHOT 2\n{}\n#BLOCK 1 5\n\xff\xfe\n\n\n#END 1\n", True, b"")
     @example(b'AMS-DIRECTORY-SNAPSHOT 1\n{}\n"\\ud800"\t"x"\t[]\t{}\n#END 1\n', True, b"")
     def check(mutated: bytes, trailer: bool, head: bytes) -> None:
+        count("test_fuzz_formats-5")
         data = head + mutated if head and not mutated.startswith(b"AMS-") else mutated
         path.write_bytes(_with_trailer(data) if trailer else data)
         try:
@@ -293,7 +299,7 @@ def test_fuzz_snapshot_file(tmp_path: Path) -> None:
     record(
         AREA,
         "snapshot file (directory/snapfile.py), checksums made to match",
-        _examples(),
+        RUN["test_fuzz_formats-5"],
         "only snapshot_corrupt",
     )
 
