@@ -9,6 +9,7 @@ a sample goes through the real `ams` command. ``AMS_FAULT_LONG=1`` runs many mor
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -414,6 +415,9 @@ def snaps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Snapshots]:
         instance.close()
 
 
+_FRESH_TIMES = itertools.count(1)  # seconds after completion: each case a time never seen
+
+
 def _snapshot_refused(s: Snapshots, data: bytes, *, quiet: bool) -> str:
     """Write ``data`` as the snapshot's file; verify and restore refuse it. ``quiet``: the
     size and time are set back as written (damage a disk does silently), so only the
@@ -427,9 +431,7 @@ def _snapshot_refused(s: Snapshots, data: bytes, *, quiet: bool) -> str:
     if quiet:
         snapfile.stamp(s.path, completed)
     else:  # a time no earlier check has seen
-        stamp = completed + timedelta(
-            seconds=random.Random(len(data) ^ hash(bytes(data[:64]))).randrange(1, 10**8)
-        )
+        stamp = completed + timedelta(seconds=next(_FRESH_TIMES))
         os.utime(s.path, (stamp.timestamp(), stamp.timestamp()))
     with pytest.raises(SnapshotCorrupt) as verify_error:
         snapshots.verify(s.instance, s.snapshot)
