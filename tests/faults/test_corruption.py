@@ -558,3 +558,27 @@ def test_the_real_snapshot_commands_refuse_a_damaged_file(snaps: Snapshots) -> N
     finally:
         conn.close()
     record(AREA, "snapshot file: damaged, through the `ams` command", 2, "all refused")
+
+
+def test_a_refused_snapshot_file_is_closed(snaps: Snapshots) -> None:
+    """Found by the long flip run: a flip in the header's directory id (refused by the restore
+    worker before it read a block) left the file open until garbage collection."""
+    import gc
+    import sys
+
+    s = snaps
+    original = s.path.read_bytes()
+    at = original.index(s.directory.encode()) + len(s.directory) - 1
+    data = bytearray(original)
+    data[at] ^= 0x01
+    leaked: list[str] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: leaked.append(repr(unraisable.exc_value))
+    try:
+        message = _snapshot_refused(s, bytes(data), quiet=True)
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+        _restore_good(s, original)
+    assert "checksum" in message
+    assert not [e for e in leaked if "ResourceWarning" in e or "unclosed" in e], leaked
