@@ -1,41 +1,60 @@
-"""`make bench`: run every ``bench/*_bench.py`` module's ``main()``, in name order.
+"""`make bench`: run the benchmarks, each writing ``bench/results/NAME.json``.
 
-``python -m bench`` runs them all; ``python -m bench directory`` only those whose name
-contains ``directory``. Each module reads its own parameters (see its docstring); this
-runner passes none, so a module runs with its defaults or its environment variables.
+``python -m bench`` runs them all at their default sizes (about ten minutes on 2 cores);
+``python -m bench NAME [NAME...]`` only those; ``--quick`` runs each at a small size (under
+a minute each: it checks that the benchmark works, its figures mean little); ``--results
+DIR`` writes the JSON files elsewhere than bench/results (whose files docs/performance.md's
+tables are made from: ``python -m bench.report``).
+
+Each benchmark is a module with ``main(argv) -> int`` that takes ``--quick`` and
+``--results DIR`` (bench/results.py) besides its own options.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 import time
-from pathlib import Path
+
+# name -> module. Run in this order by `python -m bench`.
+BENCHMARKS: dict[str, str] = {
+    "startup": "bench.startup_bench",
+    "rotation": "bench.rotation_bench",
+    "fleet": "bench.fleet_bench",
+    "read": "bench.read_bench",
+    "expiry": "bench.expiry_bench",
+    "backup": "bench.backup_bench",
+    "directory": "bench.directory_bench",
+    "offsite": "bench.offsite_bench",
+    "ldap": "bench.ldap_bench",
+}
 
 
 def main(argv: list[str]) -> int:
-    names = sorted(p.stem for p in Path(__file__).parent.glob("*_bench.py"))
-    if argv:
-        names = [n for n in names if any(a in n for a in argv)]
+    parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="each at a small size (under a minute)")
+    parser.add_argument("--results", metavar="DIR", help="write NAME.json here instead of bench/results")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"no benchmark named {', '.join(unknown)}: choose from {', '.join(BENCHMARKS)}")
+    extra = (["--quick"] if args.quick else []) + (["--results", args.results] if args.results else [])
     failed = []
-    for name in names:
-        print(f"== bench.{name}", flush=True)
+    for name in args.names or list(BENCHMARKS):
+        print(f"== {name}", flush=True)
         started = time.perf_counter()
-        module = importlib.import_module(f"bench.{name}")
-        saved = sys.argv
-        sys.argv = [f"bench.{name}"]
         try:
-            status = module.main()
+            status = importlib.import_module(BENCHMARKS[name]).main(extra)
         except Exception as exc:  # noqa: BLE001 - report and run the others
-            print(f"!! bench.{name} failed: {type(exc).__name__}: {exc}", flush=True)
+            print(f"!! {name} failed: {type(exc).__name__}: {exc}", flush=True)
             status = 1
-        finally:
-            sys.argv = saved
         if status:
             failed.append(name)
-        print(f"== bench.{name}: {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"== {name}: {time.perf_counter() - started:.1f} s", flush=True)
     if failed:
-        print(f"failed: {', '.join(failed)}")
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

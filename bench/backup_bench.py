@@ -8,8 +8,9 @@ below 200 MB whatever the database size.
 
 Parameters (environment or arguments): ``AMS_BENCH_DEVICES`` / ``--devices N`` (default
 100000), ``AMS_BENCH_HISTORY`` / ``--history N`` (default 10), ``AMS_BENCH_ROUNDS`` /
-``--rounds N`` (default 5: each side runs N times, alternating, and the medians are
-compared, after one untimed run of each). Before every timed run the previous run's output
+``--rounds N`` (default 3: each side runs N times, alternating, and the medians are
+compared, after one untimed run of each); ``--quick``: 2,000 devices x 2, one round;
+``--results DIR`` (bench/results.py). Before every timed run the previous run's output
 is deleted and the disk is allowed to settle (``sync``, then one second): each side writes
 about as much as the database, and whichever ran second would otherwise pay for writing
 back the other's gigabyte. Blobs are random bytes of the real size (a backup never
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from ams.home import Home
 from ams.instance import create_instance
+from bench import results
 
 AMS = Path(sys.executable).parent / "ams"
 RECOVERY = "Bench-Recovery-Lantern-4471"
@@ -212,10 +214,14 @@ def writer_latencies(db: Path, stop: threading.Event, out: list[float]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=int(os.environ.get("AMS_BENCH_DEVICES", "100000")))
-    parser.add_argument("--history", type=int, default=int(os.environ.get("AMS_BENCH_HISTORY", "10")))
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("AMS_BENCH_ROUNDS", "5")))
+    parser.add_argument("--devices", type=int, default=int(os.environ.get("AMS_BENCH_DEVICES", "0")))
+    parser.add_argument("--history", type=int, default=int(os.environ.get("AMS_BENCH_HISTORY", "0")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("AMS_BENCH_ROUNDS", "0")))
+    results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args.devices = args.devices or (2000 if args.quick else 100_000)
+    args.history = args.history or (2 if args.quick else 10)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     root = Path(tempfile.mkdtemp(prefix="ams-backup-bench-"))
     try:
         t0 = time.perf_counter()
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         p99 = (
             statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else max(latencies, default=0)
         )
-        results = {
+        rows = {
             "rounds (medians below)": args.rounds,
             "devices": args.devices,
             "history": args.history,
@@ -320,13 +326,67 @@ def main(argv: list[str] | None = None) -> int:
             "writer_p99_ms": round(p99 * 1000, 1),
             "writer_max_ms": round(max(latencies, default=0) * 1000, 1),
         }
-        for key, value in results.items():
+        for key, value in rows.items():
             print(f"  {key:<50} {value}")
-        print(
-            f"targets: create {results['create_ratio']}x (<= 1.3x), restore {results['restore_ratio']}x "
-            f"(<= 1.3x), writer p99 {results['writer_p99_ms']} ms (<= 100), peak memory "
-            f"{max(create_mb, restore_mb, inplace_mb):.0f} MB (< 200)"
-        )
+        figures = [
+            results.Figure(
+                "ams backup create",
+                "s",
+                [t for t, _ in creates],
+                peer=sq_backup,
+                ratio=create_s / sq_backup,
+                goal=results.Goal("ratio", "<=", 1.3),
+                note="peer: sqlite3 .backup of the same database; ratio: AMS / peer (medians)",
+            ),
+            results.Figure(
+                "ams backup restore (new home)",
+                "s",
+                [t for t, _ in restores],
+                peer=sq_restore,
+                ratio=restore_s / sq_restore,
+                goal=results.Goal("ratio", "<=", 1.3),
+                note="peer: sqlite3 .restore of the same database; ratio: AMS / peer (medians)",
+            ),
+            results.Figure(
+                "  create, service function in-process",
+                "s",
+                inproc_creates,
+                peer=sq_backup,
+                ratio=inproc_create / sq_backup,
+                note="what scheduled and API backups run: no CLI start-up",
+            ),
+            results.Figure(
+                "  restore, service function in-process",
+                "s",
+                inproc_restores,
+                peer=sq_restore,
+                ratio=inproc_restore / sq_restore,
+                note="Argon2id unlock included",
+            ),
+            results.Figure(
+                "agent writes during a backup, p99",
+                "ms",
+                [p99 * 1000],
+                goal=results.Goal("median", "<=", 100),
+                note=f"{len(latencies)} commits during one ams backup create;"
+                f" max {max(latencies, default=0) * 1000:.0f} ms",
+            ),
+            results.Figure(
+                "peak memory of create, restore, restore in place",
+                "MB",
+                [create_mb, restore_mb, inplace_mb],
+                goal=results.Goal("max", "<", 200),
+                note="VmHWM of the command's process",
+            ),
+        ]
+        sizes = {
+            "devices": args.devices,
+            "history": args.history,
+            "rounds": args.rounds,
+            "database_mb": round(size_mb, 1),
+            "quick": args.quick,
+        }
+        results.write("backup", sizes, figures, args.results)
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

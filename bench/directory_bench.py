@@ -13,8 +13,10 @@ of load on the shared machine hits both. Each side is timed end to end, and the 
 the peer's median time over AMS's median time: above 1 means AMS is faster. The best times
 and their ratio are printed too. Usage::
 
-    python -m bench.directory_bench [--entries 100000] [--repeat 5] [--keep DIR]
+    python -m bench.directory_bench [--entries 100000] [--repeat 5] [--keep DIR] [--quick]
     BENCH_DIRECTORY_ENTRIES=20000 python -m bench directory      # through `make bench`
+
+Results: bench/results/directory.json (bench/results.py; ``--results DIR`` elsewhere).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ams.directory import directories, ldif, objects, restore, snapshots
 from ams.directory.entry import Entry
 from ams.home import Home
 from ams.instance import create_instance, open_instance
+from bench import results
 
 SUFFIX = "dc=corp,dc=example,dc=com"
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
@@ -266,34 +269,81 @@ def report(r: Result) -> str:
     )
 
 
-def main() -> int:
+def figures(r: Result) -> list[results.Figure]:
+    def ratio(ams: list[float], peer: list[float]) -> float:
+        return statistics.median(peer) / statistics.median(ams)
+
+    faster = "ratio: peer / AMS (medians; above 1: AMS is faster)"
+    return [
+        results.Figure(
+            "snapshot create",
+            "s",
+            r.snapshot_create,
+            peer=statistics.median(r.slapcat),
+            ratio=ratio(r.snapshot_create, r.slapcat),
+            goal=results.Goal("ratio", ">=", 1),
+            note=f"peer: slapcat of the same data to LDIF; {faster}",
+        ),
+        results.Figure(
+            "snapshot restore, total",
+            "s",
+            r.snapshot_restore,
+            peer=statistics.median(r.slapadd),
+            ratio=ratio(r.snapshot_restore, r.slapadd),
+            goal=results.Goal("ratio", ">=", 1),
+            note=f"peer: slapadd -q of that LDIF into an empty mdb database; {faster}",
+        ),
+        results.Figure(
+            "  restore until Active",
+            "s",
+            r.snapshot_restore_active,
+            peer=statistics.median(r.slapadd),
+            ratio=ratio(r.snapshot_restore_active, r.slapadd),
+            note="until the switch commits and the directory serves the snapshot's entries",
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.directory_bench", description=__doc__.splitlines()[0]
+        prog="python -m bench.directory_bench", description=(__doc__ or "").splitlines()[0]
     )
     parser.add_argument(
         "--entries",
         type=int,
-        default=int(os.environ.get("BENCH_DIRECTORY_ENTRIES", "100000")),
-        help="directory size",
+        default=int(os.environ.get("BENCH_DIRECTORY_ENTRIES", "0")),
+        help="directory size (default 100000; --quick: 2000)",
     )
     parser.add_argument(
         "--repeat",
         type=int,
-        default=int(os.environ.get("BENCH_DIRECTORY_REPEAT", "5")),
-        help="timed rounds of each side (the median counts)",
+        default=int(os.environ.get("BENCH_DIRECTORY_REPEAT", "0")),
+        help="timed rounds of each side, the median counts (default 5; --quick: 1)",
     )
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
-    args = parser.parse_args(sys.argv[1:])
+    results.add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args.entries = args.entries or (2000 if args.quick else 100_000)
+    args.repeat = args.repeat or (1 if args.quick else 5)
     if args.entries < 10:
         parser.error("--entries must be 10 or more")
     if args.repeat < 1:
         parser.error("--repeat must be 1 or more")
     if args.keep:
         args.keep.mkdir(parents=True)
-        print(report(run(args.entries, args.keep, args.repeat)), flush=True)
-        return 0
-    with tempfile.TemporaryDirectory(prefix="ams-directory-bench-") as tmp:
-        print(report(run(args.entries, Path(tmp), args.repeat)), flush=True)
+        outcome = run(args.entries, args.keep, args.repeat)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ams-directory-bench-") as tmp:
+            outcome = run(args.entries, Path(tmp), args.repeat)
+    print(report(outcome), flush=True)
+    sizes = {
+        "entries": outcome.entries,
+        "rounds": args.repeat,
+        "snapshot_mb": round(outcome.snapshot_bytes / 1e6, 1),
+        "slapcat_ldif_mb": round(outcome.slapcat_bytes / 1e6, 1),
+        "quick": args.quick,
+    }
+    results.write("directory", sizes, figures(outcome), args.results)
     return 0
 
 

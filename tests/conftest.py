@@ -179,3 +179,12 @@ def populated(golden: tuple[Home, object, object], tmp_path: Path) -> Iterator[I
         yield instance
     finally:
         instance.close()
+
+
+# -- the options of the fault tests (tests/faults/faultfixtures.py) ---------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("faults", "tests/faults: kill points and their seed")
+    group.addoption("--points", type=int, default=None, help="kill points per operation (default 25)")
+    group.addoption("--fault-seed", type=int, default=None, help="seed of the kill points (default 13)")

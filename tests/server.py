@@ -25,7 +25,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        env: dict[str, str] | None = None,
+        *,
+        args: list[str] | None = None,
+        workers: int | None = None,
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -33,8 +40,9 @@ class Server:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("AMS_")}
         full_env.update(env or {})
         self._log_handle = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        extra = ["--workers", str(workers)] if workers is not None else []
         self.proc = subprocess.Popen(
-            [str(AMS), "serve", "--home", str(home), "--port", str(self.port)],
+            [str(AMS), "serve", "--home", str(home), "--port", str(self.port), *extra, *(args or [])],
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -31,6 +31,7 @@ class Event(IntEnum):
     SCHEMA_UPGRADED = 1003
     AUDIT_PRUNED = 1004
     AUDIT_RETENTION_CHANGED = 1005
+    SERVICE_WORKER_REPLACED = 1006
     # 1100-1199: the master key and the recovery password
     RECOVERY_PASSWORD_SET = 1100
     MASTER_KEY_UNLOCKED = 1101
@@ -70,6 +71,8 @@ class Event(IntEnum):
     PASSWORD_HISTORY_PRUNED = 1412
     PASSWORD_POLICY_CHANGED = 1413
     DEVICE_DISABLED = 1414
+    # 1415-1419: devices whose password is stored in a directory (ams.vault.legacy)
+    DEVICE_DIRECTORY_WRITE_REFUSED = 1415
     # 1500-1599: backups and restore
     BACKUP_CREATED = 1500
     BACKUP_FAILED = 1501
@@ -81,6 +84,15 @@ class Event(IntEnum):
     BACKUP_CATALOG_RESCANNED = 1507
     BACKUP_SCHEDULE_PAUSED = 1508
     BACKUP_LEFTOVERS_REMOVED = 1509
+    # 1510-1529: offsite copies of backups (S3-compatible object storage)
+    OFFSITE_TARGET_ADDED = 1510
+    OFFSITE_TARGET_REMOVED = 1511
+    OFFSITE_TARGET_TESTED = 1512
+    OFFSITE_COPIED = 1513
+    OFFSITE_COPY_FAILED = 1514
+    OFFSITE_PRUNED = 1515
+    OFFSITE_UPLOADS_ABORTED = 1516
+    OFFSITE_DRILL = 1517
     # 1600-1649: directories and snapshots
     DIRECTORY_CREATED = 1600
     DIRECTORY_DELETED = 1601
@@ -96,6 +108,12 @@ class Event(IntEnum):
     DIRECTORY_RESTORE_COMPLETED = 1621
     DIRECTORY_RESTORE_FAILED = 1622
     DIRECTORY_RESTORE_RESUMED = 1623
+    # 1624-1629: directory-stored passwords and directory restores (ams.vault.legacy)
+    DIRECTORY_PASSWORDS_ROLLED_BACK = 1624
+    # 1630-1639: the LDAP endpoint
+    DIRECTORY_ENTRY_RENAMED = 1630
+    DIRECTORY_ADMIN_PASSWORD_SET = 1631
+    LDAP_BIND_FAILED = 1632
 
     @property
     def label(self) -> str:
@@ -109,6 +127,7 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.SCHEMA_UPGRADED: "the database schema was migrated forward (details: from, to)",
     Event.AUDIT_PRUNED: "audit retention removed events older than the retention (details: removed, before)",
     Event.AUDIT_RETENTION_CHANGED: "the audit retention in effect changed (details: from, to days)",
+    Event.SERVICE_WORKER_REPLACED: "a worker of `ams serve` ended while serving; another took its place",
     Event.RECOVERY_PASSWORD_SET: "a new recovery password replaced the recovery wrapping",
     Event.MASTER_KEY_UNLOCKED: "the recovery password unlocked the master key on this machine",
     Event.MASTER_KEY_UNLOCK_FAILED: "an unlock with the recovery password failed (wrong password)",
@@ -174,6 +193,35 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.BACKUP_LEFTOVERS_REMOVED: (
         "what a crashed backup or restore left in a backup folder was removed (details: folder, names)"
     ),
+    Event.OFFSITE_TARGET_ADDED: (
+        "an offsite target was added or replaced (target: its name; details: url, endpoint, lock, "
+        "retention, credentials source)"
+    ),
+    Event.OFFSITE_TARGET_REMOVED: (
+        "an offsite target was removed; its objects stay in the bucket (target: its name)"
+    ),
+    Event.OFFSITE_TARGET_TESTED: (
+        "an offsite target was probed (target: its name; details: each permission and its result)"
+    ),
+    Event.OFFSITE_COPIED: (
+        "a backup was copied to an offsite target and checked there (target: backup id; details: "
+        "target, key, size, sha256, lock until)"
+    ),
+    Event.OFFSITE_COPY_FAILED: (
+        "a copy to an offsite target failed; the local backup is kept and the next run retries "
+        "(target: backup id; details: target, reason)"
+    ),
+    Event.OFFSITE_PRUNED: (
+        "a target's retention deleted an object, or kept it for its lock (target: backup id; "
+        "details: target, key, action, policy)"
+    ),
+    Event.OFFSITE_UPLOADS_ABORTED: (
+        "incomplete multipart uploads an interrupted copy left were aborted (details: target, keys)"
+    ),
+    Event.OFFSITE_DRILL: (
+        "a restore drill from an offsite target ran (target: backup id; details: target, key, age, "
+        "seconds, result)"
+    ),
     Event.DIRECTORY_CREATED: "a directory was created",
     Event.DIRECTORY_DELETED: "a directory, its entries and its snapshots were deleted",
     Event.DIRECTORY_ENTRY_ADDED: "an entry was added to a directory",
@@ -188,6 +236,15 @@ DESCRIPTIONS: dict[Event, str] = {
     Event.DIRECTORY_RESTORE_COMPLETED: "a restore finished; the directory is Active with the snapshot's data",
     Event.DIRECTORY_RESTORE_FAILED: "a restore failed; the directory is RestoreFailed with its old data",
     Event.DIRECTORY_RESTORE_RESUMED: "an interrupted restore",
+    Event.DEVICE_DIRECTORY_WRITE_REFUSED: (
+        "a device's write to a directory was refused: not its own object, or not its password attributes"
+    ),
+    Event.DIRECTORY_PASSWORDS_ROLLED_BACK: (
+        "a directory restore brought back older directory-stored passwords; those devices must rotate"
+    ),
+    Event.DIRECTORY_ENTRY_RENAMED: "an entry of a directory was renamed or moved (LDAP modifyDN)",
+    Event.DIRECTORY_ADMIN_PASSWORD_SET: "a directory's admin password was set or replaced",
+    Event.LDAP_BIND_FAILED: "an LDAP simple bind was refused (wrong name or password)",
 }
 
 

@@ -15,14 +15,17 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "DirectoryAttributeAbsent",
     "DirectoryEntryNotFound",
     "DirectoryNotFound",
     "DirectoryUnavailable",
+    "DirectoryValueExists",
     "LdifInvalid",
     "NotPrimaryRegion",
     "SnapshotCorrupt",
     "SnapshotLimitExceeded",
     "SnapshotNotFound",
+    "SnapshotStoreFailed",
     "SnapshotTooOld",
     "TooManyRequests",
     "UnsupportedOperation",
@@ -32,6 +35,7 @@ __all__ = [
     "AgentServerAnswerInvalid",
     "AgentServerRefused",
     "AgentServerUnreachable",
+    "AgentDirectoryFailed",
     "AgentStateNotPrivate",
     "AlreadyExists",
     "BackupFailed",
@@ -47,6 +51,8 @@ __all__ = [
     "DatabaseUnreadable",
     "DecryptionFailed",
     "DeviceDisabled",
+    "DeviceWriteNotAllowed",
+    "DirectoryBindingInvalid",
     "DevicePendingApproval",
     "DeviceTokenInvalid",
     "InstanceExists",
@@ -71,8 +77,18 @@ __all__ = [
     "RollbackWindowClosed",
     "SchemaMismatch",
     "ServiceRunning",
+    "ServiceWorkersFailing",
     "WeakPassword",
     "WrongPassword",
+    "OffsiteAccessDenied",
+    "OffsiteBucketMissing",
+    "OffsiteCopyFailed",
+    "OffsiteCredentialsMissing",
+    "OffsiteLockUnavailable",
+    "OffsiteObjectInvalid",
+    "OffsiteObjectNotFound",
+    "OffsiteTargetNotFound",
+    "OffsiteUnreachable",
     "all_errors",
 ]
 
@@ -126,6 +142,27 @@ class Conflict(AMSError):
     exit_status = 15
     http_status = 409
     summary = "the operation conflicts with the current state"
+
+
+# 16-19: directory entries changed over LDAP.
+
+
+class DirectoryAttributeAbsent(BadInput):
+    """An LDAP modify deletes a value or an attribute the entry does not have (noSuchAttribute)."""
+
+    code = "directory_attribute_absent"
+    exit_status = 16
+    http_status = 422
+    summary = "the entry has no such attribute or value to delete; nothing was changed"
+
+
+class DirectoryValueExists(Conflict):
+    """An LDAP modify adds a value the attribute has already (attributeOrValueExists)."""
+
+    code = "directory_value_exists"
+    exit_status = 17
+    http_status = 409
+    summary = "the attribute already has that value; nothing was changed"
 
 
 class InstanceNotFound(AMSError):
@@ -189,6 +226,13 @@ class DecryptionFailed(AMSError):
     exit_status = 33
     http_status = 422
     summary = "the data could not be decrypted: it was altered, or the key is not the right one"
+
+
+class ServiceWorkersFailing(AMSError):
+    code = "service_workers_failing"
+    exit_status = 34
+    http_status = 500
+    summary = "the worker processes of `ams serve` kept ending, so the service stopped: see its log"
 
 
 class WeakPassword(AMSError):
@@ -356,6 +400,39 @@ class DeviceDisabled(PermissionDenied):
     summary = "this device is disabled: register it again, or ask an administrator"
 
 
+# 26-29: devices whose password is stored in a directory (legacy agents, ams.vault.legacy).
+
+
+class DeviceWriteNotAllowed(PermissionDenied):
+    code = "device_write_not_allowed"
+    exit_status = 26
+    http_status = 403
+    summary = (
+        "a device may write only msLAPS-EncryptedPassword and msLAPS-PasswordExpirationTime of its own "
+        "computer object; nothing was changed"
+    )
+
+
+class DirectoryBindingInvalid(BadInput):
+    code = "directory_binding_invalid"
+    exit_status = 27
+    http_status = 422
+    summary = (
+        "a device can be bound only to an existing entry of a directory in its own scope, one device "
+        "per entry: create the computer object first, or choose another DN"
+    )
+
+
+class AgentDirectoryFailed(AMSError):
+    code = "agent_directory_failed"
+    exit_status = 28
+    http_status = 502
+    summary = (
+        "ams-agent could not read or write its computer object over LDAP: check --ldap-url, the "
+        "device's binding and the network; the device keeps its password"
+    )
+
+
 # 65-74: directories and their snapshots. ``aws_type`` names the AWS Directory Service error
 # shape the AWS-compatible API answers with.
 
@@ -447,6 +524,11 @@ class DirectoryEntryNotFound(NotFound):
     summary = "the directory has no entry with that DN: list entries with GET .../objects"
     aws_type: ClassVar[str] = "EntityDoesNotExistException"
 
+    def __init__(self, message: str | None = None, *, matched_dn: str = "") -> None:
+        super().__init__(message)
+        # The nearest existing entry above the DN asked for (LDAP's matchedDN).
+        self.matched_dn = matched_dn
+
 
 # 80-89: backups and restore.
 
@@ -512,6 +594,16 @@ class BackupUnrecoverable(AMSError):
         self.report = report or {}
 
 
+class SnapshotStoreFailed(AMSError):
+    """Issue 13: the snapshot store is full or cannot be written (86, from the backups' range)."""
+
+    code = "snapshot_store_failed"
+    exit_status = 86
+    http_status = 507
+    summary = "the snapshot file could not be written (a full or read-only disk): free space, take it again"
+    aws_type: ClassVar[str] = "ServiceException"
+
+
 # 75 and 90-94: ams-agent, on the managed device (these never travel over HTTP).
 
 
@@ -558,6 +650,87 @@ class AgentServerAnswerInvalid(AMSError):
     exit_status = 94
     http_status = 502
     summary = "the AMS server's answer is not valid for this agent; nothing was changed"
+
+
+# 47-49, 62-64, 77-79: offsite copies of backups on S3-compatible object storage.
+
+
+class OffsiteTargetNotFound(NotFound):
+    code = "offsite_target_not_found"
+    exit_status = 47
+    http_status = 404
+    summary = "no offsite target of that name: list them with `ams backup target list`"
+
+
+class OffsiteAccessDenied(AMSError):
+    code = "offsite_access_denied"
+    exit_status = 48
+    http_status = 502
+    summary = (
+        "the object storage refused the credentials or a permission: check the access key and its "
+        "policy (`ams backup target test NAME` names the permission)"
+    )
+
+
+class OffsiteBucketMissing(AMSError):
+    code = "offsite_bucket_missing"
+    exit_status = 49
+    http_status = 502
+    summary = "the target's bucket does not exist: create it, or correct the target's s3:// URL"
+
+
+class OffsiteUnreachable(AMSError):
+    code = "offsite_unreachable"
+    exit_status = 62
+    http_status = 504
+    summary = (
+        "the object storage could not be reached or did not answer in time: check the endpoint "
+        "and the network"
+    )
+
+
+class OffsiteObjectInvalid(BackupInvalid):
+    code = "offsite_object_invalid"
+    exit_status = 63
+    http_status = 422
+    summary = (
+        "the object in the bucket is not the backup that was copied there (replaced, altered or cut "
+        "short): use another copy"
+    )
+
+
+class OffsiteCopyFailed(AMSError):
+    code = "offsite_copy_failed"
+    exit_status = 64
+    http_status = 502
+    summary = "the copy to the object storage failed; the local backup is kept and the next run retries it"
+
+
+class OffsiteLockUnavailable(Conflict):
+    code = "offsite_lock_unavailable"
+    exit_status = 77
+    http_status = 409
+    summary = (
+        "a lock was asked for but the bucket has no Object Lock: create a bucket with Object Lock enabled, "
+        "or drop --lock-days"
+    )
+
+
+class OffsiteCredentialsMissing(BadInput):
+    code = "offsite_credentials_missing"
+    exit_status = 78
+    http_status = 422
+    summary = (
+        "no credentials for the object storage: give --access-key-id with the secret on standard input, "
+        "or set up the AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
+    )
+
+
+class OffsiteObjectNotFound(NotFound):
+    code = "offsite_object_not_found"
+    exit_status = 79
+    http_status = 404
+    summary = "the bucket holds no such object: list what it holds with `ams backup list --target NAME`"
 
 
 def all_errors() -> list[type[AMSError]]:

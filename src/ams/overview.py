@@ -46,6 +46,36 @@ def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _offsite_warnings(targets: list[dict[str, Any]], now: datetime) -> list[Warning]:
+    """Issue 16: the last copy to a target failed, or its last good copy is too old."""
+    out: list[Warning] = []
+    for t in targets:
+        last = t.get("last_copy")
+        if last and last["state"] == "failed":
+            out.append(
+                Warning(
+                    "danger",
+                    f"The last copy to offsite target {t['name']} failed: {last['error']}. "
+                    "The local backup is kept; the service retries.",
+                )
+            )
+        good = _parse(t.get("last_success_at"))
+        if good is not None and now - good > _STALE_BACKUP:
+            out.append(
+                Warning(
+                    "warning", f"The last good offsite copy to {t['name']} is from {good:%Y-%m-%d %H:%M} UTC."
+                )
+            )
+        elif good is None and t.get("missing"):
+            out.append(Warning("warning", f"Offsite target {t['name']} holds no copy yet."))
+        drill = t.get("last_drill")
+        if drill and not drill["ok"]:
+            out.append(
+                Warning("danger", f"The last restore drill from {t['name']} failed: {drill['error']}.")
+            )
+    return out
+
+
 def console_overview(instance: Instance) -> dict[str, Any]:
     from ams.vault import certificates
 
@@ -83,6 +113,7 @@ def console_overview(instance: Instance) -> dict[str, Any]:
         )
     elif now - last_ok > _STALE_BACKUP:
         warnings.append(Warning("warning", f"The last good backup is from {last_ok:%Y-%m-%d %H:%M} UTC."))
+    warnings += _offsite_warnings(status.get("offsite") or [], now)
     for cert in certs:
         if cert.state == "lost" and cert.current_passwords:
             warnings.append(

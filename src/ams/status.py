@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import stat
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -11,9 +13,10 @@ from ams import __version__
 from ams.db import migrate
 from ams.db.engine import describe_url
 from ams.db.models import ApiKey, AuditEvent
+from ams.home import Home
 from ams.instance import Instance
 
-__all__ = ["instance_status"]
+__all__ = ["instance_status", "permission_warnings"]
 
 
 def instance_status(instance: Instance) -> dict[str, Any]:
@@ -53,8 +56,51 @@ def instance_status(instance: Instance) -> dict[str, Any]:
         "service": {"running": pid is not None, "pid": pid or None},
         "counts": counts,
         "backup": _backup_status(instance),
+        "offsite": _offsite_status(instance),
         "audit": _audit_status(instance),
+        "warnings": permission_warnings(instance.home),
     }
+
+
+def permission_warnings(home: Home) -> list[str]:
+    """The home, its folders and the files holding secrets that other users may read or enter
+    (AMS creates them 0700 and 0600 whatever the umask; a copy or a chmod can loosen them)."""
+    db = home.sqlite_path
+    paths = [
+        home.root,
+        home.keys_dir,
+        home.service_key_file,
+        home.data_dir,
+        db,
+        db.with_name(db.name + "-wal"),
+        db.with_name(db.name + "-shm"),
+        home.config_dir,
+        home.config_file,
+        home.backups_dir,
+        home.snapshots_dir,
+        home.run_dir,
+    ]
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode) or not mode & 0o077:
+            continue
+        folder = stat.S_ISDIR(mode)
+        who = "other users" if mode & 0o007 else "the group"
+        warnings.append(
+            f"{path} can be {'opened' if folder else 'read'} by {who} (mode {stat.S_IMODE(mode):04o}): "
+            f"run `chmod {'700' if folder else '600'} {_quoted(path)}`"
+        )
+    return warnings
+
+
+def _quoted(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _recovery_notice(instance: Instance, set_at: datetime | None) -> str | None:
@@ -79,6 +125,13 @@ def _backup_status(instance: Instance) -> dict[str, Any]:
     from ams.backup.schedule import schedule_status
 
     return schedule_status(instance)
+
+
+def _offsite_status(instance: Instance) -> list[dict[str, Any]]:
+    """Issue 16: per offsite target, the last copy, its state and age (ams.backup.offsite)."""
+    from ams.backup.offsite import offsite_status
+
+    return offsite_status(instance)
 
 
 def _audit_status(instance: Instance) -> dict[str, Any]:

@@ -281,6 +281,32 @@ def _stage(ds: Any, directory_id: str) -> str:
     return stage
 
 
+def test_create_keeps_the_admin_password_and_reset_user_password_replaces_it(env: Env) -> None:
+    ds = env.ds()
+    directory_id = _create_directory(ds, "ldapadmin.example.com")
+    instance = open_instance(Home(env.server.home), SystemClock())
+    try:
+        # CreateMicrosoftAD's Password is the admin's LDAP bind password, kept as a hash.
+        assert directories.verify_admin_password(instance, directory_id, DIRECTORY_PASSWORD)
+        ds.reset_user_password(DirectoryId=directory_id, UserName="admin", NewPassword="Quartz-Meadow-82!")
+        assert directories.verify_admin_password(instance, directory_id, "Quartz-Meadow-82!")
+        assert not directories.verify_admin_password(instance, directory_id, DIRECTORY_PASSWORD)
+    finally:
+        instance.close()
+    with pytest.raises(ClientError) as other:
+        ds.reset_user_password(DirectoryId=directory_id, UserName="alice", NewPassword="Quartz-Meadow-83!")
+    assert other.value.response["Error"]["Code"] == "UserDoesNotExistException"
+    with pytest.raises(ClientError) as weak:
+        ds.reset_user_password(DirectoryId=directory_id, UserName="Admin", NewPassword="alllowercase")
+    assert weak.value.response["Error"]["Code"] == "InvalidPasswordException"
+    assert "alllowercase" not in weak.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as reader:
+        env.ds(key=env.reader).reset_user_password(
+            DirectoryId=directory_id, UserName="Admin", NewPassword="Quartz-Meadow-84!"
+        )
+    assert reader.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
 def test_snapshot_lifecycle_with_boto3(env: Env) -> None:
     ds = env.ds()
     directory_id = _create_directory(ds, "corp.example.com")

@@ -3,8 +3,8 @@
 - ``SEED``: every random choice in these tests derives from it (``AMS_FAULT_SEED``).
 - ``LONG``: ``AMS_FAULT_LONG=1`` runs the long versions (many more flips and truncation
   points); CI runs the bounded ones.
-- :func:`record` writes what a test tried and what happened as one JSON line into
-  ``$AMS_FAULT_FIGURES/<area>.jsonl`` (docs/reliability.md's table is made from them).
+- :func:`record` writes what a test tried and what happened through figures.record (one
+  JSON line in ``$AMS_FAULT_FIGURES/<area>.jsonl``; docs/reliability.md's table).
 - :func:`reseal` writes a correctly sealed ``.amsbak`` around any inner payload bytes, with
   the master key, so hostile content reaches the parsers behind the seal.
 """
@@ -24,8 +24,6 @@ from ams.backup.archive import MANIFEST, ArchiveReader, ArchiveWriter, archive_m
 
 SEED = int(os.environ.get("AMS_FAULT_SEED", "20261204"))
 LONG = os.environ.get("AMS_FAULT_LONG", "").lower() not in ("", "0", "false", "no")
-# Read once at import: tests/conftest.py clears every AMS_* variable around each test.
-FIGURES = os.environ.get("AMS_FAULT_FIGURES")
 
 
 def scale(ci: int, long: int) -> int:
@@ -33,18 +31,12 @@ def scale(ci: int, long: int) -> int:
     return long if LONG else ci
 
 
-try:  # the crash harness's helper, when it is there (the same behaviour as the fallback)
-    from figures import record  # type: ignore[import-not-found]
-except ImportError:
+def record(area: str, what: str, tried: int, outcome: str, seed: int | str | None = SEED) -> None:
+    """One figure through tests/faults/figures.py (docs/reliability.md's table); ``seed``
+    None: Hypothesis's derandomized search (the ``ci`` profile) rather than ``SEED``."""
+    from figures import record as shared
 
-    def record(area: str, what: str, tried: int, outcome: str, seed: int | None = SEED) -> None:
-        """Append ``{"area","what","tried","outcome","seed"}`` to $AMS_FAULT_FIGURES/<area>.jsonl."""
-        if not FIGURES:
-            return
-        Path(FIGURES).mkdir(parents=True, exist_ok=True)
-        line = {"area": area, "what": what, "tried": tried, "outcome": outcome, "seed": seed}
-        with open(Path(FIGURES) / f"{area}.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line, sort_keys=True) + "\n")
+    shared(area, what, tried, outcome, "hypothesis (derandomized)" if seed is None else seed)
 
 
 RUN: dict[str, int] = {}

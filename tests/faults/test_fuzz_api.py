@@ -151,7 +151,13 @@ def test_fuzz_agent_api_bodies(api: Api) -> None:
         _check_api_answer(response)
 
     check()
-    record(AREA, "agent API bodies (/api/v1/agent)", RUN["test_fuzz_api-1"], "no 5xx; documented error codes")
+    record(
+        AREA,
+        "agent API bodies (/api/v1/agent)",
+        RUN["test_fuzz_api-1"],
+        "no 5xx; documented error codes",
+        None,
+    )
 
 
 # -- the AWS JSON protocol -------------------------------------------------------------------
@@ -226,6 +232,7 @@ def test_fuzz_aws_json_protocol(api: Api) -> None:
         "AWS JSON protocol, signed requests (/aws/ds)",
         RUN["test_fuzz_api-2"],
         "no 5xx; documented AWS types",
+        None,
     )
 
 
@@ -244,7 +251,9 @@ def test_fuzz_aws_validation() -> None:
             assert isinstance(out, dict)
 
     check()
-    record(AREA, "AWS request model validation", RUN["test_fuzz_api-3"], "only InvalidParameterException")
+    record(
+        AREA, "AWS request model validation", RUN["test_fuzz_api-3"], "only InvalidParameterException", None
+    )
 
 
 # -- SigV4 headers ---------------------------------------------------------------------------
@@ -318,6 +327,7 @@ def test_fuzz_sigv4_headers(api: Api) -> None:
         "SigV4 Authorization and signed headers",
         RUN["test_fuzz_api-4"],
         "only documented SignatureError types",
+        None,
     )
 
 

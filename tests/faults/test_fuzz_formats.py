@@ -93,7 +93,7 @@ def test_fuzz_password_blob(rsa_pair: tuple[bytes, bytes]) -> None:
             assert len(thumb) == 64
 
     check()
-    record(AREA, "password blob (crypto/blob.py)", RUN["test_fuzz_formats-1"], "only decryption_failed")
+    record(AREA, "password blob (crypto/blob.py)", RUN["test_fuzz_formats-1"], "only decryption_failed", None)
 
 
 # -- PFX import ----------------------------------------------------------------------------------
@@ -127,6 +127,7 @@ def test_fuzz_pfx_import(rsa_pair: tuple[bytes, bytes]) -> None:
         "PFX import (crypto/certs.py)",
         RUN["test_fuzz_formats-2"],
         "only pfx_* / wrong_password / bad_input",
+        None,
     )
 
 
@@ -172,7 +173,7 @@ def test_fuzz_ldif_import() -> None:
                 assert isinstance(entry.dn, str)
 
     check()
-    record(AREA, "LDIF import (directory/ldif.py)", RUN["test_fuzz_formats-3"], "only ldif_invalid")
+    record(AREA, "LDIF import (directory/ldif.py)", RUN["test_fuzz_formats-3"], "only ldif_invalid", None)
 
 
 # -- the backup manifest -------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def test_fuzz_backup_manifest() -> None:
 
     check()
     what = "backup manifest (backup/archive.py Manifest.parse)"
-    record(AREA, what, RUN["test_fuzz_formats-4"], "only backup_invalid / backup_unsupported")
+    record(AREA, what, RUN["test_fuzz_formats-4"], "only backup_invalid / backup_unsupported", None)
 
 
 # -- the snapshot file ---------------------------------------------------------------------------
@@ -301,6 +302,7 @@ def test_fuzz_snapshot_file(tmp_path: Path) -> None:
         "snapshot file (directory/snapfile.py), checksums made to match",
         RUN["test_fuzz_formats-5"],
         "only snapshot_corrupt",
+        None,
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from ams import audit
 from ams.api import create_app
@@ -271,6 +272,43 @@ def test_expire_current_under_expires_only_current_passwords_of_that_certificate
     assert first.advice()["reason"] == "expired"
     assert second.advice()["rotate"] is False
     assert devices.show(instance, "a").password_expires_at == clock.now()
+
+
+def test_a_lost_key_expires_its_passwords_in_one_statement_without_reading_every_password(
+    client: TestClient, instance: Instance, clock: ManualClock
+) -> None:
+    """On 100,000 devices, each extra pass over device_passwords costs a fraction of a second
+    (bench/expiry_bench.py): one UPDATE expires them and counts them; the lost key's history is
+    counted from its index, never by grouping every certificate's passwords."""
+    agents = [register(client, instance, name) for name in ("a", "b", "c")]
+    for agent in agents:
+        agent.rotate()
+    clock.advance(timedelta(days=31))
+    agents[0].rotate()  # a: a new current password, the first one in its history
+    clock.advance(timedelta(days=29))  # b's and c's passwords expired a month ago; a's has a day left
+    old = certificates.active_certificate(instance, "agent")
+    assert old is not None
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "device_passwords" in statement:
+            statements.append(" ".join(statement.split()))
+
+    event.listen(instance.engine, "before_cursor_execute", seen)
+    try:
+        result = certificates.lost(instance, old.thumbprint, "test")
+    finally:
+        event.remove(instance.engine, "before_cursor_execute", seen)
+    writes = [s for s in statements if not s.startswith("SELECT")]
+    assert len(writes) == 1 and writes[0].startswith("UPDATE device_passwords"), statements
+    assert not [s for s in statements if "GROUP BY" in s], statements
+    assert result.expired_passwords == 3
+    assert (result.certificate.current_passwords, result.certificate.history_passwords) == (3, 1)
+    assert all(agent.advice()["reason"] == "expired" for agent in agents)
+    # Already expired passwords keep their earlier expiry; the others expire now.
+    expiries = {name: devices.show(instance, name).password_expires_at for name in ("a", "b", "c")}
+    assert expiries["a"] == clock.now()
+    assert expiries["b"] == expiries["c"] < clock.now()
 
 
 def test_reading_needs_a_password_and_the_master_key(client: TestClient, instance: Instance) -> None:

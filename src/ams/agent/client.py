@@ -139,12 +139,19 @@ class AgentClient:
 
     # -- the four calls of the agent API ------------------------------------------------
 
-    def register(self, registration_key: str, name: str) -> dict[str, Any]:
+    def register(
+        self, registration_key: str, name: str, *, scope: str | None = None, dn: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"registration_key": registration_key, "name": name}
+        if scope is not None:
+            body["scope"] = scope
+        if dn is not None:
+            body["dn"] = dn
         answer = self._call(
             "POST",
             "/api/v1/agent/register",
             "the registration",
-            json={"registration_key": registration_key, "name": name},
+            json=body,
             authenticated=False,
             # Registering twice would make two devices and use the key twice.
             retry_on_ambiguous=False,

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -17,6 +18,7 @@ from typing import Annotated
 import typer
 
 from ams.agent.client import AgentClient, Interrupted, RetryPolicy, normalise_server_url
+from ams.agent.directory import LdapObjectClient, check_ldap_url, directory_check_in
 from ams.agent.rotation import check_in
 from ams.agent.setters import Setter, parse_setter, valid_account
 from ams.agent.state import DEFAULT_STATE, AgentState, check_state_folder, exclusive, load_state, save_state
@@ -107,6 +109,27 @@ def register(
         bool,
         typer.Option("--registration-key-stdin", help="Read the registration key from standard input."),
     ] = False,
+    token_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--token-stdin",
+            help="Read the device token that `ams device register` printed from standard input "
+            "(a device an administrator registered; with --directory and --dn).",
+        ),
+    ] = False,
+    directory: Annotated[
+        str | None,
+        typer.Option(
+            "--directory", help="Directory mode: the directory (d-…) holding this computer's object."
+        ),
+    ] = None,
+    dn: Annotated[
+        str | None, typer.Option("--dn", help="Directory mode: the DN of this computer's object.")
+    ] = None,
+    ldap_url: Annotated[
+        str | None,
+        typer.Option("--ldap-url", help="Directory mode: the directory's LDAP address, ldap[s]://host:port."),
+    ] = None,
     state_path: StateOption = DEFAULT_STATE,
     name: Annotated[
         str | None, typer.Option("--name", help="The device's name on the server (default: host name).")
@@ -116,7 +139,22 @@ def register(
 ) -> None:
     """Register this device with the AMS server and save its credentials in the state file."""
     url = normalise_server_url(server)
-    key = _registration_key(registration_key, registration_key_stdin)
+    if (directory is None) != (dn is None):
+        raise BadInput("directory mode needs both --directory d-… and --dn DN (or neither)")
+    if ldap_url is not None:
+        ldap_url = check_ldap_url(ldap_url)
+    if token_stdin:
+        if registration_key is not None or registration_key_stdin or directory is None:
+            raise BadInput(
+                "--token-stdin takes the token of a device an administrator registered with "
+                "`ams device register`: give it with --directory and --dn, and no registration key"
+            )
+        token = sys.stdin.readline().strip()
+        if not token.startswith("dev_") or "." not in token or any(c.isspace() for c in token):
+            raise BadInput("the device token is not of the form dev_<id>.<secret>: copy it whole")
+        key = None
+    else:
+        key = _registration_key(registration_key, registration_key_stdin)
     device_name = (name if name is not None else socket.gethostname()).strip()
     if not device_name:
         raise BadInput("--name cannot be empty")
@@ -130,14 +168,22 @@ def register(
     # activation of the key) that could not be saved.
     check_new_file(state_path, "--state", example="state.json", force=True, makes_folders=True)
     check_state_folder(state_path)  # a folder open to others would expose the token
-    with AgentClient(url, retry=_retry(tries, max_delay)) as client:
-        answer = client.register(key, device_name)
+    if key is not None:
+        with AgentClient(url, retry=_retry(tries, max_delay)) as client:
+            answer = client.register(key, device_name, scope=directory, dn=dn)
+    else:
+        with AgentClient(url, token=token, retry=_retry(tries, max_delay)) as client:
+            client.check(None)  # proves the token before it is saved
+        answer = {"device_id": token.partition(".")[0], "token": token, "status": "active"}
     state = AgentState(
         server=url,
         device_id=answer["device_id"],
         token=answer["token"],
         name=device_name,
         registered_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        directory_id=directory,
+        dn=dn,
+        ldap_url=ldap_url,
     )
     # Nothing is written before the server said yes; an existing state is never replaced.
     if not save_state(state_path, state, replace=False):
@@ -162,13 +208,50 @@ class _Stop:
         self.event.set()
 
 
+@dataclass(frozen=True)
+class _Mode:
+    """Directory mode's settings (None: the agent API mode)."""
+
+    ldap_url: str
+    ca_file: Path | None
+
+
 def _one(
-    state_path: Path, setter: Setter, account: str | None, retry: RetryPolicy, stop: threading.Event | None
+    state_path: Path,
+    setter: Setter,
+    account: str | None,
+    retry: RetryPolicy,
+    stop: threading.Event | None,
+    mode: _Mode | None = None,
 ) -> None:
     state = load_state(state_path)
     with AgentClient(state.server, token=state.token, retry=retry, stop=stop) as client:
-        result = check_in(state, state_path, client, setter, account=account)
+        if mode is None:
+            result = check_in(state, state_path, client, setter, account=account)
+        else:
+            if state.dn is None:
+                raise BadInput(
+                    f"the agent state {state_path} has no computer object: register with --directory "
+                    "and --dn to use --mode directory"
+                )
+            with LdapObjectClient(mode.ldap_url, state.dn, state.token, ca_file=mode.ca_file) as ldap:
+                result = directory_check_in(state, state_path, client, ldap, setter, account=account)
     log.info("%s", result.describe())
+
+
+def _mode(name: str, ldap_url: str | None, ca_file: Path | None, state_path: Path) -> _Mode | None:
+    if name == "agent":
+        return None
+    if name != "directory":
+        raise BadInput(f"--mode {name!r} is not known: use agent (the default) or directory")
+    state = load_state(state_path)
+    url = ldap_url or state.ldap_url
+    if state.dn is None or url is None:
+        raise BadInput(
+            "--mode directory needs a device registered with --directory and --dn, and the "
+            "directory's LDAP address (--ldap-url, here or at registration)"
+        )
+    return _Mode(check_ldap_url(url), ca_file)
 
 
 @app.command("run")
@@ -185,6 +268,21 @@ def run_(
         str | None,
         typer.Option("--account", help="The account whose password rotates (default: the server's policy)."),
     ] = None,
+    mode_name: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="agent: the password goes to the AMS server (default); directory: onto this "
+            "computer's object in its directory, over LDAP (legacy agents).",
+        ),
+    ] = "agent",
+    ldap_url: Annotated[
+        str | None,
+        typer.Option("--ldap-url", help="Directory mode: the LDAP address (default: the state's)."),
+    ] = None,
+    ldap_ca: Annotated[
+        Path | None, typer.Option("--ldap-ca", help="Directory mode: CA certificates (PEM) for ldaps://.")
+    ] = None,
     tries: TriesOption = 5,
     max_delay: MaxDelayOption = 30.0,
 ) -> None:
@@ -194,9 +292,10 @@ def run_(
         raise BadInput(f"--account {account!r} is not an account name: 1-64 characters, no colon or space")
     retry = _retry(tries, max_delay)
     load_state(state_path)  # a missing or broken state is a mistake to report now, not in a loop
+    mode = _mode(mode_name, ldap_url, ldap_ca, state_path)
     with exclusive(state_path):
         if once:
-            _one(state_path, setter, account, retry, None)
+            _one(state_path, setter, account, retry, None, mode)
             return
         stop = _Stop()
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -205,7 +304,7 @@ def run_(
             while not stop.event.is_set():
                 started = time.monotonic()
                 try:
-                    _one(state_path, setter, account, retry, stop.event)
+                    _one(state_path, setter, account, retry, stop.event, mode)
                 except Interrupted:
                     break
                 except AMSError as exc:

@@ -33,7 +33,7 @@ from ams.crypto.blob import encrypt_password
 from ams.crypto.certs import certificate_from_pem, thumbprint
 from ams.errors import AgentPasswordNotSet, AgentServerAnswerInvalid, AMSError, NotWritable
 
-__all__ = ["ROLLBACK_WINDOW_SECONDS", "CheckIn", "check_in"]
+__all__ = ["ROLLBACK_WINDOW_SECONDS", "CheckIn", "RotationPlan", "check_in", "new_password", "plan_rotation"]
 
 log = logging.getLogger("ams.agent")
 
@@ -70,22 +70,22 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def check_in(
-    state: AgentState,
-    state_path: Path,
-    client: AgentClient,
-    setter: Setter,
-    *,
-    account: str | None = None,
-    now: Callable[[], datetime] = _now,
-) -> CheckIn:
-    answer = client.check(state.last_version)
-    if not isinstance(answer.get("rotate"), bool):
-        raise AgentServerAnswerInvalid("the server's check-in answer has no 'rotate': is it an AMS server?")
-    current = _int(answer.get("current_version"))
-    if not answer["rotate"]:
-        return CheckIn(rotated=False, reason=None, version=current)
+@dataclass(frozen=True)
+class RotationPlan:
+    """What the server's check-in answer asks for, checked: never the password."""
 
+    reason: str
+    next_version: int
+    length: int
+    account: str
+    certificate_der: bytes
+    thumbprint: str
+    max_age_days: int | None
+
+
+def plan_rotation(answer: dict[str, Any], account: str | None) -> RotationPlan:
+    """The rotation a check-in answer (``GET /api/v1/agent/password``) asks for, with its
+    certificate checked against the thumbprint it names; AgentServerAnswerInvalid otherwise."""
     reason = answer.get("reason")
     next_version = _int(answer.get("next_version"))
     policy = answer.get("policy")
@@ -125,19 +125,46 @@ def check_in(
             f"the server named certificate {named!r} but sent one whose thumbprint is {actual}: "
             "refusing to encrypt the new password to it. Nothing was changed"
         )
-    log.info("the server asks for a new password (reason: %s, version %d)", reason, next_version)
+    max_age = _int(policy.get("max_age_days"))
+    return RotationPlan(reason, next_version, length, account, der, actual, max_age)
 
-    password = generate_password(length)
+
+def new_password(plan: RotationPlan, now: Callable[[], datetime] = _now) -> tuple[str, bytes]:
+    """A new password for ``plan`` and its blob, encrypted to the plan's certificate."""
+    password = generate_password(plan.length)
     plaintext = json.dumps(
         {
-            "account": account,
+            "account": plan.account,
             "password": password,
             "created_at": now().astimezone(UTC).isoformat(timespec="seconds"),
-            "version": next_version,
+            "version": plan.next_version,
         },
         sort_keys=True,
     ).encode("utf-8")
-    blob = encrypt_password(der, plaintext)
+    return password, encrypt_password(plan.certificate_der, plaintext)
+
+
+def check_in(
+    state: AgentState,
+    state_path: Path,
+    client: AgentClient,
+    setter: Setter,
+    *,
+    account: str | None = None,
+    now: Callable[[], datetime] = _now,
+) -> CheckIn:
+    answer = client.check(state.last_version)
+    if not isinstance(answer.get("rotate"), bool):
+        raise AgentServerAnswerInvalid("the server's check-in answer has no 'rotate': is it an AMS server?")
+    current = _int(answer.get("current_version"))
+    if not answer["rotate"]:
+        return CheckIn(rotated=False, reason=None, version=current)
+
+    plan = plan_rotation(answer, account)
+    reason, next_version, account = plan.reason, plan.next_version, plan.account
+    log.info("the server asks for a new password (reason: %s, version %d)", reason, next_version)
+
+    password, blob = new_password(plan, now)
     accepted = client.report(account, next_version, base64.b64encode(blob).decode("ascii"))
     undo_deadline = time.monotonic() + ROLLBACK_WINDOW_SECONDS - _UNDO_MARGIN_SECONDS
     reported = _int(accepted.get("version"))
@@ -158,7 +185,7 @@ def check_in(
             f"be written ({exc.strerror or type(exc).__name__}): fix that; the next check-in rotates "
             "again (reason rollback)"
         ) from None
-    return CheckIn(rotated=True, reason=reason, version=version, account=account, thumbprint=actual)
+    return CheckIn(rotated=True, reason=reason, version=version, account=account, thumbprint=plan.thumbprint)
 
 
 def _undo(

@@ -43,6 +43,10 @@ class AgentState:
     name: str
     registered_at: str
     last_version: int | None = None
+    # Directory mode (``ams-agent run --mode directory``): the device's computer object.
+    directory_id: str | None = None
+    dn: str | None = None
+    ldap_url: str | None = None
 
     def with_version(self, version: int) -> AgentState:
         return replace(self, last_version=version)
@@ -56,6 +60,15 @@ class AgentState:
             "name": self.name,
             "registered_at": self.registered_at,
             "last_version": self.last_version,
+            **{
+                key: value
+                for key, value in (
+                    ("directory_id", self.directory_id),
+                    ("dn", self.dn),
+                    ("ldap_url", self.ldap_url),
+                )
+                if value is not None
+            },
         }
 
 
@@ -122,6 +135,12 @@ def load_state(path: Path) -> AgentState:
     version = data.get("last_version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
         raise _bad(path, "last_version is not a version number")
+    optional = {}
+    for key in ("directory_id", "dn", "ldap_url"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _bad(path, f"{key} is not text")
+        optional[key] = value
     return AgentState(
         server=server,
         device_id=data["device_id"],
@@ -129,6 +148,7 @@ def load_state(path: Path) -> AgentState:
         name=data["name"],
         registered_at=data["registered_at"],
         last_version=version,
+        **optional,
     )
 
 

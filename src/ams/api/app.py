@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -16,8 +15,19 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from ams import __version__
 from ams.api import aws_ds, limits, throttle
-from ams.api.metrics import Metrics
-from ams.api.routes import agent, apikeys, audit, backups, certificates, devices, directories, health, status
+from ams.api.metrics import Metrics, MetricsMiddleware
+from ams.api.routes import (
+    agent,
+    apikeys,
+    audit,
+    backup_targets,
+    backups,
+    certificates,
+    devices,
+    directories,
+    health,
+    status,
+)
 from ams.errors import (
     AMSError,
     AuthenticationRequired,
@@ -67,33 +77,39 @@ def _from_http_exception(request: Request, exc: HTTPException) -> AMSError:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Background jobs that run while the app serves, stopped when it stops.
+    """Background jobs that run while the app serves, stopped when it stops; in one process
+    only, the jobs leader (ams.leader), whatever the number of workers.
 
     Directories (issue 5): the restore worker and the daily automatic snapshots, one thread
-    (ams.directory.background.DirectoryJobs); tests drive its ``tick()`` instead.
+    (ams.directory.background.DirectoryJobs); tests drive its ``tick()`` instead. Backups
+    (issue 4): the scheduled backup thread (ams.backup.scheduler.BackupScheduler). Issue 18:
+    audit retention and the failed-authentication summaries (ams.audit_retention).
     """
-    from ams.directory.background import DirectoryJobs
-
-    directory_jobs = DirectoryJobs(app.state.instance)
-    app.state.directory_jobs = directory_jobs
-    directory_jobs.start()
-    # Backups (issue 4): the scheduled backup thread (ams.backup.scheduler.BackupScheduler).
-    from ams.backup.scheduler import BackupScheduler
-
-    backup_scheduler = BackupScheduler(app.state.instance)
-    app.state.backup_scheduler = backup_scheduler
-    backup_scheduler.start()
-    # Issue 18: audit retention and the failed-authentication summaries (ams.audit_retention).
     from ams.audit_retention import AuditJobs
+    from ams.backup.scheduler import BackupScheduler
+    from ams.directory.background import DirectoryJobs
+    from ams.leader import JobsLeader
 
-    audit_jobs = app.state.audit_jobs = AuditJobs(app.state.instance)
-    audit_jobs.start()
+    instance = app.state.instance
+    directory_jobs = app.state.directory_jobs = DirectoryJobs(instance)
+    backup_scheduler = app.state.backup_scheduler = BackupScheduler(instance)
+    audit_jobs = app.state.audit_jobs = AuditJobs(instance)
+    started: list[DirectoryJobs | BackupScheduler | AuditJobs] = []
+
+    def start_jobs() -> None:
+        app.state.metrics.leading = True
+        for jobs in (directory_jobs, backup_scheduler, audit_jobs):
+            jobs.start()
+            started.append(jobs)
+
+    leader = app.state.jobs_leader = JobsLeader(instance, start_jobs)
+    await asyncio.to_thread(leader.start)
     try:
         yield
     finally:
-        await asyncio.to_thread(audit_jobs.stop)
-        await asyncio.to_thread(backup_scheduler.stop)
-        await asyncio.to_thread(directory_jobs.stop)
+        await asyncio.to_thread(leader.stop)
+        for jobs in reversed(started):
+            await asyncio.to_thread(jobs.stop)
 
 
 def create_app(instance: Instance) -> FastAPI:
@@ -152,23 +168,16 @@ def create_app(instance: Instance) -> FastAPI:
             status_code=422,
         )
 
-    @app.middleware("http")
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        app.state.metrics.requests.labels(label, str(response.status_code)).inc()
-        app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
-        return response
-
     app.add_middleware(limits.RequestLimitsMiddleware)
+    # Outermost: counts and times every answer, the limits' refusals included.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in (health.router, status.router, apikeys.router, audit.router, certificates.router):
         app.include_router(router)
     for router in (agent.router, devices.router):
         app.include_router(router)
     app.include_router(directories.router)
     app.include_router(backups.router)
+    app.include_router(backup_targets.router)
     # The AWS Directory Service-compatible endpoint (issue 5): POST /aws/ds, and POST / by target.
     # It declares no FastAPI body limit: it reads at most 1 MiB itself and answers in AWS's shape.
     app.include_router(aws_ds.router)

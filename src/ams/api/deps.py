@@ -11,15 +11,30 @@ from ams.apikeys import ApiKeyInfo, Role
 from ams.crypto import SecretBox
 from ams.instance import Instance
 
-__all__ = ["AdminKey", "CurrentInstance", "ReaderKey", "UnlockedBox", "client_address", "get_instance"]
+__all__ = [
+    "AdminKey",
+    "CurrentInstance",
+    "ReaderKey",
+    "UnlockedBox",
+    "bearer_token",
+    "client_address",
+    "get_instance",
+]
 
 
-def get_instance(request: Request) -> Instance:
+async def get_instance(request: Request) -> Instance:
+    # async: FastAPI runs a plain function dependency in a worker thread, a hand-off that
+    # only waits; this reads an attribute.
     instance: Instance = request.app.state.instance
     return instance
 
 
 CurrentInstance = Annotated[Instance, Depends(get_instance)]
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
+    return _bearer(request)
 
 
 def _bearer(request: Request) -> str | None:

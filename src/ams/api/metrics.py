@@ -1,19 +1,35 @@
-"""Prometheus metrics of one ``ams serve`` process, in a registry of its own."""
+"""Prometheus metrics of one ``ams serve`` process, in a registry of its own; and the pure
+ASGI middleware that counts and times every request.
+
+With ``ams serve --workers N`` each worker process keeps its own request counters and
+latencies (a scrape of ``/metrics`` reaches one worker, named by the ``pid`` label of
+``ams_worker``); the gauges read from the database (backups, the audit trail) and the
+failed-authentication counts (shared by the workers, ams.security.shared) are the same
+whichever worker answers.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ams import __version__
 from ams.instance import Instance
 
-__all__ = ["Metrics"]
+__all__ = ["WORKER_HEADER", "Metrics", "MetricsMiddleware"]
+
+# Every answer names the worker process that gave it (its pid): for operators following a
+# request in the logs, and for tests that must reach a given worker.
+WORKER_HEADER = b"x-ams-worker"
 
 
 class Metrics:
@@ -42,8 +58,11 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.leading = False  # set by the lifespan when this worker leads the jobs (ams.leader)
+        self.registry.register(_WorkerCollector(self))
         self._backup_gauges(instance)
         self.registry.register(_AuditCollector(instance))
+        self.registry.register(_OffsiteCollector(instance))
 
     def _backup_gauges(self, instance: Instance) -> None:
         """Issue 4: backups, read from the catalog and the schedule at each scrape."""
@@ -111,3 +130,106 @@ class _AuditCollector(Collector):
         for (kind, answer), count in sorted(throttle.counts().items()):
             failures.add_metric([kind, answer], float(count))
         yield from (events, oldest, throttled, failures)
+
+
+class _OffsiteCollector(Collector):
+    """Issue 16: per offsite target, the last successful copy's time and age, and what is missing."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+
+    def _families(self) -> tuple[_Gauge, _Gauge, _Gauge, _Gauge]:
+        return (
+            GaugeMetricFamily(
+                "ams_offsite_last_success_timestamp_seconds",
+                "Last successful copy to the target (Unix time; 0: none yet).",
+                labels=["target"],
+            ),
+            GaugeMetricFamily(
+                "ams_offsite_last_success_age_seconds",
+                "Seconds since the last successful copy to the target (+Inf: none yet).",
+                labels=["target"],
+            ),
+            GaugeMetricFamily(
+                "ams_offsite_last_copy_failed",
+                "1 when the last copy to the target failed.",
+                labels=["target"],
+            ),
+            GaugeMetricFamily(
+                "ams_offsite_missing_copies", "Verified backups not yet on the target.", labels=["target"]
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        from ams.backup.offsite import offsite_status
+
+        stamp, age, failed, missing = self._families()
+        try:
+            targets = offsite_status(self.instance)
+        except Exception:  # noqa: BLE001 - a scrape never fails for one gauge
+            targets = []
+        for t in targets:
+            at = t["last_success_at"]
+            stamp.add_metric([t["name"]], datetime.fromisoformat(at).timestamp() if at else 0.0)
+            seconds = t["last_success_age_seconds"]
+            age.add_metric([t["name"]], float(seconds) if seconds is not None else float("inf"))
+            last = t["last_copy"]
+            failed.add_metric([t["name"]], 1.0 if last and last["state"] == "failed" else 0.0)
+            missing.add_metric([t["name"]], float(t["missing"]))
+        yield from (stamp, age, failed, missing)
+
+
+class _WorkerCollector(Collector):
+    """``ams_worker{pid, jobs}``: which worker answered the scrape, and whether it leads."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "ams_worker",
+            "This worker process (pid); jobs is 1 in the one worker that runs the background jobs.",
+            labels=["pid", "jobs"],
+        )
+        family.add_metric([str(os.getpid()), "1" if self.metrics.leading else "0"], 1.0)
+        yield family
+
+
+class MetricsMiddleware:
+    """Counts and times each HTTP answer by route and status, and names the worker in an
+    ``X-AMS-Worker`` header. Pure ASGI: no second request object, no task per request (what
+    Starlette's ``BaseHTTPMiddleware`` cost every request before)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        pid = str(os.getpid()).encode()  # a forked worker has its own
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers: Any = message.setdefault("headers", [])
+                if isinstance(headers, list):
+                    headers.append((WORKER_HEADER, pid))
+                else:
+                    message["headers"] = [*headers, (WORKER_HEADER, pid)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(label, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)

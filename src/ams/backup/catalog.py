@@ -20,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ams.backup import leftovers
 from ams.clock import as_utc
@@ -31,7 +31,6 @@ from ams.home import Home
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from ams.backup.create import BackupResult
     from ams.db.models.backups import BackupRecord
     from ams.instance import Instance
 
@@ -42,6 +41,7 @@ SCHEDULE_DEFAULT_RETAIN_DAYS = 14
 
 __all__ = [
     "BackupEntry",
+    "MadeBackup",
     "RescanResult",
     "add_complete",
     "add_complete_sqlite",
@@ -55,6 +55,35 @@ __all__ = [
     "rescan_sqlite",
     "scan_folders",
 ]
+
+
+class MadeBackup(Protocol):
+    """What the catalog records of a backup just written (``ams.backup.create.BackupResult``):
+    a protocol, so that the catalog does not import the module that writes backups, which
+    imports it."""
+
+    @property
+    def backup_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def duration_seconds(self) -> float: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def schema_revision(self) -> str: ...
+    @property
+    def recovery_password_set_at(self) -> str | None: ...
+    @property
+    def home_id(self) -> str | None: ...
+    @property
+    def manifest(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -177,7 +206,7 @@ def list_backups(instance: Instance, *, include_failed: bool = True) -> list[Bac
         return [_entry(r, home_id) for r in session.scalars(query)]
 
 
-def add_complete(session: Session, result: BackupResult) -> None:
+def add_complete(session: Session, result: MadeBackup) -> None:
     from ams.db.models.backups import BackupRecord
 
     set_at = result.recovery_password_set_at
@@ -198,7 +227,7 @@ def add_complete(session: Session, result: BackupResult) -> None:
     )
 
 
-def add_complete_sqlite(conn: sqlite3.Connection, result: BackupResult) -> None:
+def add_complete_sqlite(conn: sqlite3.Connection, result: MadeBackup) -> None:
     """:func:`add_complete` on a plain sqlite3 connection, inside the caller's transaction."""
     set_at = result.recovery_password_set_at
     conn.execute(
@@ -250,7 +279,7 @@ def mark_verified(session: Session, backup_id: str, at: datetime, ok: bool, erro
             row.error = error
 
 
-def created_details(result: BackupResult) -> dict[str, Any]:
+def created_details(result: MadeBackup) -> dict[str, Any]:
     return {
         "kind": result.kind,
         "file": str(result.path),
@@ -505,3 +534,94 @@ def rescan_sqlite(
             ),
         )
     return result
+
+
+# -- archives a crashed backup wrote but did not record (issue 13) ---------------------------
+
+
+def unrecorded(
+    folder: Path, listed: set[str], ids: set[str], instance_id: str, master_key: bytes | None, skip: Path
+) -> list[_Found]:
+    """Complete archives of this instance in ``folder`` that the catalog lacks: a backup
+    killed after renaming its archive into place and before recording it leaves one."""
+    found: list[_Found] = []
+    for path in sorted(folder.glob("*.amsbak")):
+        if path.name.startswith(".") or path == skip or str(path) in listed:
+            continue
+        try:
+            item = _read_header(path, instance_id, master_key)
+        except (AMSError, OSError):
+            continue  # not a good archive of ours: `backup list --rescan` names it
+        if item is not None and item.backup_id not in ids:
+            found.append(item)
+    return found
+
+
+def adopt(session: Session, result: MadeBackup, master_key: bytes | None) -> list[str]:
+    """Record, beside a new backup, the complete archives a crashed one left unrecorded in
+    the same folder (inside the caller's transaction); their ids."""
+    from sqlalchemy import select
+
+    from ams.db.models.backups import BackupRecord
+
+    listed = {p for p in session.scalars(select(BackupRecord.path)) if p}
+    ids = set(session.scalars(select(BackupRecord.id)))
+    items = unrecorded(result.path.parent, listed, ids, _instance_of(result), master_key, result.path)
+    for item in items:
+        session.add(
+            BackupRecord(
+                id=item.backup_id,
+                kind=item.kind,
+                status="complete",
+                path=str(item.path),
+                created_at=item.created_at,
+                size_bytes=item.size_bytes,
+                mk_fingerprint=item.fingerprint,
+                schema_revision=item.schema_revision,
+                recovery_password_set_at=item.recovery_password_set_at,
+                home_id=item.home_id,
+            )
+        )
+    return [i.backup_id for i in items]
+
+
+def adopt_sqlite(conn: sqlite3.Connection, result: MadeBackup, master_key: bytes | None) -> list[str]:
+    """:func:`adopt` on a plain sqlite3 connection, inside the caller's transaction."""
+    listed = {str(r[0]) for r in conn.execute("SELECT path FROM backups WHERE path IS NOT NULL")}
+    ids = {str(r[0]) for r in conn.execute("SELECT id FROM backups")}
+    items = unrecorded(result.path.parent, listed, ids, _instance_of(result), master_key, result.path)
+    for item in items:
+        conn.execute(
+            "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, mk_fingerprint,"
+            " schema_revision, recovery_password_set_at, home_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.backup_id,
+                item.kind,
+                "complete",
+                str(item.path),
+                db_time(item.created_at),
+                item.size_bytes,
+                item.fingerprint,
+                item.schema_revision,
+                db_time(item.recovery_password_set_at) if item.recovery_password_set_at else None,
+                item.home_id,
+            ),
+        )
+    return [i.backup_id for i in items]
+
+
+def _instance_of(result: MadeBackup) -> str:
+    return str(result.manifest["instance_id"])
+
+
+def adopted_details(result: MadeBackup, added: list[str]) -> dict[str, Any]:
+    """Event 1507's details when a new backup recorded archives a crashed one left."""
+    return {
+        "folders": [str(result.path.parent)],
+        "added": added,
+        "moved": [],
+        "removed": [],
+        "unreadable": [],
+        "leftovers_removed": [],
+        "by_backup": result.backup_id,
+    }

@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from ams import __version__, audit
 from ams.backup import catalog, leftovers
 from ams.backup.archive import FORMAT, FORMAT_VERSION, MANIFEST, ArchiveWriter, archive_mtime
-from ams.backup.sqlite_image import DatabaseImage, ImageUnavailable, connection_facts, open_image
+from ams.backup.sqlite_image import (
+    DatabaseImage,
+    ImageUnavailable,
+    database_facts,
+    open_image,
+)
 from ams.errors import BackupFailed, NotWritable
 from ams.home import Home, ensure_private_dir, fsync_dir
 
@@ -77,8 +82,10 @@ class BackupResult:
     recovery_password_set_at: str | None
     manifest: dict[str, Any]
     home_id: str | None = None  # the home that wrote it (manifest "home_id")
+    offsite: tuple[dict[str, Any], ...] | None = None  # the copies to offsite targets, when any
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"offsite": list(self.offsite)} if self.offsite is not None else {}
         return {
             "backup_id": self.backup_id,
             "path": str(self.path),
@@ -91,16 +98,8 @@ class BackupResult:
             "recovery_password_set_at": self.recovery_password_set_at,
             "home_id": self.home_id,
             "counts": self.manifest.get("counts", {}),
+            **extra,
         }
-
-
-def database_facts(db_path: Path) -> dict[str, Any]:
-    """What the manifest says about a database file (a copy, or a staged backup)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return connection_facts(conn)
-    finally:
-        conn.close()
 
 
 def _tree_files(root: Path) -> list[Path]:
@@ -270,6 +269,15 @@ class _InstanceSource:
                 target=result.backup_id,
                 details=catalog.created_details(result),
             )
+            adopted = catalog.adopt(session, result, self.master_key())
+            if adopted:
+                audit.record(
+                    session,
+                    self.clock,
+                    audit.Event.BACKUP_CATALOG_RESCANNED,
+                    actor=actor,
+                    details=catalog.adopted_details(result, adopted),
+                )
 
 
 def create_backup(
@@ -281,10 +289,32 @@ def create_backup(
     progress: Progress | None = None,
     record: bool = True,
 ) -> BackupResult:
-    """Write one ``.amsbak`` archive; with ``record``, add a catalog row and an audit event."""
-    return write_backup(
+    """Write one ``.amsbak`` archive; with ``record``, add a catalog row and an audit event.
+
+    A recorded manual backup is then verified and copied to the offsite targets, when there
+    are any (ams.backup.offsite; a failed copy is recorded, never raised).
+    """
+    result = write_backup(
         _InstanceSource(instance), dest=dest, kind=kind, actor=actor, progress=progress, record=record
     )
+    if kind == "manual" and record:
+        result = _copy_offsite(instance, result, actor, progress)
+    return result
+
+
+def _copy_offsite(
+    instance: Instance, result: BackupResult, actor: str, progress: Progress | None
+) -> BackupResult:
+    from dataclasses import replace
+
+    from ams.backup import offsite, targets
+
+    if not targets.list_targets(instance):
+        return result
+    if progress:
+        progress(0, 0, "copying offsite")
+    copies = offsite.copy_new_backup(instance, result.backup_id, actor=actor)
+    return replace(result, offsite=tuple(c.to_dict() for c in copies))
 
 
 def create_backup_at(
@@ -301,7 +331,16 @@ def create_backup_at(
     embedded = EmbeddedSource.open(home)
     if embedded is not None:
         with embedded:
-            return write_backup(embedded, dest=dest, actor=actor, progress=progress)
+            result = write_backup(embedded, dest=dest, actor=actor, progress=progress)
+        if not _has_offsite_targets(home.sqlite_path):
+            return result
+        from ams.instance import open_instance
+
+        instance = open_instance(home)
+        try:
+            return _copy_offsite(instance, result, actor, progress)
+        finally:
+            instance.close()
     from ams.instance import open_instance
 
     instance = open_instance(home)
@@ -309,6 +348,17 @@ def create_backup_at(
         return create_backup(instance, dest=dest, actor=actor, progress=progress)
     finally:
         instance.close()
+
+
+def _has_offsite_targets(db_path: Path) -> bool:
+    """Whether any offsite target is set, read with plain sqlite3 (the ORM only when so)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT 1 FROM offsite_targets LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def write_backup(

@@ -37,7 +37,6 @@ from ams.security.service_key import RECOVERY, SERVICE, ServiceKeySource, open_s
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from ams.backup.create import BackupResult
 
 __all__ = ["EmbeddedSource"]
 
@@ -112,7 +111,7 @@ class EmbeddedSource:
     def open_image(self, scratch: Path) -> AbstractContextManager[DatabaseImage]:
         return open_image(self.home.sqlite_path, scratch)
 
-    def record(self, result: BackupResult, actor: str) -> None:
+    def record(self, result: catalog.MadeBackup, actor: str) -> None:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -125,6 +124,15 @@ class EmbeddedSource:
                     target=result.backup_id,
                     details=catalog.created_details(result),
                 )
+                adopted = catalog.adopt_sqlite(self._conn, result, self._master_key)
+                if adopted:
+                    audit.record_sqlite(
+                        self._conn,
+                        self.clock,
+                        audit.Event.BACKUP_CATALOG_RESCANNED,
+                        actor=actor,
+                        details=catalog.adopted_details(result, adopted),
+                    )
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

@@ -21,9 +21,20 @@ from typing import Any
 
 from ams.home import Home, atomic_write, fsync_dir
 
-__all__ = ["SWAPPED", "finish", "journal_path", "resume", "rollback", "step", "swap", "work_dir"]
+__all__ = [
+    "SWAPPED",
+    "finish",
+    "journal_path",
+    "note_created_home",
+    "resume",
+    "rollback",
+    "step",
+    "swap",
+    "work_dir",
+]
 
 SWAPPED = ("data", "config", "snapshots")
+CREATED_HOME = "created-home"  # in the work folder: the restore made the home folder itself
 
 
 def work_dir(home: Home) -> Path:
@@ -95,8 +106,27 @@ def _all_in(home: Home, items: list[dict[str, Any]]) -> bool:
     )
 
 
+def note_created_home(home: Home) -> None:
+    """Record that the restore created the home folder (a rollback then removes it, once empty)."""
+    atomic_write(work_dir(home) / CREATED_HOME, b"")
+
+
+def _remove_created_home(home: Home) -> None:
+    """After a rollback: the home folder the restore created goes too, when nothing else was
+    put in it (an empty ``keys/`` from staging a key counts as nothing)."""
+    with contextlib.suppress(OSError):
+        for name in ("keys", "run"):
+            folder = home.root / name
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        home.root.rmdir()  # only when empty
+        fsync_dir(home.root.parent)
+
+
 def rollback(home: Home) -> None:
-    """Put every folder back as the journal found it, then forget the restore."""
+    """Put every folder back as the journal found it, then forget the restore (and what it
+    staged: the new service key, the work folder, a home folder it created)."""
+    created_home = (work_dir(home) / CREATED_HOME).exists()
     path = journal_path(home)
     if path.exists():
         items = json.loads(path.read_text())["items"]
@@ -117,10 +147,20 @@ def rollback(home: Home) -> None:
     shutil.rmtree(work_dir(home), ignore_errors=True)
     if home.root.exists():
         fsync_dir(home.root)
+        if created_home:
+            _remove_created_home(home)
 
 
 def finish(home: Home) -> None:
-    shutil.rmtree(work_dir(home), ignore_errors=True)
+    """Forget a restore whose folders are all in place. A new service key it staged and a
+    crash kept from its place is put there first: the restored database is wrapped for it."""
+    from ams.security.service_key import STAGED_KEY_PREFIX, install_staged_key
+
+    work = work_dir(home)
+    if work.is_dir():
+        for staged in sorted(work.glob(STAGED_KEY_PREFIX + "*")):
+            install_staged_key(staged, home.service_key_file)
+    shutil.rmtree(work, ignore_errors=True)
     fsync_dir(home.root)
 
 

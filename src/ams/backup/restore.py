@@ -248,7 +248,7 @@ def _record_in_staged(
     clock: Clock,
     actor: str,
     backup_id: str,
-    archive: Path,
+    archive: Path | str,
     pre: BackupResult | None,
     migrated_from: str | None,
     new_key: bool,
@@ -458,8 +458,12 @@ def restore_backup(
     clock: Clock | None = None,
     progress: Callable[[int], None] | None = None,
     database_url: str | None = None,
+    source: str | None = None,
 ) -> RestoreResult:
     """Restore ``archive`` into ``home``.
+
+    ``source``: where the archive came from, for event 1503 (an ``s3://`` URL, when
+    :mod:`ams.backup.remote` staged the object in a file), instead of the file's path.
 
     The database goes where the home's instance keeps it (its ``database.url``). Into an
     empty home it goes into the embedded database, or onto PostgreSQL at ``database_url``.
@@ -487,7 +491,7 @@ def restore_backup(
                 raise
             return _restore(
                 reader,
-                archive,
+                source or archive,
                 home,
                 current,
                 skipped,
@@ -509,7 +513,7 @@ def restore_backup(
 
 def _restore(
     reader: ArchiveReader,
-    archive: Path,
+    archive: Path | str,
     home: Home,
     current: Instance | None,
     skipped: str | None,
@@ -535,6 +539,8 @@ def _restore(
             ensure_private_dir(home.root)
         work = journal.work_dir(home)
         work.mkdir(mode=0o700)
+        if created_root:
+            journal.note_created_home(home)
         staging = work / "staging"
         staging.mkdir(mode=0o700)
         staged = stage_archive(reader, master_key, staging, progress, check_pages=False)
@@ -543,7 +549,9 @@ def _restore(
         new_key = via != "instance"
         commit_key: Callable[[], None] = lambda: None  # noqa: E731
         if new_key:
-            service_key, key_kind, commit_key, abort_key = stage_service_key(home)
+            # Staged in the work folder: a crash leaves it there, and the journal removes it
+            # with the folder (rolled back) or puts it in place (finished).
+            service_key, key_kind, commit_key, abort_key = stage_service_key(home, work)
         else:
             source = ServiceKeySource(home)
             existing = source.read()

@@ -36,6 +36,7 @@ from ams.backup.create import BackupResult, create_backup
 from ams.backup.verify import verify_backup
 from ams.db.models.backups import BackupRecord, BackupSchedule
 from ams.errors import AMSError, BadInput
+from ams.home import fsync_dir
 from ams.instance import Instance
 from ams.paths import check_folder
 
@@ -296,6 +297,7 @@ def prune(instance: Instance, *, actor: str, settings: ScheduleSettings | None =
     home_id = instance.home_id
     if not home_id:
         return []  # no identity: nothing is provably this home's
+    _finish_interrupted_prunes(instance, home_id)
     with instance.session() as session:
         rows = list(
             session.scalars(
@@ -319,9 +321,9 @@ def prune(instance: Instance, *, actor: str, settings: ScheduleSettings | None =
     for row in rows:
         if row.id in keep:
             continue
-        if row.path:
-            with contextlib.suppress(FileNotFoundError):
-                Path(row.path).unlink()
+        # The row (and event 1504) first, the file after: a crash in between leaves an
+        # archive nobody lists, which the next prune removes; never a listed backup whose
+        # file is gone.
         with instance.transaction() as session:
             gone = session.get(BackupRecord, row.id)
             if gone is not None:
@@ -334,8 +336,34 @@ def prune(instance: Instance, *, actor: str, settings: ScheduleSettings | None =
                 target=row.id,
                 details={"file": row.path, "policy": settings.describe()},
             )
+        if row.path:
+            _unlink(Path(row.path))
         removed.append(row.id)
     return removed
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)
+
+
+def _finish_interrupted_prunes(instance: Instance, home_id: str) -> None:
+    """Archives whose pruning was recorded (1504) but whose file a crash kept: removed now,
+    when the file there is still the pruned backup (its header names it and this home)."""
+    with instance.session() as session:
+        pruned = audit.list_events(session, event_id=int(audit.Event.BACKUP_PRUNED), limit=200)
+        listed = set(session.scalars(select(BackupRecord.path).where(BackupRecord.path.is_not(None))))
+    for event in pruned:
+        file = event.details.get("file")
+        if not isinstance(file, str) or file in listed or not Path(file).is_file():
+            continue
+        try:
+            found = catalog._read_header(Path(file), instance.id, None)
+        except (AMSError, OSError):
+            continue
+        if found is not None and (found.backup_id, found.home_id) == (event.target, home_id):
+            _unlink(Path(file))
 
 
 def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any]:
@@ -372,7 +400,12 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
             row.last_error = None
             row.last_success_at = instance.clock.now()
             row.consecutive_failures = 0
-        return {"ok": True, "backup": result.to_dict(), "pruned": pruned}
+        return {
+            "ok": True,
+            "backup": result.to_dict(),
+            "pruned": pruned,
+            "offsite": _copy_offsite(instance, actor),
+        }
     except Exception as exc:  # noqa: BLE001 - a scheduled run must never kill the scheduler
         message = exc.message if isinstance(exc, AMSError) else f"{type(exc).__name__}: {exc}"
         with instance.transaction() as session:
@@ -400,6 +433,18 @@ def run_scheduled(instance: Instance, *, actor: str = "scheduler") -> dict[str, 
                 details={"kind": "scheduled", "destination": str(dest), "reason": message},
             )
         return {"ok": False, "error": message}
+
+
+def _copy_offsite(instance: Instance, actor: str) -> list[dict[str, Any]]:
+    """Copy the new backup, and whatever an earlier run could not, to every offsite target.
+    A failure there is recorded (ams.backup.offsite) and never fails the run."""
+    from ams.backup.offsite import copy_pending
+
+    try:
+        return [o.to_dict() for o in copy_pending(instance, actor=actor)]
+    except Exception as exc:  # noqa: BLE001 - the local backup stands whatever happens offsite
+        message = exc.message if isinstance(exc, AMSError) else type(exc).__name__
+        return [{"ok": False, "error": message}]
 
 
 def run_due(instance: Instance, *, actor: str = "scheduler") -> dict[str, Any] | None:

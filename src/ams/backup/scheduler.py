@@ -15,6 +15,7 @@ from typing import Any
 
 from ams import audit
 from ams.backup import catalog, journal
+from ams.backup.offsite_jobs import run_due as offsite_due
 from ams.backup.schedule import due_at, paused_reason, run_due
 from ams.clock import ManualClock
 from ams.db.advisory import one_node
@@ -68,6 +69,9 @@ class BackupScheduler:
             if not mine:
                 return None
             result = run_due(self.instance)
+            if result is None:
+                # Between runs: retry the copies that failed, and the weekly restore drills.
+                offsite_due(self.instance, actor="scheduler")
             if result is not None:
                 self.last = result
                 if result["ok"]:

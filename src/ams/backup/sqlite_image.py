@@ -85,6 +85,15 @@ def _utc_text(value: str | None) -> str | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
 
 
+def database_facts(db_path: Path) -> dict[str, Any]:
+    """What the manifest says about a database file (a copy, or a staged backup)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return connection_facts(conn)
+    finally:
+        conn.close()
+
+
 def connection_facts(conn: sqlite3.Connection) -> dict[str, Any]:
     """What the manifest says about the database as ``conn`` sees it (inside its transaction)."""
     tables = [

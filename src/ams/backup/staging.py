@@ -195,8 +195,11 @@ def service_wrapping_opens(db_path: Path, service_key: bytes, instance_id: str) 
     return True
 
 
-def stage_service_key(home: Home) -> tuple[bytes, str, Callable[[], None], Callable[[], None]]:
-    """A new service key for ``home`` (or the provided one), staged: (key, source kind, commit, abort)."""
+def stage_service_key(
+    home: Home, folder: Path | None = None
+) -> tuple[bytes, str, Callable[[], None], Callable[[], None]]:
+    """A new service key for ``home`` (or the provided one), staged (in ``folder`` when
+    given): (key, source kind, commit, abort)."""
     source = ServiceKeySource(home)
-    key, commit, abort = source.stage_new()
+    key, commit, abort = source.stage_new(folder)
     return key, source.kind, commit, abort

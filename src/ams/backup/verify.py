@@ -231,7 +231,7 @@ def _certificate_checks(drill: Instance, db_path: Path, sample: int) -> dict[str
         from ams.vault import certificates as vault_certificates
     except ImportError:
         return {"certificates_checked": False, "reason": "the certificates capability is not installed"}
-    from ams.backup.create import database_facts
+    from ams.backup.sqlite_image import database_facts
 
     certificates = database_facts(db_path)["certificates"]
     counts = _password_counts(db_path)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ams.cli import backup_target_cmd
 from ams.cli._common import (
     HomeOption,
     JsonOption,
@@ -32,8 +33,16 @@ app = typer.Typer(
 )
 schedule_app = typer.Typer(help="When backups run and how long they are kept.", no_args_is_help=True)
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(backup_target_cmd.app, name="target")
 
-FileArgument = Annotated[Path, typer.Argument(help="The .amsbak file.", show_default=False)]
+SourceArgument = Annotated[
+    str, typer.Argument(help="The .amsbak file, or an s3://BUCKET/KEY object.", show_default=False)
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--endpoint-url", help="For s3:// on a service other than AWS (MinIO, Ceph, ...)."),
+]
+RegionOption = Annotated[str | None, typer.Option("--region", help="For s3://: the bucket's region.")]
 
 
 @contextlib.contextmanager
@@ -81,6 +90,13 @@ def create(
         emit_json(result.to_dict())
         return
     console.print(f"Backup {result.backup_id} written to {result.path} ({result.size_bytes:,} bytes).")
+    for copy in result.offsite or ():
+        state = (
+            f"copied to {copy['key']}"
+            if copy["ok"]
+            else f"NOT copied: {copy['error']} (the next run retries)"
+        )
+        console.print(f"Offsite target {copy['target']}: {state}.")
     console.print(
         "Restoring it on another machine needs the recovery password set at "
         f"{result.recovery_password_set_at}."
@@ -97,12 +113,21 @@ def list_(
             help="First reconcile the catalog with the archives the backup folders hold (by their headers).",
         ),
     ] = False,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="List what an offsite target's bucket holds (read from the bucket)."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """The backups this instance made, newest first (with the recovery password each needs)."""
     from ams import backup
     from ams.backup.catalog import rescan as rescan_catalog
 
+    if target is not None:
+        if rescan:
+            raise BadInput("--rescan reads the local folders; --target reads a bucket: choose one")
+        _list_target(home, target, json_out)
+        return
     finish_interrupted_restore(home_of(home))
     with opened(home) as instance:
         found = rescan_catalog(instance, actor=actor()) if rescan else None
@@ -139,6 +164,22 @@ def list_(
             )
 
 
+def _list_target(home: Path | None, name: str, json_out: bool) -> None:
+    objects = backup_target_cmd.objects_of(home, name)
+    if json_out:
+        emit_json(objects)
+        return
+    if not objects:
+        console.print(f"Target {name} holds no backups yet.")
+    for o in objects:
+        lock = f"locked ({o['lock_mode'].lower()}) until {o['lock_until']}" if o["locked"] else "not locked"
+        console.print(
+            f"{o['backup_id'] or '?'}  {o['created_at']}  {o['kind'] or '?':<11}  {o['size_bytes']:,} "
+            f"bytes  {lock}"
+        )
+        console.print(f"    {o['url']}")
+
+
 def _maybe_instance(home: Path | None) -> Instance | None:
     """The instance, when --home / AMS_HOME names one that opens; verify works without.
 
@@ -169,8 +210,10 @@ def _password_source(from_stdin: bool) -> Callable[[str], str]:
 
 @app.command("verify")
 def verify(
-    file: FileArgument,
+    source: SourceArgument,
     home: HomeOption = None,
+    endpoint_url: EndpointOption = None,
+    region: RegionOption = None,
     deep: Annotated[
         bool, typer.Option("--deep", help="Restore into a scratch folder and decrypt samples.")
     ] = False,
@@ -186,13 +229,18 @@ def verify(
 ) -> None:
     """Check a backup offline: structure, sums, seal, payload; --deep adds a restore drill.
 
-    A drill that finds passwords the backup cannot decrypt fails (exit status 88) unless
-    --allow-unrecoverable.
+    An s3:// object is downloaded whole first (checked against its size and SHA-256), then
+    checked as a file. A drill that finds passwords the backup cannot decrypt fails (exit
+    status 88) unless --allow-unrecoverable.
     """
     from ams import backup
+    from ams.backup import remote
     from ams.backup.verify import verify_and_record
     from ams.errors import BackupUnrecoverable
 
+    file = Path(source)
+    if not remote.is_remote(source) and (endpoint_url or region):
+        raise BadInput("--endpoint-url and --region go with an s3:// source")
     instance = _maybe_instance(home)
     failure: BackupUnrecoverable | None = None
     try:
@@ -203,7 +251,11 @@ def verify(
             "deep": deep,
             "allow_unrecoverable": allow_unrecoverable,
         }
-        if instance is not None:
+        if remote.is_remote(source):
+            report = remote.verify_url(
+                source, instance=instance, actor=actor(), endpoint_url=endpoint_url, region=region, **options
+            )
+        elif instance is not None:
             report = verify_and_record(file, instance, actor=actor(), **options)
         else:
             report = backup.verify_backup(file, **options)
@@ -216,12 +268,12 @@ def verify(
     if json_out:
         emit_json(report)
     else:
-        _print_verify(file, report)
+        _print_verify(source, report)
     if failure is not None:
         raise failure
 
 
-def _print_verify(file: Path, report: dict[str, Any]) -> None:
+def _print_verify(file: Path | str, report: dict[str, Any]) -> None:
     state = "OK" if report["ok"] else "archive OK, restore drill FAILED"
     console.print(f"{file}: {state} ({', '.join(report['checks'])}).")
     console.print(
@@ -252,8 +304,10 @@ def _print_verify(file: Path, report: dict[str, Any]) -> None:
 
 @app.command("restore")
 def restore(
-    file: FileArgument,
+    source: SourceArgument,
     home: HomeOption = None,
+    endpoint_url: EndpointOption = None,
+    region: RegionOption = None,
     password_stdin: PasswordStdinOption = False,
     yes: Annotated[bool, typer.Option("--yes", help="Replace the current instance without asking.")] = False,
     database_url: Annotated[
@@ -266,9 +320,17 @@ def restore(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Replace this instance with a backup (the current state is saved as a pre-restore backup)."""
-    from ams import backup
+    """Replace this instance with a backup (the current state is saved as a pre-restore backup).
 
+    An s3:// object is downloaded whole beside the home first and checked; nothing partial
+    is ever restored. Credentials: a target of this home for the bucket, else the AWS chain.
+    """
+    from ams import backup
+    from ams.backup import remote
+
+    file = Path(source)
+    if not remote.is_remote(source) and (endpoint_url or region):
+        raise BadInput("--endpoint-url and --region go with an s3:// source")
     target = home_of(home)
     if target.looks_initialised() and not yes:
         if not sys.stdin.isatty() or password_stdin:
@@ -276,16 +338,24 @@ def restore(
                 f"{target.root} holds an instance that the restore replaces: pass --yes to confirm; "
                 "nothing was changed"
             )
-        if not typer.confirm(f"Replace the instance at {target.root} with {file}?", default=False):
+        if not typer.confirm(f"Replace the instance at {target.root} with {source}?", default=False):
             raise typer.Abort()
     can_ask = password_stdin or sys.stdin.isatty()
-    result = backup.restore_backup(
-        file,
-        target,
-        actor=actor(),
-        password=_password_source(password_stdin) if can_ask else None,
-        database_url=database_url,
-    )
+    password = _password_source(password_stdin) if can_ask else None
+    if remote.is_remote(source):
+        result = remote.restore_url(
+            source,
+            target,
+            actor=actor(),
+            password=password,
+            endpoint_url=endpoint_url,
+            region=region,
+            database_url=database_url,
+        )
+    else:
+        result = backup.restore_backup(
+            file, target, actor=actor(), password=password, database_url=database_url
+        )
     if json_out:
         emit_json(result.to_dict())
         return
@@ -411,3 +481,26 @@ def schedule_set(
         return
     console.print(f"Backups: {view['description']}; to {view['destination']}.")
     console.print(f"Next scheduled backup: {view['status']['next_scheduled']}.")
+
+
+@app.command("drill")
+def drill(
+    target: Annotated[str, typer.Option("--target", help="The offsite target to drill.", show_default=False)],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Restore the newest offsite copy into a scratch home and deep-verify it; say its age and
+    how long the restore took."""
+    from ams.backup import remote
+
+    with opened(home) as instance:
+        report = remote.drill(instance, target, actor=actor())
+    if json_out:
+        emit_json(report)
+        return
+    console.print(
+        f"Drill from target {target}: {report['backup_id']} ({report['url']}), {report['age_hours']} "
+        f"hours old, "
+        f"restored and deep-verified in {report['restore_seconds']} s (download "
+        f"{report['download_seconds']} s)."
+    )

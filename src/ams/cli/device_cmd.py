@@ -48,6 +48,36 @@ def list_(
     )
 
 
+@app.command("register")
+def register(
+    name: Annotated[str, typer.Argument(help="The device's name (its host name).")],
+    directory: Annotated[
+        str, typer.Option("--directory", help="The directory (d-…) whose computer object it is bound to.")
+    ],
+    dn: Annotated[str, typer.Option("--dn", help="The DN of its computer object, which must exist.")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Register a device bound to its computer object in a directory; its token is printed once.
+
+    The legacy agent (`ams-agent run --mode directory`) binds over LDAP as that DN with the
+    token and keeps its password on the object. Agents can also register themselves with a
+    registration key: `ams-agent register --directory D --dn DN`."""
+    from ams.vault import legacy
+
+    with opened(home) as instance:
+        created = legacy.register_bound(instance, name, directory, dn, actor())
+    if json_out:
+        emit_json(created.to_dict())
+        return
+    console.print(f"Registered {name} as {created.device_id}, bound to {dn} in {directory}.")
+    console.print(f"Device token (shown once): {created.token}")
+    console.print(
+        "On the device:  echo TOKEN | ams-agent register --server URL --token-stdin "
+        f"--directory {directory} --dn '{dn}'"
+    )
+
+
 @app.command("show")
 def show(device: DeviceArgument, home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Show one device (never its password: see `ams password get`)."""

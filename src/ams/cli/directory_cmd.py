@@ -10,7 +10,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ams.cli._common import HomeOption, JsonOption, actor, console, emit_json, note, opened, print_table, when
+from ams.cli._common import (
+    HomeOption,
+    JsonOption,
+    PasswordStdinOption,
+    actor,
+    console,
+    emit_json,
+    note,
+    opened,
+    print_table,
+    read_secret,
+    when,
+)
 from ams.errors import NotWritable
 from ams.home import atomic_write
 
@@ -34,12 +46,14 @@ def note_restore(result: RestoreResult) -> None:
 def opened_directories(home: Path | None) -> Iterator[Instance]:
     """Open the instance; when no ``ams serve`` runs, first finish any restore a crash (or
     an earlier command) left in the journal, so the stages shown are settled ones."""
-    from ams.directory import restore
+    from ams.directory import restore, snapshots
 
     with opened(home) as instance:
         if instance.service_pid() is None and restore.pending_count(instance):
             for result in restore.run_pending(instance):
                 note_restore(result)
+        for snapshot_id in snapshots.resolve_interrupted(instance, actor()):
+            note(f"note: snapshot {snapshot_id} was interrupted while it was taken: it is now Failed")
         yield instance
 
 
@@ -83,12 +97,20 @@ def create(
         typer.Option("--additional-region", help="A replica region (Enterprise); repeat for more."),
     ] = None,
     description: Annotated[str | None, typer.Option("--description", help="Free text.")] = None,
+    admin_password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--admin-password-stdin",
+            help="Read the admin's LDAP bind password (Admin@DNSNAME) from the first line of standard input.",
+        ),
+    ] = False,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create a directory; it is Active at once."""
     from ams.directory import directories
 
+    admin_password = read_secret("admin password", from_stdin=True) if admin_password_stdin else None
     with opened_directories(home) as instance:
         info = directories.create(
             instance,
@@ -99,6 +121,7 @@ def create(
             region=region,
             additional_regions=list(additional_region or []),
             description=description,
+            admin_password=admin_password,
             actor=actor(),
         )
     if json_out:
@@ -153,6 +176,24 @@ def show(
         emit_json(info.to_dict())
         return
     _print_directory(info)
+
+
+@app.command("admin-password")
+def admin_password(
+    directory_id: DirectoryIdArgument,
+    home: HomeOption = None,
+    password_stdin: PasswordStdinOption = False,
+) -> None:
+    """Set or replace the directory admin's LDAP bind password (Admin@DNSNAME or its DN)."""
+    from ams.directory import directories
+
+    password = read_secret("admin password", from_stdin=password_stdin, confirm=True)
+    with opened_directories(home) as instance:
+        info = directories.set_admin_password(instance, directory_id, password, actor=actor())
+    console.print(
+        f"The admin password of {info.id} is set: bind as Admin@{info.dns_name} or "
+        f"{directories.admin_dn(info.dns_name)}."
+    )
 
 
 @app.command("delete")

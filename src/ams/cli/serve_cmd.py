@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
+import ssl
+from enum import StrEnum
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ams.cli._common import HomeOption, opened
-from ams.errors import BadInput
+from ams.errors import BadInput, ServiceWorkersFailing
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from ams.instance import Instance
 
 log = logging.getLogger("ams.serve")
 
@@ -54,6 +60,68 @@ def _server_class() -> type[uvicorn.Server]:
     return AMSServer
 
 
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+# Libraries whose debug output carries data (SQL parameters and rows: sealed secrets, token
+# hashes, CSRF secrets; request bodies): never below WARNING, whatever --log-level says.
+_QUIET_LOGGERS = ("alembic", "sqlalchemy", "multipart", "python_multipart", "httpx", "httpcore")
+
+
+def _configure_logging(level: LogLevel) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _ldap_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The TLS context of ldaps and StartTLS, from PEM files; None when neither is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise BadInput("give both --ldap-tls-cert and --ldap-tls-key (PEM files), or neither")
+    from ams.paths import read_file
+
+    read_file(cert, "--ldap-tls-cert")
+    read_file(key, "--ldap-tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise BadInput(
+            f"cannot use {cert} and {key} for LDAP TLS: {exc.reason or exc}; give a PEM certificate and its "
+            "unencrypted PEM private key"
+        ) from None
+    return context
+
+
+def _run_uvicorn(instance: Instance, sock: socket.socket, log_level: str = "info") -> None:
+    """One process answering on ``sock`` until SIGTERM or SIGINT (a worker, or the whole
+    service with ``--workers 1``)."""
+    import uvicorn
+
+    from ams.api import create_app
+    from ams.api.limits import MAX_HEADER_BYTES
+
+    config = uvicorn.Config(
+        create_app(instance),
+        log_level=log_level,
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        # h11, whose limit on the request line and headers AMS states (ams.api.limits);
+        # a request over it gets 400 from the server before the app sees it.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+    _server_class()(config).run(sockets=[sock])
+
+
 def serve(
     home: HomeOption = None,
     host: Annotated[
@@ -62,24 +130,79 @@ def serve(
     port: Annotated[
         int | None, typer.Option("--port", min=0, max=65535, help="Port (default from ams.toml, 8080).")
     ] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            envvar="AMS_LOG_LEVEL",
+            case_sensitive=False,
+            help="How much the service logs (debug adds AMS's own detail; secrets never).",
+        ),
+    ] = LogLevel.INFO,
+    ldap_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ldap-port",
+            min=0,
+            max=65535,
+            help="Serve the directories over LDAP on this port (off unless set).",
+        ),
+    ] = None,
+    ldaps_port: Annotated[
+        int | None,
+        typer.Option(
+            "--ldaps-port",
+            min=0,
+            max=65535,
+            help="Serve LDAP over TLS (ldaps) on this port; needs the TLS files.",
+        ),
+    ] = None,
+    ldap_host: Annotated[
+        str | None, typer.Option("--ldap-host", help="Address for LDAP (default: the HTTP --host).")
+    ] = None,
+    ldap_tls_cert: Annotated[
+        Path | None, typer.Option("--ldap-tls-cert", help="PEM certificate (chain) for ldaps and StartTLS.")
+    ] = None,
+    ldap_tls_key: Annotated[
+        Path | None, typer.Option("--ldap-tls-key", help="PEM private key of --ldap-tls-cert (unencrypted).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="Worker processes answering on the port (default: the number of cores).",
+        ),
+    ] = None,
 ) -> None:
     """Run the service in the foreground until SIGTERM or Ctrl-C."""
-    import uvicorn
+    import uvicorn  # noqa: F401 - loaded once here, before the workers are forked
 
     from ams import audit
-    from ams.api import create_app
-    from ams.api.limits import MAX_HEADER_BYTES
+    from ams.api import create_app  # noqa: F401 - the same
     from ams.lock import ServiceLock
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The LDAP options are checked before anything is opened or locked.
+    tls = _ldap_tls(ldap_tls_cert, ldap_tls_key)
+    if ldaps_port is not None and tls is None:
+        raise BadInput("--ldaps-port needs --ldap-tls-cert and --ldap-tls-key")
+    _configure_logging(log_level)
     with opened(home) as instance:
         lock = ServiceLock(instance.home.lock_file)
         lock.acquire()
         try:
             bind_host = host or instance.settings.server.host
             bind_port = instance.settings.server.port if port is None else port
+            count = workers or os.cpu_count() or 1
             sock = _listen(bind_host, bind_port)
+            ldap = None
+            if ldap_port is not None or ldaps_port is not None:
+                from ams.ldapserver import LdapServer
+
+                ldap = LdapServer(
+                    instance, host=ldap_host or bind_host, port=ldap_port, tls_port=ldaps_port, tls=tls
+                )
             state = str(instance.keyring.state)
             offset = getattr(instance.clock, "offset", None)
             if offset:
@@ -95,26 +218,49 @@ def serve(
                     instance.clock,
                     audit.Event.SERVICE_STARTED,
                     actor="service",
-                    details={"address": f"{bind_host}:{sock.getsockname()[1]}", "master_key": state},
+                    details={
+                        "address": f"{bind_host}:{sock.getsockname()[1]}",
+                        "master_key": state,
+                        "workers": count,
+                    },
                 )
-            config = uvicorn.Config(
-                create_app(instance),
-                log_level="info",
-                lifespan="on",
-                server_header=False,
-                timeout_graceful_shutdown=10,
-                # h11, whose limit on the request line and headers AMS states (ams.api.limits);
-                # a request over it gets 400 from the server before the app sees it.
-                http="h11",
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            log.info(
+                "AMS serving on http://%s:%d (master key %s, %d worker%s)",
+                bind_host,
+                sock.getsockname()[1],
+                state,
+                count,
+                "" if count == 1 else "s",
             )
-            server = _server_class()(config)
-            log.info("AMS serving on http://%s:%d (master key %s)", bind_host, sock.getsockname()[1], state)
+            from ams.api.supervisor import MAX_RESTARTS, RESTART_WINDOW, run_workers
+
+            def start_ldap() -> None:
+                # In this process, after the workers are forked: no LDAP thread crosses a fork.
+                if ldap is not None:
+                    for address, ldap_bound in ldap.start():
+                        log.info("AMS serving LDAP on %s:%d", address, ldap_bound)
+
+            def serve_one(instance: Instance, sock: socket.socket) -> None:
+                _run_uvicorn(instance, sock, str(log_level))
+
+            code = 0
             try:
-                server.run(sockets=[sock])
+                if count == 1:
+                    start_ldap()
+                    serve_one(instance, sock)
+                else:
+                    code = run_workers(instance, sock, count, serve_one, on_started=start_ldap)
             finally:
+                if ldap is not None:
+                    ldap.stop()
                 sock.close()
                 with instance.transaction() as session:
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")
+            if code:
+                raise ServiceWorkersFailing(
+                    f"the workers ended more than {MAX_RESTARTS} times in {RESTART_WINDOW:.0f} seconds, so "
+                    "the service stopped: the log above says why they ended; fix that and start `ams serve` "
+                    "again"
+                )
         finally:
             lock.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ams.cli._common import HomeOption, JsonOption, console, emit_json, opened
 
 
@@ -33,7 +35,24 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data["counts"].items())
     console.print(f"holds:             {counts}")
     _print_backups(data.get("backup"))
+    _print_offsite(data.get("offsite") or [])
     _print_audit(data.get("audit"))
+    for warning in data.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _print_offsite(targets: list[dict[str, Any]]) -> None:
+    """Per offsite target: the last copy's state and time (ams.backup.offsite)."""
+    for t in targets:
+        last = t.get("last_copy")
+        if not last:
+            state = "[yellow]no copy yet[/]"
+        elif last["state"] == "failed":
+            state = f"[red]FAILED[/] {last['at']}: {last['error']}"
+        else:
+            state = f"[green]ok[/] {last['at']} ({last['backup_id']})"
+        missing = f"; {t['missing']} not copied yet" if t.get("missing") else ""
+        console.print(f"offsite {t['name']}:".ljust(19) + f"{state}{missing}")
 
 
 def _print_backups(backup: dict[str, object] | None) -> None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HEAD_REVISION", "current_revision"]
 
-HEAD_REVISION = "0008_console"
+HEAD_REVISION = "0012_hotpath"
 
 
 def current_revision(engine: Engine) -> str | None:

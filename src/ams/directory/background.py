@@ -36,7 +36,10 @@ class DirectoryJobs:
         self._next_auto: datetime | None = None
 
     def tick(self) -> None:
-        """One round: pending restores, then the automatic snapshots and the scrub when due."""
+        """One round: snapshots a dead process left Creating, pending restores, then the
+        automatic snapshots and the scrub when due."""
+        for snapshot_id in snapshots.resolve_interrupted(self.instance):
+            log.warning("snapshot %s was interrupted while it was taken: it is now Failed", snapshot_id)
         for result in restore.run_pending(self.instance):
             if result.state == "failed":
                 log.warning(

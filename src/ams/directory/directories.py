@@ -12,6 +12,7 @@ import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
@@ -20,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ams import audit
-from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
-from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable
+from ams.crypto.passhash import hash_password, verify_password
+from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion, DirectoryValue, Snapshot
+from ams.errors import AlreadyExists, BadInput, DirectoryNotFound, DirectoryUnavailable, WeakPassword
 from ams.instance import Instance
 from ams.textcheck import check_name, check_text
 
@@ -31,10 +33,16 @@ __all__ = [
     "STAGES",
     "DirectoryInfo",
     "RegionInfo",
+    "admin_dn",
+    "check_admin_password",
     "create",
     "delete",
     "get",
     "list_directories",
+    "set_admin_password",
+    "snapshot_path",
+    "suffix",
+    "verify_admin_password",
 ]
 
 STAGES = (
@@ -205,6 +213,67 @@ def info(session: Session, row: Directory) -> DirectoryInfo:
     )
 
 
+def suffix(dns_name: str) -> str:
+    """The directory's root DN: ``corp.example.com`` -> ``DC=corp,DC=example,DC=com``."""
+    return ",".join(f"DC={label}" for label in dns_name.split("."))
+
+
+def admin_dn(dns_name: str) -> str:
+    """The DN the directory's admin binds as (besides ``Admin@DNSNAME``)."""
+    return f"CN=Admin,CN=Users,{suffix(dns_name)}"
+
+
+# AD's complexity rule, as the Directory Service model's Password pattern states it: 8 to 64
+# characters, with three of lower case, upper case, digits and other characters.
+_ADMIN_PASSWORD_CLASSES = (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9\s]")
+
+
+def check_admin_password(password: str) -> str:
+    if not isinstance(password, str) or not 8 <= len(password) <= 64:
+        raise WeakPassword(
+            "the directory admin password must have 8 to 64 characters, with three of: lower case, "
+            "upper case, digits, other characters"
+        )
+    check_text(password, "the directory admin password")
+    if sum(1 for c in _ADMIN_PASSWORD_CLASSES if re.search(c, password)) < 3:
+        raise WeakPassword(
+            "the directory admin password needs three of: lower case, upper case, digits, other "
+            "characters (as Active Directory requires)"
+        )
+    return password
+
+
+def set_admin_password(instance: Instance, directory_id: str, password: str, *, actor: str) -> DirectoryInfo:
+    """Replace the password of the directory's admin (its LDAP bind)."""
+    check_admin_password(password)
+    hashed = hash_password(password)
+    with instance.transaction() as session:
+        row = load(session, directory_id, for_update=True)
+        if row.type != "MicrosoftAD":
+            raise BadInput(
+                f"directory {directory_id} is an AD Connector: AMS holds no entries of it to serve"
+            )
+        row.admin_password_hash = hashed
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_ADMIN_PASSWORD_SET,
+            actor=actor,
+            target=directory_id,
+        )
+        return info(session, row)
+
+
+def verify_admin_password(instance: Instance, directory_id: str | None, password: str) -> bool:
+    """Whether ``password`` is the admin password of the directory. An unknown directory (None)
+    or one without a password costs the same hash and is False."""
+    stored: str | None = None
+    if directory_id is not None:
+        with instance.session() as session:
+            stored = session.scalar(select(Directory.admin_password_hash).where(Directory.id == directory_id))
+    return verify_password(stored, password)
+
+
 def _default_short_name(dns_name: str) -> str:
     return dns_name.split(".")[0].upper()[:15]
 
@@ -220,9 +289,12 @@ def create(
     additional_regions: list[str] | tuple[str, ...] = (),
     description: str | None = None,
     size: str | None = None,
+    admin_password: str | None = None,
     actor: str,
 ) -> DirectoryInfo:
-    """Create a directory; it is Active at once, with a replica in each additional region."""
+    """Create a directory; it is Active at once, with a replica in each additional region.
+
+    ``admin_password``: the password of its admin's LDAP bind (AWS's ``Password``)."""
     if not isinstance(dns_name, str) or len(dns_name) > 255 or not _DNS_NAME.fullmatch(dns_name):
         raise BadInput(f"{dns_name!r} is not a DNS name: write it like corp.example.com")
     if short_name is None:
@@ -244,6 +316,11 @@ def create(
         if len(description) > 128:
             raise BadInput("the description is longer than 128 characters: shorten it")
     check_region(region)
+    hashed = None
+    if admin_password is not None:
+        if type != "MicrosoftAD":
+            raise BadInput("an AD Connector has no admin password in AMS: leave it out")
+        hashed = hash_password(check_admin_password(admin_password))
     extra = [check_region(r, "additional region") for r in additional_regions]
     if extra:
         if type != "MicrosoftAD" or edition != "Enterprise":
@@ -277,6 +354,7 @@ def create(
                 size=size,
                 generation=1,
                 last_generation=1,
+                admin_password_hash=hashed,
                 created_at=now,
                 launched_at=now,
             )
@@ -330,7 +408,7 @@ def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInf
 
     Refused while it restores (the restore worker owns it then).
     """
-    from ams.db.models.directory import DirectoryRestore, Snapshot
+    from ams.db.models.directory import DirectoryRestore
 
     now = instance.clock.now()
     with instance.transaction() as session:
@@ -338,6 +416,7 @@ def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInf
         refuse_while_restoring(row)
         before = info(session, row)
         # Bulk deletes first: faster than leaving 100,000 rows to the cascade.
+        session.execute(sql_delete(DirectoryValue).where(DirectoryValue.directory_id == directory_id))
         session.execute(sql_delete(DirectoryObject).where(DirectoryObject.directory_id == directory_id))
         session.execute(sql_delete(Snapshot).where(Snapshot.directory_id == directory_id))
         session.execute(sql_delete(DirectoryRestore).where(DirectoryRestore.directory_id == directory_id))
@@ -362,3 +441,9 @@ def delete(instance: Instance, directory_id: str, *, actor: str) -> DirectoryInf
             "entry_count": 0,
         }
     )
+
+
+def snapshot_path(instance: Instance, row: Snapshot) -> Path:
+    """Where a snapshot's file is: ams.directory.snapshots writes it, the restore worker
+    (ams.directory.restore) reads it; here, so that neither imports the other for it."""
+    return instance.home.snapshots_dir / (row.file or f"{row.directory_id}/{row.id}.snap")

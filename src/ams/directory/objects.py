@@ -8,6 +8,7 @@ directory restores (:class:`~ams.errors.DirectoryUnavailable`, 503). Reads name 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ams import audit
 from ams.db.models.directory import Directory, DirectoryObject, DirectoryRegion
-from ams.directory import directories
+from ams.directory import directories, valueindex
 from ams.directory import dn as dnlib
 from ams.directory.entry import (
     Entry,
@@ -27,18 +28,32 @@ from ams.directory.entry import (
     readable,
     text_or_bytes,
 )
-from ams.errors import AlreadyExists, BadInput, Conflict, DirectoryEntryNotFound
+from ams.errors import (
+    AlreadyExists,
+    BadInput,
+    Conflict,
+    DirectoryAttributeAbsent,
+    DirectoryEntryNotFound,
+    DirectoryValueExists,
+)
 from ams.instance import Instance
 from ams.textcheck import check_name, check_text
 
 __all__ = [
     "add",
+    "apply_changes",
     "delete",
+    "exists",
     "get",
     "import_entries",
     "iter_entries",
     "list_entries",
+    "matched_dn",
     "modify",
+    "not_found",
+    "open_directory",
+    "rename",
+    "stored_entry",
 ]
 
 _BATCH = 5000
@@ -60,6 +75,23 @@ def _open(session: Session, directory_id: str, *, write: bool = False) -> Direct
     row = directories.load(session, directory_id, for_update=write)
     directories.refuse_while_restoring(row)
     return row
+
+
+def open_directory(session: Session, directory_id: str, *, write: bool = False) -> Directory:
+    """The directory's row for reading its entries (DirectoryUnavailable while it restores)."""
+    return _open(session, directory_id, write=write)
+
+
+def exists(session: Session, directory_id: str, generation: int, dn_norm: str) -> bool:
+    return _find(session, directory_id, generation, dn_norm) is not None
+
+
+def stored_entry(dn: str, classes: str, attributes: str) -> Entry:
+    return _stored_entry(dn, classes, attributes)
+
+
+def not_found(directory_id: str, dn: str) -> DirectoryEntryNotFound:
+    return _not_found(directory_id, dn)
 
 
 def _stored_entry(dn: str, classes: str, attributes: str) -> Entry:
@@ -226,8 +258,13 @@ def add(
     entry: Entry,
     *,
     actor: str,
+    require_parent: str | None = None,
 ) -> Entry:
-    """Add one entry; AlreadyExists when its DN (in any case) is taken."""
+    """Add one entry; AlreadyExists when its DN (in any case) is taken.
+
+    ``require_parent``: the directory's root DN, when the entry's parent must exist unless
+    the entry is that root or above it (as an LDAP server requires; LDIF and REST let a
+    tree arrive in any order)."""
     entry = _clean(entry)
     norm = dnlib.normalise(entry.dn)
     with instance.transaction() as session:
@@ -236,16 +273,30 @@ def add(
             raise AlreadyExists(
                 f"directory {directory_id} already has an entry {entry.dn!r}; nothing was changed"
             )
-        session.add(
-            DirectoryObject(
-                directory_id=directory_id,
-                generation=directory.generation,
-                dn=entry.dn,
-                dn_norm=norm,
-                object_classes=json.dumps(entry.object_classes),
-                attributes=encode_values(entry.attributes),
+        parent = dnlib.parent(norm)
+        if (
+            require_parent is not None
+            and parent is not None
+            and norm != dnlib.normalise(require_parent)
+            and not dnlib.normalise(require_parent).endswith(norm)
+            and _find(session, directory_id, directory.generation, parent) is None
+        ):
+            raise DirectoryEntryNotFound(
+                f"directory {directory_id} has no entry {parent!r} to add {entry.dn!r} under: "
+                "add the parent first",
+                matched_dn=_matched(session, directory_id, directory.generation, parent),
             )
+        added = DirectoryObject(
+            directory_id=directory_id,
+            generation=directory.generation,
+            dn=entry.dn,
+            dn_norm=norm,
+            object_classes=json.dumps(entry.object_classes),
+            attributes=encode_values(entry.attributes),
         )
+        session.add(added)
+        session.flush()
+        valueindex.index_object(session, added)
         audit.record(
             session,
             instance.clock,
@@ -311,6 +362,8 @@ def modify(
         updated = _clean(merged, stored=True)
         row.object_classes = json.dumps(updated.object_classes)
         row.attributes = encode_values(updated.attributes)
+        session.flush()
+        valueindex.index_object(session, row)
         audit.record(
             session,
             instance.clock,
@@ -318,6 +371,226 @@ def modify(
             actor=actor,
             target=directory_id,
             details={"dn": row.dn},
+        )
+        return updated
+
+
+def _same(a: Value, b: Value) -> bool:
+    """Values compare without regard to case, as the directory's usual attributes do."""
+    if isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
+    return a == b
+
+
+def apply_changes(
+    instance: Instance,
+    directory_id: str,
+    dn: str,
+    changes: list[tuple[str, str, list[Value]]],
+    *,
+    actor: str,
+) -> Entry:
+    """An LDAP modify: ``(op, attribute, values)`` with op add, delete or replace, applied in
+    order, all or none. Adding a value the attribute has is DirectoryValueExists; deleting a
+    value or attribute it lacks is DirectoryAttributeAbsent."""
+    norm = dnlib.normalise(dn)
+    for op, name, values in changes:
+        if op not in ("add", "delete", "replace"):
+            raise BadInput(f"{op!r} is not a change: use add, delete or replace")
+        if op != "delete":
+            _check_change({name: values})
+        else:
+            check_attribute_name(name)
+    with instance.transaction() as session:
+        directory = _open(session, directory_id, write=True)
+        row = _find(session, directory_id, directory.generation, norm)
+        if row is None:
+            raise DirectoryEntryNotFound(
+                _not_found(directory_id, dn).message,
+                matched_dn=_matched(session, directory_id, directory.generation, dnlib.parent(norm)),
+            )
+        current = _row_entry(row)
+        attrs: dict[str, list[Value]] = {"objectClass": list(current.object_classes)}
+        attrs.update({k: list(v) for k, v in current.attributes.items()})
+
+        def key_of(name: str) -> str:
+            base = name.lower()
+            return next((k for k in attrs if k.lower() == base), name)
+
+        for op, name, values in changes:
+            key = key_of(name)
+            if op == "replace":
+                if values:
+                    attrs[key] = list(dict.fromkeys(values))
+                else:
+                    attrs.pop(key, None)
+            elif op == "add":
+                have = attrs.setdefault(key, [])
+                for i, value in enumerate(values):
+                    if any(_same(value, v) for v in have):
+                        raise DirectoryValueExists(f"modify/add: {name}: value #{i} already exists")
+                    have.append(value)
+                if not have:
+                    del attrs[key]
+            else:
+                if key not in attrs:
+                    raise DirectoryAttributeAbsent(f"modify/delete: {name}: no such attribute")
+                for value in values:
+                    if not any(_same(value, v) for v in attrs[key]):
+                        raise DirectoryAttributeAbsent(f"modify/delete: {name}: no such value")
+                    attrs[key] = [v for v in attrs[key] if not _same(value, v)]
+                if not values or not attrs[key]:
+                    del attrs[key]
+        classes = attrs.pop("objectClass", [])
+        merged = Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs})
+        updated = _clean(merged, stored=True)
+        row.object_classes = json.dumps(updated.object_classes)
+        row.attributes = encode_values(updated.attributes)
+        session.flush()
+        valueindex.index_object(session, row)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_ENTRY_MODIFIED,
+            actor=actor,
+            target=directory_id,
+            details={"dn": row.dn},
+        )
+        return updated
+
+
+def _matched(session: Session, directory_id: str, generation: int, norm: str | None) -> str:
+    """The DN of the nearest existing entry at or above ``norm`` ("" when none)."""
+    while norm:
+        row = _find(session, directory_id, generation, norm)
+        if row is not None:
+            return row.dn
+        norm = dnlib.parent(norm)
+    return ""
+
+
+def matched_dn(instance: Instance, directory_id: str, dn: str) -> str:
+    """The nearest existing entry above ``dn`` (LDAP's matchedDN of a noSuchObject)."""
+    with instance.session() as session:
+        directory = _open(session, directory_id)
+        return _matched(session, directory_id, directory.generation, dnlib.parent(dnlib.normalise(dn)))
+
+
+def _rdn_pairs(rdn: str) -> list[tuple[str, str]]:
+    """``cn=A+sn=B`` -> [("cn", "A"), ("sn", "B")], values unescaped as LDAP writes them."""
+    out = []
+    for ava in rdn.split("+"):
+        name, sep, value = ava.partition("=")
+        if not sep or not name.strip():
+            raise BadInput(f"{rdn!r} is not a valid RDN: write it as attribute=value")
+        out.append((check_attribute_name(name.strip()), _unescape(value.strip())))
+    return out
+
+
+def _unescape(value: str) -> str:
+    def one(match: Any) -> str:
+        text: str = match.group(1)
+        return bytes.fromhex(text).decode("utf-8", "replace") if len(text) == 2 else text
+
+    return re.sub(r"\\([0-9A-Fa-f]{2}|.)", one, value)
+
+
+def rename(
+    instance: Instance,
+    directory_id: str,
+    dn: str,
+    new_rdn: str,
+    *,
+    delete_old_rdn: bool,
+    new_superior: str | None = None,
+    actor: str,
+) -> Entry:
+    """Rename an entry (LDAP modifyDN), and move it under ``new_superior`` when given; the
+    entries under it move with it. The new RDN's values are added to the entry's
+    attributes; ``delete_old_rdn`` removes the old RDN's values."""
+    norm = dnlib.normalise(dn)
+    check_text(new_rdn, "the new RDN")
+    if "," in dnlib.rdns(new_rdn)[0] or len(dnlib.rdns(new_rdn)) != 1:
+        raise BadInput(f"{new_rdn!r} is not one RDN: give attribute=value without a comma")
+    new_pairs = _rdn_pairs(new_rdn)
+    with instance.transaction() as session:
+        directory = _open(session, directory_id, write=True)
+        generation = directory.generation
+        row = _find(session, directory_id, generation, norm)
+        if row is None:
+            raise DirectoryEntryNotFound(
+                _not_found(directory_id, dn).message,
+                matched_dn=_matched(session, directory_id, generation, dnlib.parent(norm)),
+            )
+        old_parts = dnlib.rdns(row.dn)
+        if new_superior is not None:
+            parent_norm: str | None = dnlib.normalise(new_superior)
+            parent_dn = new_superior.strip()
+            if parent_norm == norm or (parent_norm or "").endswith("," + norm):
+                raise BadInput(f"cannot move {dn!r} under itself: choose a newSuperior outside it")
+            if _find(session, directory_id, generation, parent_norm or "") is None:
+                raise DirectoryEntryNotFound(
+                    f"directory {directory_id} has no entry {new_superior!r} to move {dn!r} under",
+                    matched_dn=_matched(session, directory_id, generation, parent_norm),
+                )
+        else:
+            parent_dn = ",".join(old_parts[1:])
+        new_dn = new_rdn.strip() + ("," + parent_dn if parent_dn else "")
+        new_norm = dnlib.normalise(new_dn)
+        if new_norm != norm and _find(session, directory_id, generation, new_norm) is not None:
+            raise AlreadyExists(
+                f"directory {directory_id} already has an entry {new_dn!r}; nothing was changed"
+            )
+        current = _row_entry(row)
+        attrs: dict[str, list[Value]] = {k: list(v) for k, v in current.attributes.items()}
+
+        spelled = {k.lower(): k for k in attrs}
+
+        def key_of(name: str) -> str:
+            return next((k for k in attrs if k.lower() == name.lower()), spelled.get(name.lower(), name))
+
+        if delete_old_rdn:
+            for name, value in _rdn_pairs(old_parts[0]):
+                key = key_of(name)
+                kept = [
+                    v for v in attrs.get(key, []) if not (isinstance(v, str) and v.lower() == value.lower())
+                ]
+                if kept:
+                    attrs[key] = kept
+                else:
+                    attrs.pop(key, None)
+        for name, value in new_pairs:
+            key = key_of(name)
+            have = attrs.setdefault(key, [])
+            if not any(isinstance(v, str) and v.lower() == value.lower() for v in have):
+                have.append(value)
+        updated = _clean(
+            Entry(dn=new_dn, object_classes=current.object_classes, attributes=attrs), stored=True
+        )
+        children = session.scalars(
+            select(DirectoryObject).where(
+                DirectoryObject.directory_id == directory_id,
+                DirectoryObject.generation == generation,
+                _under(norm),
+            )
+        ).all()
+        depth = len(old_parts)
+        for child in children:
+            parts = dnlib.rdns(child.dn)
+            child.dn = ",".join([*parts[: len(parts) - depth], updated.dn])
+            child.dn_norm = dnlib.normalise(child.dn)
+        row.dn = updated.dn
+        row.dn_norm = new_norm
+        row.attributes = encode_values(updated.attributes)
+        session.flush()
+        valueindex.index_object(session, row)
+        audit.record(
+            session,
+            instance.clock,
+            audit.Event.DIRECTORY_ENTRY_RENAMED,
+            actor=actor,
+            target=directory_id,
+            details={"dn": dn, "new_dn": updated.dn, "moved": len(children)},
         )
         return updated
 
@@ -342,6 +615,7 @@ def delete(instance: Instance, directory_id: str, dn: str, *, actor: str) -> Ent
         if child is not None:
             raise Conflict(f"entry {dn!r} has entries under it: delete those first")
         gone = _row_entry(row)
+        valueindex.drop_objects(session, [row.id])
         session.delete(row)
         audit.record(
             session,
@@ -359,6 +633,7 @@ def import_entries(instance: Instance, directory_id: str, entries: Iterable[Entr
     with instance.transaction() as session:
         directory = _open(session, directory_id, write=True)
         generation = directory.generation
+        first_new = session.scalar(select(func.max(DirectoryObject.id))) or 0
         existing = set(
             session.scalars(
                 select(DirectoryObject.dn_norm).where(
@@ -395,6 +670,7 @@ def import_entries(instance: Instance, directory_id: str, entries: Iterable[Entr
         if batch:
             session.execute(insert(table), batch)
             total += len(batch)
+        valueindex.index_generation(session, directory_id, generation, after_id=first_new)
         audit.record(
             session,
             instance.clock,

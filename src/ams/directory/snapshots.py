@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import queue
 import threading
@@ -30,7 +32,7 @@ from ams import audit
 from ams.clock import as_utc
 from ams.db.models.directory import Directory, DirectoryRestore, Snapshot
 from ams.directory import directories, snapfile
-from ams.directory.directories import DirectoryInfo
+from ams.directory.directories import DirectoryInfo, snapshot_path
 from ams.errors import (
     BadInput,
     Conflict,
@@ -40,6 +42,7 @@ from ams.errors import (
     SnapshotCorrupt,
     SnapshotLimitExceeded,
     SnapshotNotFound,
+    SnapshotStoreFailed,
     SnapshotTooOld,
     UnsupportedOperation,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "delete",
     "limits",
     "list_snapshots",
+    "resolve_interrupted",
     "restore",
     "run_auto_snapshots",
     "scrub",
@@ -125,10 +129,6 @@ class SnapshotLimits:
             "snapshots_supported": self.snapshots_supported,
             "unsupported_reason": self.unsupported_reason,
         }
-
-
-def snapshot_path(instance: Instance, row: Snapshot) -> Path:
-    return instance.home.snapshots_dir / (row.file or f"{row.directory_id}/{row.id}.snap")
 
 
 # Full checks (the whole file read) in this process: the answer, while the file stays as
@@ -357,12 +357,140 @@ def _take(
     region: str | None,
     actor: str,
 ) -> SnapshotInfo:
+    """Take a snapshot while holding its lock (see :func:`resolve_interrupted`)."""
+    snapshot_id = directories.new_id("s")
+    lock = _lock_path(instance, directory_id, snapshot_id)
+    try:
+        with _taking(lock):
+            return _take_locked(
+                instance, directory_id, snapshot_id, kind=kind, name=name, region=region, actor=actor
+            )
+    except OSError as exc:
+        raise _store_failed(lock.parent, exc) from exc
+
+
+def _store_failed(folder: Path, exc: OSError) -> SnapshotStoreFailed:
+    """One line for a snapshot file the disk would not take (its row says Failed already)."""
+    if exc.errno == errno.ENOSPC:
+        why = "the disk is full"
+    elif exc.errno == errno.EROFS:
+        why = "the file system is read-only"
+    elif isinstance(exc, PermissionError):
+        why = "permission denied"
+    else:
+        why = exc.strerror or type(exc).__name__
+    return SnapshotStoreFailed(
+        f"cannot write the snapshot in {folder}: {why}; nothing was kept: free space (or make it "
+        "writable), then take the snapshot again"
+    )
+
+
+def _lock_path(instance: Instance, directory_id: str, snapshot_id: str) -> Path:
+    return instance.home.snapshots_dir / directory_id / f".{snapshot_id}.lock"
+
+
+@contextlib.contextmanager
+def _taking(lock: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the snapshot's lock file while it is taken: the kernel
+    releases it when the process dies, which is how a row left ``Creating`` is told apart
+    from one still being written."""
+    directories.check_directory_id(lock.parent.name)
+    lock.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break  # the path still names the file we locked
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # a cleaner removed it between our open and our lock: again
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            lock.parent.rmdir()  # only when empty (a snapshot refused before its first file)
+
+
+def _held(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+INTERRUPTED = "interrupted: the process taking it stopped before it completed; delete it and take another"
+
+
+def resolve_interrupted(instance: Instance, actor: str = "service") -> list[str]:
+    """Snapshots left ``Creating`` by a process that died (nothing holds their lock) become
+    ``Failed``, their partial files removed (event 1611), so none is listed as in progress
+    for ever or counts against the manual limit. Returns their ids."""
+    with instance.session() as session:
+        rows = [
+            (r.id, r.directory_id)
+            for r in session.scalars(select(Snapshot).where(Snapshot.status == "Creating"))
+        ]
+    # Locks of takers that died before their row was written, or after it was completed.
+    creating = {snapshot_id for snapshot_id, _d in rows}
+    for lock in instance.home.snapshots_dir.glob("d-*/.s-*.lock"):
+        if lock.name[1:-5] not in creating and not _held(lock):
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+    failed: list[str] = []
+    for snapshot_id, directory_id in rows:
+        lock = _lock_path(instance, directory_id, snapshot_id)
+        if _held(lock):
+            continue  # still being taken
+        with instance.transaction() as session:
+            row = session.get(Snapshot, snapshot_id)
+            if row is None or row.status != "Creating":
+                continue
+            row.status = "Failed"
+            row.failure_reason = INTERRUPTED
+            row.completed_at = instance.clock.now()
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.SNAPSHOT_FAILED,
+                actor=actor,
+                target=snapshot_id,
+                outcome="failure",
+                details={"directory": directory_id, "reason": INTERRUPTED},
+            )
+        folder = instance.home.snapshots_dir / directory_id
+        for partial in [folder / f"{snapshot_id}.snap", *folder.glob(f".{snapshot_id}.snap.*"), lock]:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        failed.append(snapshot_id)
+    return failed
+
+
+def _take_locked(
+    instance: Instance,
+    directory_id: str,
+    snapshot_id: str,
+    *,
+    kind: str,
+    name: str | None,
+    region: str | None,
+    actor: str,
+) -> SnapshotInfo:
     if name is not None:
         name = check_name(name, "the snapshot name").strip() or None
     if name is not None and (len(name) > _NAME_MAX or any(ord(c) < 32 for c in name)):
         raise BadInput(f"the snapshot name is longer than {_NAME_MAX} characters or holds control characters")
     now = instance.clock.now()
-    snapshot_id = directories.new_id("s")
     relative = f"{directory_id}/{snapshot_id}.snap"
     with instance.transaction() as session:
         directory = directories.load(session, directory_id, for_update=True)

@@ -14,7 +14,8 @@ administrator's name keep that administrator out by failing on purpose from else
 An attacker is slowed where the attacker is. Each attempt is counted *before* its password
 is checked (and forgiven when it succeeds), so parallel attempts cannot all pass the check
 while the slow hashes run. The state is in this process's memory, like the
-failed-authentication throttle (docs/security.md).
+failed-authentication throttle; the workers of ``ams serve --workers N`` share one
+(ams.security.shared, docs/security.md).
 """
 
 from __future__ import annotations
@@ -62,11 +63,10 @@ class LoginSlowdown:
         wait = min(MAX_WAIT, timedelta(seconds=2 ** min(count.failures - FREE, 16)))
         return max(timedelta(0), count.last + wait - now)
 
-    def begin(self, name: str, address: str | None) -> None:
-        """Count one attempt as a failure, unless it comes inside a wait (then 429, uncounted).
-
-        :meth:`succeeded` forgives it when the password was right.
-        """
+    def attempt(self, name: str, address: str | None) -> float:
+        """Count one attempt as a failure and answer 0, unless it comes inside a wait: then
+        the seconds left to wait, and nothing is counted. (What a worker of ``ams serve
+        --workers N`` asks the shared process, ams.security.shared.)"""
         now = self.clock.now()
         with self._lock:
             keys = self._keys(name, address)
@@ -82,8 +82,18 @@ class LoginSlowdown:
                     quietest = sorted(self._counts.items(), key=lambda kv: kv[1].last)
                     for key, _ in quietest[: len(self._counts) // 10]:
                         del self._counts[key]
-                return
-        seconds = max(1, math.ceil(wait.total_seconds()))
+                return 0.0
+        return wait.total_seconds()
+
+    def begin(self, name: str, address: str | None) -> None:
+        """Count one attempt as a failure, unless it comes inside a wait (then 429, uncounted).
+
+        :meth:`succeeded` forgives it when the password was right.
+        """
+        wait = self.attempt(name, address)
+        if wait <= 0:
+            return
+        seconds = max(1, math.ceil(wait))
         raise TooManyRequests(
             f"too many failed logins from this address: try again in {seconds} seconds",
             retry_after=seconds,

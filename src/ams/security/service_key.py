@@ -23,9 +23,11 @@ from ams.home import Home, fsync_dir
 __all__ = [
     "RECOVERY",
     "SERVICE",
+    "STAGED_KEY_PREFIX",
     "ServiceKeySource",
     "decode_service_key",
     "encode_service_key",
+    "install_staged_key",
     "open_service_wrapping",
     "wrapping_aad",
 ]
@@ -106,12 +108,14 @@ class ServiceKeySource:
             raise NotWritable(f"cannot read the service key {path}: {exc.strerror}") from exc
         return decode_service_key(raw, str(path))
 
-    def stage_new(self) -> tuple[bytes, Callable[[], None], Callable[[], None]]:
+    def stage_new(self, folder: Path | None = None) -> tuple[bytes, Callable[[], None], Callable[[], None]]:
         """A new key, with ``commit`` (put it in place) and ``abort`` (forget it).
 
         The key file is written to a temporary name first, so the database change and the
         rename can be ordered: a crash between them leaves a state that the recovery
-        password still unlocks.
+        password still unlocks. The temporary file goes into ``folder`` when given (a
+        restore's work folder, so that what a crash leaves goes with that folder), else
+        beside the key.
         """
         if not self.writable:
             existing = self.read()
@@ -120,11 +124,12 @@ class ServiceKeySource:
             return existing, (lambda: None), (lambda: None)
         key = crypto.generate_service_key()
         target = self.home.service_key_file
+        staging = folder or target.parent
         try:
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".service.key.", dir=target.parent)
+            staging.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=STAGED_KEY_PREFIX, dir=staging)
         except PermissionError as exc:
-            raise NotWritable(f"cannot write the service key in {target.parent}: permission denied") from exc
+            raise NotWritable(f"cannot write the service key in {staging}: permission denied") from exc
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)
             handle.write(encode_service_key(key))
@@ -132,14 +137,26 @@ class ServiceKeySource:
             os.fsync(handle.fileno())
 
         def commit() -> None:
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
+            install_staged_key(Path(tmp), target)
 
         def abort() -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
         return key, commit, abort
+
+
+# The name a staged key file starts with (``.service.key.XXXXXXXX``).
+STAGED_KEY_PREFIX = ".service.key."
+
+
+def install_staged_key(staged: Path, target: Path) -> None:
+    """Rename a staged key file onto the key file (one rename), fsyncing both folders."""
+    target.parent.mkdir(mode=0o700, exist_ok=True)
+    os.replace(staged, target)
+    fsync_dir(target.parent)
+    if staged.parent != target.parent:
+        fsync_dir(staged.parent)
 
 
 def open_service_wrapping(wrapping: str, service_key: bytes, instance_id: str, fingerprint: str) -> bytes:

@@ -15,7 +15,8 @@ client's address (an IPv6 address by its /64) and against the key id it presente
 
 A valid credential is never refused by the throttle, wherever it comes from: the throttle
 only decides how a failure is answered and recorded. A success does not reset a counter.
-The state is in this process's memory (docs/security.md says what that means).
+The state is in this process's memory; the workers of ``ams serve --workers N`` share one
+(ams.security.shared; docs/security.md says what that means).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class AuthKind(StrEnum):
     REGISTRATION_KEY = "registration_key"
     SIGV4 = "sigv4"
     CONSOLE_LOGIN = "console_login"
+    LDAP_BIND = "ldap_bind"
 
 
 def address_key(address: str | None) -> str:
@@ -330,6 +332,16 @@ def refuse(
     the event may name (the id when it exists).
     """
     verdict = instance.auth_throttle.failure(kind, address, key_id)
+    # For `ams serve --log-level debug`: why a client was refused. The key id only when it has
+    # the shape of one (a secret pasted into the id position is never logged), never a secret.
+    log.debug(
+        "failed %s authentication from %s (key id %s): %s (%s)",
+        kind,
+        address_key(address),
+        key_id if key_id and _ID_SHAPE.match(key_id) else "-",
+        "throttled" if verdict.retry_after is not None else "recorded" if verdict.record else "counted",
+        getattr(error, "code", type(error).__name__),
+    )
     summaries = instance.auth_throttle.take_summaries()
     if verdict.record or summaries:
         with instance.transaction() as session:

@@ -34,7 +34,7 @@ from ams.home import atomic_write
 from ams.instance import Instance
 from ams.paths import check_new_file
 from ams.security.policy import check_password_strength
-from ams.vault import passwords  # it imports this module too: each uses the other only in functions
+from ams.vault import binding, hotcache, stored
 
 __all__ = [
     "KEY_PURPOSE",
@@ -171,7 +171,7 @@ def _info(row: CertificateRow, counts: tuple[int, int] = (0, 0)) -> CertificateI
 
 
 def _counts(session: Session) -> dict[str, tuple[int, int]]:
-    return passwords.counts_by_certificate(session)
+    return stored.counts_by_certificate(session)
 
 
 _MIN_PREFIX = 8
@@ -308,6 +308,7 @@ def _make_active(instance: Instance, session: Session, row: CertificateRow, acto
         session.flush()  # the partial unique index allows one active row per scope at a time
     row.state = CertificateState.ACTIVE.value
     row.activated_at = instance.clock.now()
+    hotcache.bump(session)
     audit.record(
         session,
         instance.clock,
@@ -338,6 +339,7 @@ def _create(
             if first_only and has_active:
                 raise _Superseded()  # roll back: ours is not needed
             make_active = activate or not has_active
+            hotcache.bump(session)
             audit.record(
                 session,
                 instance.clock,
@@ -526,6 +528,7 @@ def import_pfx(
             session.add(row)
             session.flush()
         make_active = activate or _active_row(session, scope) is None
+        hotcache.bump(session)
         audit.record(
             session,
             instance.clock,
@@ -546,7 +549,10 @@ def import_pfx(
 def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
     """Declare a private key lost: drop it, make sure the scope has a new active certificate
     (generating one), and expire every current password encrypted to it, so each device
-    rotates to the new certificate at its next check-in. One transaction."""
+    rotates to the new certificate at its next check-in. One transaction. For a directory's
+    certificate, every device of that directory is forced to rotate, and the bound ones see
+    expiration time 0 on their objects (ams.vault.legacy)."""
+
     with instance.session() as session:
         row = _row(session, thumbprint)
         tp, scope, state = row.thumbprint, row.scope, row.state
@@ -579,7 +585,11 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
                 details={"scope": scope, "activated": True, "replaces_lost": tp},
             )
             _make_active(instance, session, replacement, actor)
-        expired = passwords.expire_current_under(session, instance.clock, tp)
+        expired = stored.expire_current_under(session, instance.clock, tp)
+        # A directory's devices keep their passwords on their objects: each is forced too
+        # (ams.vault.binding), so a legacy agent reading its object rotates.
+        forced = binding.force_scope(session, instance.clock, scope, actor, f"certificate {tp} lost")
+        hotcache.bump(session)
         audit.record(
             session,
             instance.clock,
@@ -590,9 +600,12 @@ def lost(instance: Instance, thumbprint: str, actor: str) -> LostResult:
                 "scope": scope,
                 "replacement": replacement.thumbprint if replacement is not None else None,
                 "expired": expired,
+                "forced": len(forced),
             },
         )
-        counts = _counts(session)
-        info = _info(row, counts.get(tp, (0, 0)))
+        # The lost key's counts alone: its current passwords are the ones just expired (a
+        # count over every certificate's passwords would read the whole table again).
+        info = _info(row, (expired, stored.count_under(session, tp) - expired))
         new_info = _info(replacement) if replacement is not None else None
+    binding.publish_forced(instance, forced, actor)
     return LostResult(info, new_info, expired)

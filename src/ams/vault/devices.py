@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import CursorResult, and_, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
-from ams.db.models.vault import Device, DevicePassword, RegistrationKey
+from ams.db.models.vault import ACTIVE, DISABLED, PENDING, Device, DevicePassword, RegistrationKey
 from ams.errors import (
     AMSError,
     BadInput,
@@ -29,9 +30,13 @@ from ams.errors import (
 from ams.instance import Instance
 from ams.security import throttle
 from ams.textcheck import check_name
+from ams.vault import binding as binding_service
 from ams.vault.policy import check_scope
 
 __all__ = [
+    "ACTIVE",
+    "DISABLED",
+    "PENDING",
     "DeviceInfo",
     "RegisteredDevice",
     "approve",
@@ -46,7 +51,6 @@ __all__ = [
 
 ID_PREFIX = "dev_"
 DEFAULT_SCOPE = "agent"
-PENDING, ACTIVE, DISABLED = "pending", "active", "disabled"
 _DUMMY_HASH = "0" * 64
 
 
@@ -65,6 +69,7 @@ class DeviceInfo:
     password_effective_at: datetime | None
     password_expires_at: datetime | None
     certificate_thumbprint: str | None
+    directory_dn: str | None = None  # the computer object it is bound to (ams.vault.legacy)
 
     def to_dict(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -84,6 +89,7 @@ class DeviceInfo:
             "password_effective_at": iso(self.password_effective_at),
             "password_expires_at": iso(self.password_expires_at),
             "certificate_thumbprint": self.certificate_thumbprint,
+            "directory_dn": self.directory_dn,
         }
 
 
@@ -116,6 +122,7 @@ def _info(device: Device, current: DevicePassword | None) -> DeviceInfo:
         password_effective_at=current.effective_at if current else None,
         password_expires_at=current.expires_at if current else None,
         certificate_thumbprint=current.certificate_thumbprint if current else None,
+        directory_dn=device.directory_dn,
     )
 
 
@@ -149,9 +156,13 @@ def register(
     name: str,
     *,
     scope: str = DEFAULT_SCOPE,
+    dn: str | None = None,
     address: str | None = None,
 ) -> RegisteredDevice:
     """``POST /api/v1/agent/register``: a new device and its token (shown once).
+
+    With a directory id as ``scope`` and a ``dn``, the device is bound to that existing
+    entry, its computer object (ams.vault.legacy: its password is then stored there too).
 
     A refusal is counted against the client ``address`` and the key id; past the limit it
     answers 429 and writes nothing (ams.security.throttle).
@@ -168,10 +179,47 @@ def register(
     if not valid:
         _refuse(instance, address, key_id, row is not None, "unknown or wrong key", RegistrationKeyInvalid())
     assert row is not None
+    binding = binding_service.check_binding(instance, scope, dn)  # after the key: no probing without one
     device_id = ID_PREFIX + crypto.random_id(16)
     token_secret = crypto.random_secret(32)
     now = instance.clock.now()
     status = PENDING if row.approval_required else ACTIVE
+    try:
+        taken = _add_registered(
+            instance, row, key_id, device_id, name, scope, binding, token_secret, status, now
+        )
+    except IntegrityError:
+        assert binding is not None  # the only unique constraint a new device id can meet
+        raise binding_service.taken(scope, binding[0]) from None
+    if not taken:
+        reason = "disabled" if row.disabled_at is not None else "activation limit reached"
+        _refuse(
+            instance,
+            address,
+            key_id,
+            True,
+            reason,
+            RegistrationKeyRefused(
+                f"the registration key {key_id} is {reason}: ask an administrator for another one"
+            ),
+        )
+    return RegisteredDevice(device_id, token_secret, status)
+
+
+def _add_registered(
+    instance: Instance,
+    key: RegistrationKey,
+    key_id: str,
+    device_id: str,
+    name: str,
+    scope: str,
+    binding: tuple[str, str] | None,
+    token_secret: str,
+    status: str,
+    now: datetime,
+) -> bool:
+    """Count one use of the key and add the device, in one transaction; False when the key
+    is disabled or used up."""
     with instance.transaction() as session:
         # One statement checks and counts, so two registrations cannot both take the last use.
         taken = cast(
@@ -200,29 +248,28 @@ def register(
                     created_at=now,
                     approved_at=now if status == ACTIVE else None,
                     force_rotation=False,
+                    directory_dn=binding[0] if binding else None,
+                    directory_dn_norm=binding[1] if binding else None,
                 )
             )
+            session.flush()
+            details: dict[str, Any] = {
+                "name": name,
+                "registration_key": key_id,
+                "status": status,
+                "scope": scope,
+            }
+            if binding is not None:
+                details["dn"] = binding[0]
             audit.record(
                 session,
                 instance.clock,
                 audit.Event.DEVICE_REGISTERED,
                 actor=f"device:{device_id}",
                 target=device_id,
-                details={"name": name, "registration_key": key_id, "status": status, "scope": scope},
+                details=details,
             )
-    if not taken:
-        reason = "disabled" if row.disabled_at is not None else "activation limit reached"
-        _refuse(
-            instance,
-            address,
-            key_id,
-            True,
-            reason,
-            RegistrationKeyRefused(
-                f"the registration key {key_id} is {reason}: ask an administrator for another one"
-            ),
-        )
-    return RegisteredDevice(device_id, token_secret, status)
+    return bool(taken)
 
 
 # -- device tokens ------------------------------------------------------------------------
@@ -235,38 +282,67 @@ class AuthenticatedDevice:
     scope: str
 
 
+def split_token(token: str | None) -> tuple[str, str]:
+    """(device id, secret) of a bearer token ``dev_<id>.<secret>``; ("", "") when it has not
+    that shape (nothing to look up)."""
+    device_id, _, secret = (token or "").partition(".")
+    if not device_id.startswith(ID_PREFIX) or not secret:
+        return device_id, ""
+    return device_id, secret
+
+
+def refuse_token(instance: Instance, device_id: str, *, known: bool, address: str | None) -> NoReturn:
+    """A wrong or unknown device token: counted and recorded (ams.security.throttle), then 401
+    (or 429 while throttled). Call it outside any open transaction."""
+    throttle.refuse(
+        instance,
+        throttle.AuthKind.DEVICE_TOKEN,
+        address=address,
+        key_id=device_id,
+        event=audit.Event.DEVICE_AUTH_FAILED,
+        target=device_id[:32] if known else None,
+        error=DeviceTokenInvalid(),
+    )
+
+
+def token_matches(secret: str, token_hash: str | None) -> bool:
+    """Whether the secret hashes to ``token_hash`` (compared in constant time; a dummy hash
+    when the device is unknown, so both answers cost the same)."""
+    valid = crypto.constant_time_equal(crypto.hash_token(secret), token_hash or _DUMMY_HASH)
+    return valid and token_hash is not None
+
+
+def check_status(device_id: str, status: str) -> None:
+    """Only active devices use the password API."""
+    if status == PENDING:
+        raise DevicePendingApproval(
+            f"device {device_id} waits for approval: an administrator runs `ams device approve {device_id}`"
+        )
+    if status == DISABLED:
+        raise DeviceDisabled(f"device {device_id} is disabled: register it again, or ask an administrator")
+
+
+LAST_SEEN_EVERY = timedelta(minutes=1)
+
+
 def authenticate(instance: Instance, token: str | None, *, address: str | None = None) -> AuthenticatedDevice:
     """The device a bearer token ``dev_<id>.<secret>`` belongs to, if it may use the password API.
 
     A failure is counted against the client ``address`` and the device id; past the limit
-    it answers 429 and writes nothing (ams.security.throttle).
+    it answers 429 and writes nothing (ams.security.throttle). (The rotation's routes read
+    the device with their own statements: ams.vault.passwords.check_in and report.)
     """
-    device_id, _, secret = (token or "").partition(".")
+    device_id, secret = split_token(token)
     now = instance.clock.now()
     with instance.session() as session:
-        row = session.get(Device, device_id) if device_id.startswith(ID_PREFIX) and secret else None
-        expected = row.token_hash if row is not None else _DUMMY_HASH
-        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
-        if row is None or not valid:
+        row = session.get(Device, device_id) if secret else None
+        if row is None or not token_matches(secret, row.token_hash):
             known = row is not None
             session.close()  # the read ends before the failure is written on its own
-            throttle.refuse(
-                instance,
-                throttle.AuthKind.DEVICE_TOKEN,
-                address=address,
-                key_id=device_id,
-                event=audit.Event.DEVICE_AUTH_FAILED,
-                target=device_id[:32] if known else None,
-                error=DeviceTokenInvalid(),
-            )
-        if row.status == PENDING:
-            raise DevicePendingApproval(
-                f"device {row.id} waits for approval: an administrator runs `ams device approve {row.id}`"
-            )
-        if row.status == DISABLED:
-            raise DeviceDisabled(f"device {row.id} is disabled: register it again, or ask an administrator")
+            refuse_token(instance, device_id, known=known, address=address)
+        check_status(row.id, row.status)
         # Written at most once a minute, so check-ins do not each turn into a write.
-        if row.last_seen_at is None or now - row.last_seen_at > timedelta(minutes=1):
+        if row.last_seen_at is None or now - row.last_seen_at > LAST_SEEN_EVERY:
             row.last_seen_at = now
             session.commit()
         return AuthenticatedDevice(row.id, row.name, row.scope)
@@ -374,4 +450,6 @@ def expire(
             audit.record(
                 session, instance.clock, audit.Event.DEVICE_ROTATION_FORCED, actor=actor, target=row.id
             )
-        return [r.id for r in rows]
+        ids = [r.id for r in rows]
+    binding_service.publish_forced(instance, ids, actor)  # expiration time 0 on bound devices' objects
+    return ids

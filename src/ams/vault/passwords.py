@@ -24,17 +24,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
-from ams.clock import Clock
 from ams.crypto import blob as password_blob
-from ams.db.models.vault import Device, DevicePassword
+from ams.db.models import AuditEvent, InstanceRow
+from ams.db.models.certificates import CertificateRow
+from ams.db.models.vault import Device, DevicePassword, PasswordPolicyRow
 from ams.errors import (
     CertificateKeyAbsent,
     Conflict,
@@ -47,22 +50,27 @@ from ams.errors import (
     RollbackWindowClosed,
 )
 from ams.instance import Instance
-from ams.vault import certificates, retention
+from ams.vault import certificates, hotcache, retention
 from ams.vault import devices as devices_service
 from ams.vault.devices import AuthenticatedDevice
-from ams.vault.policy import PasswordPolicy, get_policy
+from ams.vault.policy import DEFAULT_SCOPE, PasswordPolicy
+from ams.vault.stored import counts_by_certificate, expire_current_under
 
 __all__ = [
     "MAX_STEP",
     "MAX_VERSION",
     "RotationAdvice",
     "StoredPassword",
+    "FirstCertificateNeeded",
+    "check_in",
     "counts_by_certificate",
     "decide",
     "expire_current_under",
     "read",
+    "report",
     "require_recoverable",
     "store",
+    "store_blob",
     "undo",
 ]
 
@@ -138,59 +146,290 @@ def _exhausted(device_id: str, highest: int) -> PasswordVersionsExhausted:
     )
 
 
+# -- the hot path: statements built once ----------------------------------------------------
+#
+# A check-in and a report each read the device, its current password, its highest version
+# and the instance's generation number (ams.vault.hotcache) in one statement; the active
+# certificate, its unsealed key and the policy come from the process's cache, read from the
+# database only after a change bumped the generation. The statements are SQLAlchemy Core,
+# built here once (their compiled form is cached by the engine), one connection per request.
+
+_D = cast(Table, Device.__table__)
+_P = cast(Table, DevicePassword.__table__)
+_H = _P.alias("h")
+_C = cast(Table, CertificateRow.__table__)
+_POLICY = cast(Table, PasswordPolicyRow.__table__)
+_AUDIT = cast(Table, AuditEvent.__table__)
+_HIGHEST = select(func.max(_H.c.version)).where(_H.c.device_id == _D.c.id).scalar_subquery()
+_GENERATION = select(InstanceRow.generation).limit(1).scalar_subquery()
+
+
+def _device_state(*, history: bool) -> Any:
+    columns = [
+        _D.c.id,
+        _D.c.name,
+        _D.c.scope,
+        _D.c.status,
+        _D.c.token_hash,
+        _D.c.last_seen_at,
+        _D.c.force_rotation,
+        _P.c.id.label("password_id"),
+        _P.c.version,
+        _P.c.expires_at,
+        _HIGHEST.label("highest"),
+        _GENERATION.label("generation"),
+    ]
+    if history:
+        count = (
+            select(func.count())
+            .select_from(_H)
+            .where(_H.c.device_id == _D.c.id, _H.c.is_current.is_(False))
+            .scalar_subquery()
+        )
+        columns += [_P.c.blob, _P.c.request_id, _P.c.effective_at, count.label("history")]
+    return (
+        select(*columns)
+        .select_from(_D.outerjoin(_P, and_(_P.c.device_id == _D.c.id, _P.c.is_current.is_(True))))
+        .where(_D.c.id == bindparam("device_id"))
+    )
+
+
+_CHECK_IN_STATE = _device_state(history=False)
+_REPORT_STATE = _device_state(history=True)
+_ACTIVE_CERTIFICATE = select(_C.c.thumbprint, _C.c.certificate_der, _C.c.private_key_sealed).where(
+    _C.c.scope == bindparam("scope"), _C.c.state == certificates.CertificateState.ACTIVE.value
+)
+_POLICIES = select(_POLICY).where(_POLICY.c.scope.in_(bindparam("scopes", expanding=True)))
+_SEEN = update(_D).where(_D.c.id == bindparam("device_id")).values(last_seen_at=bindparam("now"))
+_SUPERSEDE = (
+    update(_P)
+    .where(_P.c.id == bindparam("password_id"))
+    .values(is_current=False, superseded_at=bindparam("now"))
+)
+_NEW_PASSWORD = insert(_P)
+_DEVICE_ROTATED = (
+    update(_D)
+    .where(_D.c.id == bindparam("device_id"))
+    .values(current_version=bindparam("version"), force_rotation=False)
+)
+_AUDIT_INSERT = insert(_AUDIT)
+
+
+def _audit(conn: Connection, instance: Instance, event: audit.Event, **fields: Any) -> None:
+    """:func:`ams.audit.record`, as one Core insert on the request's connection."""
+    conn.execute(
+        _AUDIT_INSERT,
+        {
+            "event_id": int(event),
+            "at": instance.clock.now(),
+            "actor": fields["actor"],
+            "outcome": fields.get("outcome", "success"),
+            "target": fields.get("target"),
+            "details": json.dumps(fields.get("details") or {}, sort_keys=True),
+        },
+    )
+
+
+def _active(
+    conn: Connection, cache: hotcache.HotCache, generation: int, scope: str
+) -> hotcache.ActiveCertificate | None:
+    known = cache.active(scope)
+    if known is not False:
+        assert not isinstance(known, bool)
+        return known
+    row = conn.execute(_ACTIVE_CERTIFICATE, {"scope": scope}).first()
+    value = (
+        hotcache.ActiveCertificate(
+            row.thumbprint, crypto.certificate_pem(row.certificate_der), row.private_key_sealed
+        )
+        if row is not None
+        else None
+    )
+    cache.put_active(generation, scope, value)
+    return value
+
+
+def _policy(conn: Connection, cache: hotcache.HotCache, generation: int, scope: str) -> PasswordPolicy:
+    """:func:`ams.vault.policy.get_policy`, from the cache."""
+    policy = cache.policy(scope)
+    if policy is None:
+        rows = {r.scope: r for r in conn.execute(_POLICIES, {"scopes": [scope, DEFAULT_SCOPE]})}
+        row = rows.get(scope) or rows.get(DEFAULT_SCOPE)
+        policy = (
+            PasswordPolicy(
+                scope=scope,
+                length=row.length,
+                max_age_days=row.max_age_days,
+                history_keep_count=row.history_keep_count,
+                history_keep_days=row.history_keep_days,
+                account=row.account,
+            )
+            if row is not None
+            else PasswordPolicy(scope=scope)
+        )
+        cache.put_policy(generation, scope, policy)
+    return policy
+
+
+def _private_key(
+    instance: Instance, cache: hotcache.HotCache, generation: int, certificate: hotcache.ActiveCertificate
+) -> bytes:
+    key = cache.key(certificate.thumbprint)
+    if key is None:
+        assert certificate.sealed_private_key is not None
+        # MasterKeyLocked: 503, retry later
+        key = certificates.unseal_private_key(
+            instance, certificate.thumbprint, certificate.sealed_private_key
+        )
+        cache.put_key(generation, certificate.thumbprint, key)
+    return key
+
+
+class FirstCertificateNeeded(Exception):
+    """The device's scope has no active certificate yet, and generating it (RSA-4096, seconds
+    of CPU) was not allowed here: raised only with ``generate=False``, for a caller that must
+    not spend those seconds where it runs (the event loop of ``ams serve``); it asks again
+    with ``generate=True`` where it may (a worker thread)."""
+
+    def __init__(self, scope: str, actor: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
+        self.actor = actor
+
+
+class _Refused(Exception):
+    """The token does not open the device: answered outside the request's connection."""
+
+    def __init__(self, known: bool) -> None:
+        self.known = known
+
+
+def _authenticated(row: Row[Any] | None, secret: str | None) -> AuthenticatedDevice:
+    """The device of the row, once the token's secret matches (``secret`` None: the caller
+    authenticated the device already); raises _Refused, DevicePendingApproval, DeviceDisabled."""
+    if secret is not None:
+        if row is None or not devices_service.token_matches(secret, row.token_hash):
+            raise _Refused(row is not None)
+        devices_service.check_status(row.id, row.status)
+    elif row is None:  # removed between authentication and now
+        raise NotFound("no such device: it was removed")
+    return AuthenticatedDevice(row.id, row.name, row.scope)
+
+
+def _seen(conn: Connection, instance: Instance, row: Row[Any], now: datetime) -> None:
+    # Written at most once a minute, so check-ins do not each turn into a write.
+    if row.last_seen_at is None or now - row.last_seen_at > devices_service.LAST_SEEN_EVERY:
+        conn.execute(_SEEN, {"device_id": row.id, "now": now})
+
+
 # -- GET /api/v1/agent/password -----------------------------------------------------------
+
+
+def check_in(
+    instance: Instance,
+    token: str | None,
+    reported_version: int | None,
+    *,
+    address: str | None = None,
+    generate: bool = True,
+) -> RotationAdvice:
+    """``GET /api/v1/agent/password``: authenticate the device token and answer :func:`decide`,
+    in one connection and (at most) one short write. With ``generate=False`` a scope without
+    a certificate raises :class:`FirstCertificateNeeded` instead of generating it here."""
+    device_id, secret = devices_service.split_token(token)
+    return _check_in(instance, device_id, secret, reported_version, address, generate)
 
 
 def decide(instance: Instance, device: AuthenticatedDevice, reported_version: int | None) -> RotationAdvice:
     """Whether the device must rotate now, and why; with the certificate and the policy to use."""
-    actor = f"device:{device.id}"
-    # First, outside our transaction: it may generate the scope's first certificate.
-    certificate = certificates.ensure_active(instance, device.scope, actor)
-    now = instance.clock.now()
-    with instance.transaction() as session:
-        row = session.get(Device, device.id)
-        if row is None:  # removed between authentication and now
-            raise NotFound(f"no device {device.id}")
-        current = _current(session, device.id)
-        server_version = current.version if current is not None else None
-        highest = _highest_version(session, device.id)
-        if highest >= MAX_VERSION:
-            raise _exhausted(device.id, highest)
-        reach = _reach(highest)
-        # A version the server cannot have issued (below 1, or so high that its successor
-        # could not be reported) says nothing about versions in use: it is not built on.
-        usable = reported_version is not None and 1 <= reported_version < reach
-        if reported_version != server_version:
-            # The agent knows a version the server does not hold as current (the database
-            # was restored from an older copy), or the reverse (the device was reverted).
-            reason: str | None = "rollback"
-            details: dict[str, Any] = {"device_version": reported_version, "server_version": server_version}
-            if reported_version is not None and not usable:
-                details["device_version_ignored"] = True
-            audit.record(
-                session,
-                instance.clock,
-                audit.Event.PASSWORD_ROLLBACK_DETECTED,
-                actor=actor,
-                target=device.id,
-                details=details,
-            )
-        elif current is None:
-            reason = "new"
-        elif row.force_rotation:
-            reason = "forced"
-        elif current.expires_at <= now:
-            reason = "expired"
-        else:
-            reason = None
-        basis = reported_version if reported_version is not None and usable else 0
-        next_version = max(highest, basis) + 1
-        policy = get_policy(session, device.scope)
+    return _check_in(instance, device.id, None, reported_version, None, True)
+
+
+def _check_in(
+    instance: Instance,
+    device_id: str,
+    secret: str | None,
+    reported_version: int | None,
+    address: str | None,
+    generate: bool,
+) -> RotationAdvice:
+    cache = hotcache.for_instance(instance)
+    actor = f"device:{device_id}"
+    for _ in range(3):
+        now = instance.clock.now()
+        try:
+            with instance.engine.connect() as conn:
+                row = (
+                    conn.execute(_CHECK_IN_STATE, {"device_id": device_id}).first() if secret != "" else None
+                )
+                device = _authenticated(row, secret)
+                assert row is not None
+                generation = cache.sync(row.generation)
+                certificate = _active(conn, cache, generation, device.scope)
+                if certificate is None:
+                    conn.rollback()
+                    if not generate:
+                        raise FirstCertificateNeeded(device.scope, actor)
+                    # The scope's first certificate (RSA-4096, slow), with no transaction of ours open.
+                    certificates.ensure_active(instance, device.scope, actor)
+                    continue
+                policy = _policy(conn, cache, generation, device.scope)
+                advice = _advise(conn, instance, row, reported_version, certificate, policy, now)
+                if secret is not None:
+                    _seen(conn, instance, row, now)
+                conn.commit()
+                return advice
+        except _Refused as refused:
+            devices_service.refuse_token(instance, device_id, known=refused.known, address=address)
+    raise Conflict(f"scope {device.scope} has no active certificate yet: try again")
+
+
+def _advise(
+    conn: Connection,
+    instance: Instance,
+    row: Row[Any],
+    reported_version: int | None,
+    certificate: hotcache.ActiveCertificate,
+    policy: PasswordPolicy,
+    now: datetime,
+) -> RotationAdvice:
+    server_version = row.version if row.password_id is not None else None
+    highest = row.highest or 0
+    if highest >= MAX_VERSION:
+        raise _exhausted(row.id, highest)
+    reach = _reach(highest)
+    # A version the server cannot have issued (below 1, or so high that its successor
+    # could not be reported) says nothing about versions in use: it is not built on.
+    usable = reported_version is not None and 1 <= reported_version < reach
+    if reported_version != server_version:
+        # The agent knows a version the server does not hold as current (the database
+        # was restored from an older copy), or the reverse (the device was reverted).
+        reason: str | None = "rollback"
+        details: dict[str, Any] = {"device_version": reported_version, "server_version": server_version}
+        if reported_version is not None and not usable:
+            details["device_version_ignored"] = True
+        _audit(
+            conn,
+            instance,
+            audit.Event.PASSWORD_ROLLBACK_DETECTED,
+            actor=f"device:{row.id}",
+            target=row.id,
+            details=details,
+        )
+    elif row.password_id is None:
+        reason = "new"
+    elif row.force_rotation:
+        reason = "forced"
+    elif row.expires_at <= now:
+        reason = "expired"
+    else:
+        reason = None
+    basis = reported_version if reported_version is not None and usable else 0
     return RotationAdvice(
         rotate=reason is not None,
         reason=reason,
         current_version=server_version,
-        next_version=next_version,
+        next_version=max(highest, basis) + 1,
         certificate_thumbprint=certificate.thumbprint,
         certificate_pem=certificate.pem,
         policy=policy,
@@ -215,24 +454,30 @@ def _reject(instance: Instance, device: AuthenticatedDevice, reason: str) -> Pas
 
 
 def _test_decrypt(
-    instance: Instance, device: AuthenticatedDevice, raw: bytes, account: str, version: int
-) -> str:
-    """The blob's certificate thumbprint, once the blob is proven to open with the active key."""
+    instance: Instance,
+    device: AuthenticatedDevice,
+    raw: bytes,
+    account: str | None,
+    version: int | None,
+    active: hotcache.ActiveCertificate | None,
+    private_key: Callable[[], bytes],
+) -> tuple[str, str, int]:
+    """The blob's certificate thumbprint, account and version, once the blob is proven to open
+    with the active key. ``account``/``version`` None: whatever the plaintext says (a blob
+    written on a directory object carries nothing beside it, ams.vault.legacy)."""
     try:
         thumbprint = password_blob.blob_thumbprint(raw)
     except DecryptionFailed:
         raise _reject(instance, device, "malformed blob") from None
-    active = certificates.active_key(instance, device.scope)
     if active is None or not crypto.constant_time_equal(active.thumbprint, thumbprint):
         raise _reject(
             instance, device, f"encrypted to a certificate that is not the active one ({thumbprint})"
         )
     if active.sealed_private_key is None:
         raise _reject(instance, device, f"the private key of {thumbprint} is absent")
-    # MasterKeyLocked: 503, retry later
-    private_key = certificates.unseal_private_key(instance, active.thumbprint, active.sealed_private_key)
+    key = private_key()  # MasterKeyLocked: 503, retry later
     try:
-        document = json.loads(password_blob.decrypt_password(raw, private_key))
+        document = json.loads(password_blob.decrypt_password(raw, key))
     except DecryptionFailed:
         raise _reject(instance, device, "does not decrypt") from None
     except (ValueError, UnicodeDecodeError):
@@ -241,14 +486,16 @@ def _test_decrypt(
         not isinstance(document, dict)
         or not isinstance(document.get("password"), str)
         or not document["password"]
-        or document.get("account") != account
+        or not isinstance(document.get("account"), str)
+        or not 1 <= len(document["account"]) <= 64
+        or document["account"] != (account if account is not None else document["account"])
         or type(document.get("version")) is not int
-        or document["version"] != version
+        or document["version"] != (version if version is not None else document["version"])
     ):
         raise _reject(
             instance, device, "the plaintext disagrees with the request (account, version or password)"
         )
-    return thumbprint
+    return thumbprint, document["account"], document["version"]
 
 
 def decode_blob(text: str) -> bytes | None:
@@ -259,32 +506,118 @@ def decode_blob(text: str) -> bytes | None:
     return raw if 0 < len(raw) <= MAX_BLOB_BYTES else None
 
 
+def report(
+    instance: Instance,
+    token: str | None,
+    account: str,
+    version: int,
+    blob_b64: str,
+    *,
+    address: str | None = None,
+) -> StoredPassword:
+    """``POST /api/v1/agent/password``: authenticate the device token and :func:`store`."""
+    device_id, secret = devices_service.split_token(token)
+    return _store(instance, device_id, secret, account, version, blob_b64, address)
+
+
 def store(
     instance: Instance, device: AuthenticatedDevice, account: str, version: int, blob_b64: str
 ) -> StoredPassword:
     """Accept a new password (as its blob) after test decryption; the previous one becomes history."""
+    return _store(instance, device.id, None, account, version, blob_b64, None)
+
+
+def store_blob(instance: Instance, device: AuthenticatedDevice, raw: bytes) -> StoredPassword:
+    """:func:`store` for a blob alone (written on a directory object, ams.vault.legacy): its
+    account and version are the ones its plaintext holds, checked as a report's are."""
+    return _store(instance, device.id, None, None, None, raw, None)
+
+
+def _check_version(version: object) -> None:
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
         raise PasswordVersionOutOfRange(
             f"version {str(version)[:24]} is not a whole number from 1 to {MAX_VERSION}: report the "
             "next_version that GET /api/v1/agent/password advises"
         )
-    raw = decode_blob(blob_b64)
-    if raw is None:
-        raise _reject(instance, device, "not base64, empty or too large")
-    thumbprint = _test_decrypt(instance, device, raw, account, version)
+
+
+class _Moved(Exception):
+    """Certificates or policies changed between the test decryption and the write: again."""
+
+
+def _store(
+    instance: Instance,
+    device_id: str,
+    secret: str | None,
+    account: str | None,
+    version: int | None,
+    blob: str | bytes,
+    address: str | None,
+) -> StoredPassword:
+    cache = hotcache.for_instance(instance)
+    for _ in range(3):
+        try:
+            return _store_once(instance, cache, device_id, secret, account, version, blob)
+        except _Refused as refused:
+            devices_service.refuse_token(instance, device_id, known=refused.known, address=address)
+        except _Moved:
+            continue
+    raise Conflict("the certificates changed while the password was stored: report it again")
+
+
+def _store_once(
+    instance: Instance,
+    cache: hotcache.HotCache,
+    device_id: str,
+    secret: str | None,
+    account: str | None,
+    version: int | None,
+    blob: str | bytes,
+) -> StoredPassword:
+    # 1. Read (no lock): who the device is, and the active key, from the cache.
+    with instance.engine.connect() as conn:
+        row = conn.execute(_REPORT_STATE, {"device_id": device_id}).first() if secret != "" else None
+        device = _authenticated(row, secret)
+        assert row is not None
+        generation = cache.sync(row.generation)
+        active = _active(conn, cache, generation, device.scope)
+        conn.rollback()
+    if version is not None:  # a report's; a blob alone carries its own (checked below)
+        _check_version(version)
+    if isinstance(blob, bytes):
+        raw: bytes | None = blob if 0 < len(blob) <= MAX_BLOB_BYTES else None
+        if raw is None:
+            raise _reject(instance, device, "empty or too large")
+    else:
+        raw = decode_blob(blob)
+        if raw is None:
+            raise _reject(instance, device, "not base64, empty or too large")
+    # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
+    # another's write.
+    assert active is None or isinstance(active, hotcache.ActiveCertificate)
+
+    def private_key() -> bytes:
+        assert active is not None  # _test_decrypt asks only for the active certificate's key
+        return _private_key(instance, cache, generation, active)
+
+    thumbprint, account, version = _test_decrypt(instance, device, raw, account, version, active, private_key)
+    _check_version(version)
+    # 3. Write: the first statement takes the device's write lock (SQLite's database lock,
+    # PostgreSQL's row lock), so what is read next stays true until the commit.
     actor = f"device:{device.id}"
     now = instance.clock.now()
-    with instance.transaction() as session:
-        row = session.get(Device, device.id, with_for_update=True)
-        if row is None:
+    with instance.engine.begin() as conn:
+        if not conn.execute(_SEEN, {"device_id": device.id, "now": now}).rowcount:
             raise NotFound(f"no device {device.id}")
-        current = _current(session, device.id)
-        if current is not None and current.version == version and current.blob == raw:
+        row = conn.execute(_REPORT_STATE, {"device_id": device.id}).first()
+        assert row is not None
+        if row.generation != generation:
+            raise _Moved()  # rolls back; the next try reads the new certificates
+        current = row.password_id is not None
+        if current and row.version == version and row.blob == raw:
             # The same report again (the agent retried after losing our answer): same answer.
-            return StoredPassword(
-                current.request_id, current.version, current.effective_at, current.expires_at
-            )
-        highest = _highest_version(session, device.id)
+            return StoredPassword(row.request_id, row.version, row.effective_at, row.expires_at)
+        highest = row.highest or 0
         if version <= highest:
             raise Conflict(
                 f"version {version} is not above the server's {highest}: ask GET /api/v1/agent/password again"
@@ -299,43 +632,49 @@ def store(
                 f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
                 f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
             )
-        policy = get_policy(session, device.scope)
-        if current is not None:
-            current.is_current = False
-            current.superseded_at = now
-        new = DevicePassword(
-            device_id=device.id,
-            version=version,
-            account=account,
-            blob=raw,
-            certificate_thumbprint=thumbprint,
-            request_id=REQUEST_PREFIX + crypto.random_id(32),
-            effective_at=now,
-            expires_at=now + timedelta(days=policy.max_age_days),
-            is_current=True,
-            replaces_id=current.id if current is not None else None,
-            answered_force=row.force_rotation,
-            created_at=now,
+        policy = _policy(conn, cache, generation, device.scope)
+        if current:
+            conn.execute(_SUPERSEDE, {"password_id": row.password_id, "now": now})
+        request_id = REQUEST_PREFIX + crypto.random_id(32)
+        expires_at = now + timedelta(days=policy.max_age_days)
+        conn.execute(
+            _NEW_PASSWORD,
+            {
+                "device_id": device.id,
+                "version": version,
+                "account": account,
+                "blob": raw,
+                "certificate_thumbprint": thumbprint,
+                "request_id": request_id,
+                "effective_at": now,
+                "expires_at": expires_at,
+                "is_current": True,
+                "superseded_at": None,
+                "replaces_id": row.password_id,
+                "answered_force": bool(row.force_rotation),
+                "created_at": now,
+            },
         )
-        session.add(new)
-        row.current_version = version
-        row.force_rotation = False
-        audit.record(
-            session,
-            instance.clock,
+        conn.execute(_DEVICE_ROTATED, {"device_id": device.id, "version": version})
+        _audit(
+            conn,
+            instance,
             audit.Event.PASSWORD_ROTATED,
             actor=actor,
             target=device.id,
             details={
                 "version": version,
-                "previous_version": current.version if current is not None else None,
+                "previous_version": row.version if current else None,
                 "certificate": thumbprint,
-                "request_id": new.request_id,
+                "request_id": request_id,
             },
         )
-        session.flush()
-        retention.apply(session, instance.clock, device.id, policy, actor)
-        return StoredPassword(new.request_id, version, new.effective_at, new.expires_at)
+        if row.history + (1 if current else 0) > policy.history_keep_count:
+            # Only then can retention remove anything (it keeps history_keep_count at least).
+            with Session(bind=conn) as session:
+                retention.apply(session, instance.clock, device.id, policy, actor)
+                session.flush()
+        return StoredPassword(request_id, version, now, expires_at)
 
 
 # -- DELETE /api/v1/agent/password/{request_id} --------------------------------------------
@@ -388,20 +727,40 @@ def undo(instance: Instance, device: AuthenticatedDevice, request_id: str) -> in
 # -- reading (ams password get, REST) -------------------------------------------------------
 
 
-class _Keys:
-    """Private keys by thumbprint for one read: None when lost or unknown."""
+_SEALED_KEYS = select(_C.c.thumbprint, _C.c.private_key_sealed).where(
+    _C.c.thumbprint.in_(bindparam("thumbprints", expanding=True))
+)
 
-    def __init__(self, instance: Instance) -> None:
+
+class _Keys:
+    """Private keys by thumbprint for one read (None when lost or unknown): from the process's
+    cache (ams.vault.hotcache), else unsealed from the rows read in the read's session."""
+
+    def __init__(self, instance: Instance, session: Session, generation: int, thumbprints: set[str]) -> None:
         self.instance = instance
-        self._cache: dict[str, bytes | None] = {}
+        self.cache = hotcache.for_instance(instance)
+        self.generation = self.cache.sync(generation)
+        self._found: dict[str, bytes | None] = {t: self.cache.key(t) for t in thumbprints}
+        missing = [t for t, key in self._found.items() if key is None]
+        self._sealed: dict[str, bytes | None] = (
+            {
+                r.thumbprint: r.private_key_sealed
+                for r in session.execute(_SEALED_KEYS, {"thumbprints": missing})
+            }
+            if missing
+            else {}
+        )
 
     def get(self, thumbprint: str) -> bytes | None:
-        if thumbprint not in self._cache:
-            try:
-                self._cache[thumbprint] = certificates.private_key_der(self.instance, thumbprint)
-            except NotFound:
-                self._cache[thumbprint] = None
-        return self._cache[thumbprint]
+        key = self._found.get(thumbprint)
+        if key is None:
+            sealed = self._sealed.get(thumbprint)
+            if sealed is None:
+                return None
+            key = certificates.unseal_private_key(self.instance, thumbprint, sealed)  # MasterKeyLocked
+            self._found[thumbprint] = key
+            self.cache.put_key(self.generation, thumbprint, key)
+        return key
 
 
 def _entry(keys: _Keys, device: Device, row: DevicePassword) -> dict[str, Any]:
@@ -439,6 +798,8 @@ def read(
 
     Without history the answer is the current entry; with it, ``{"current", "history"}``
     (newest first). Entries under a lost key read ``recoverable: false, password: null``.
+    One session: the device, its passwords and the generation number are read, the keys come
+    from the process's cache (or their sealed rows), and the audit event is written last.
     """
     with instance.session() as session:
         device = devices_service.find(session, ref)
@@ -446,18 +807,20 @@ def read(
         if not history:
             query = query.where(DevicePassword.is_current.is_(True))
         rows = list(session.scalars(query.order_by(DevicePassword.version.desc())))
-    current_rows = [r for r in rows if r.is_current]
-    if not history and not current_rows:
-        raise NotFound(
-            f"device {device.id} ({device.name}) has no password yet: it gets one at its next check-in"
-        )
-    keys = _Keys(instance)
-    try:
-        entries = [_entry(keys, device, r) for r in rows]
-    except MasterKeyLocked:
-        _audit_read(instance, device.id, actor, [], history, via, outcome="failure")
-        raise
-    _audit_read(instance, device.id, actor, [e["version"] for e in entries], history, via)
+        current_rows = [r for r in rows if r.is_current]
+        if not history and not current_rows:
+            raise NotFound(
+                f"device {device.id} ({device.name}) has no password yet: it gets one at its next check-in"
+            )
+        generation = session.execute(select(_GENERATION)).scalar_one()
+        keys = _Keys(instance, session, generation, {r.certificate_thumbprint for r in rows})
+        session.commit()  # the reads end here: no transaction stays open while RSA works
+        try:
+            entries = [_entry(keys, device, r) for r in rows]
+        except MasterKeyLocked:
+            _audit_read(session, instance, device.id, actor, [], history, via, outcome="failure")
+            raise
+        _audit_read(session, instance, device.id, actor, [e["version"] for e in entries], history, via)
     current = next((e for e, r in zip(entries, rows, strict=True) if r.is_current), None)
     if not history:
         assert current is not None
@@ -520,6 +883,7 @@ def require_recoverable(entry: dict[str, Any]) -> str:
 
 
 def _audit_read(
+    session: Session,
     instance: Instance,
     device_id: str,
     actor: str,
@@ -529,7 +893,7 @@ def _audit_read(
     *,
     outcome: str = "success",
 ) -> None:
-    with instance.transaction() as session:
+    with session.begin():
         audit.record(
             session,
             instance.clock,
@@ -539,33 +903,3 @@ def _audit_read(
             outcome=outcome,
             details={"versions": versions, "history": history, "via": via},
         )
-
-
-# -- for the certificates service ----------------------------------------------------------
-
-
-def expire_current_under(session: Session, clock: Clock, thumbprint: str) -> int:
-    """Expire now every current password encrypted to ``thumbprint`` (each device rotates at its
-    next check-in with reason "expired"); how many. Runs inside the caller's transaction."""
-    now = clock.now()
-    under = and_(DevicePassword.is_current.is_(True), DevicePassword.certificate_thumbprint == thumbprint)
-    session.execute(
-        update(DevicePassword)
-        .where(under, DevicePassword.expires_at > now)
-        .values(expires_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return session.scalar(select(func.count()).select_from(DevicePassword).where(under)) or 0
-
-
-def counts_by_certificate(session: Session) -> dict[str, tuple[int, int]]:
-    """thumbprint -> (current passwords, history passwords) encrypted to it."""
-    counts: dict[str, list[int]] = {}
-    rows = session.execute(
-        select(DevicePassword.certificate_thumbprint, DevicePassword.is_current, func.count()).group_by(
-            DevicePassword.certificate_thumbprint, DevicePassword.is_current
-        )
-    )
-    for thumbprint, is_current, count in rows:
-        counts.setdefault(thumbprint, [0, 0])[0 if is_current else 1] += count
-    return {t: (c[0], c[1]) for t, c in counts.items()}

@@ -16,6 +16,7 @@ from ams import audit
 from ams.db.models.vault import PasswordPolicyRow
 from ams.errors import BadInput
 from ams.instance import Instance
+from ams.vault import generation
 
 __all__ = ["DEFAULT_SCOPE", "PasswordPolicy", "get_policy", "set_policy"]
 
@@ -108,6 +109,7 @@ def set_policy(instance: Instance, scope: str, actor: str, **changes: Any) -> Pa
         row.history_keep_days = policy.history_keep_days
         row.account = policy.account
         row.updated_at = instance.clock.now()
+        generation.bump(session)  # every process reads the new policy at its next request
         audit.record(
             session,
             instance.clock,

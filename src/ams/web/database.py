@@ -91,6 +91,7 @@ def _page(request: Request, session: Any, **context: Any) -> Response:
         "settings": backup.get_settings(instance),
         "status": backup.schedule_status(instance),
         "backups": backup.list_backups(instance),
+        "targets": _targets(instance),
         "home": str(instance.home.root),
         "job": _jobs(request)["job"],
         "csrf": forms.form_for(forms.CsrfOnlyForm, None, secret=session.csrf_secret, now=now_of(request)),
@@ -109,6 +110,14 @@ def _page(request: Request, session: Any, **context: Any) -> Response:
     )
     status_code = values.pop("status_code", 200)
     return render(request, "database.html", values, session=session, status_code=status_code)
+
+
+def _targets(instance: Any) -> list[dict[str, Any]]:
+    """The offsite targets with the last copy's state and age (ams.backup.targets, .offsite)."""
+    from ams.backup import offsite, targets
+
+    states = {s["name"]: s for s in offsite.offsite_status(instance)}
+    return [{**t.to_dict(), "status": states.get(t.name) or {}} for t in targets.list_targets(instance)]
 
 
 @router.get("/database")

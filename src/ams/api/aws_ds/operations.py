@@ -15,7 +15,7 @@ from typing import Any
 from ams.api.aws_ds.pagination import Pager, page
 from ams.api.aws_ds.protocol import AwsError, epoch
 from ams.directory import directories, snapshots
-from ams.errors import DirectoryNotFound
+from ams.errors import DirectoryNotFound, WeakPassword
 from ams.instance import Instance
 
 __all__ = ["HANDLERS", "READ_ONLY", "Call"]
@@ -87,8 +87,9 @@ def _snapshot(s: Any) -> dict[str, Any]:
 
 
 def create_microsoft_ad(call: Call, body: dict[str, Any]) -> dict[str, Any]:
-    # Password, VpcSettings, Tags and NetworkType are validated against the model but not
-    # kept: AMS hosts the directory's entries, not domain controllers in a VPC.
+    # Password is the admin's LDAP bind password (kept as an Argon2id hash). VpcSettings,
+    # Tags and NetworkType are validated against the model but not kept: AMS hosts the
+    # directory's entries, not domain controllers in a VPC.
     created = directories.create(
         call.instance,
         dns_name=body["Name"],
@@ -97,9 +98,25 @@ def create_microsoft_ad(call: Call, body: dict[str, Any]) -> dict[str, Any]:
         edition=body.get("Edition", "Enterprise"),  # AWS's default edition
         region=call.region,
         description=body.get("Description"),
+        admin_password=body["Password"],
         actor=call.actor,
     )
     return {"DirectoryId": created.id}
+
+
+def reset_user_password(call: Call, body: dict[str, Any]) -> dict[str, Any]:
+    # The one user AMS keeps a password for is the directory's admin (its LDAP bind).
+    directory = _directory_in_region(call, body["DirectoryId"])
+    if body["UserName"].lower() != "admin":
+        raise AwsError(
+            "UserDoesNotExistException",
+            f"directory {directory.id} has no user {body['UserName']} in AMS: only Admin has a password here",
+        )
+    try:
+        directories.set_admin_password(call.instance, directory.id, body["NewPassword"], actor=call.actor)
+    except WeakPassword as exc:
+        raise AwsError("InvalidPasswordException", exc.message) from None
+    return {}
 
 
 def connect_directory(call: Call, body: dict[str, Any]) -> dict[str, Any]:
@@ -232,5 +249,6 @@ HANDLERS: dict[str, Handler] = {
     "DescribeRegions": describe_regions,
     "DescribeSnapshots": describe_snapshots,
     "GetSnapshotLimits": get_snapshot_limits,
+    "ResetUserPassword": reset_user_password,
     "RestoreFromSnapshot": restore_from_snapshot,
 }

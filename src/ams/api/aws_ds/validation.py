@@ -28,6 +28,7 @@ OPERATIONS: dict[str, str] = {
     "DescribeRegions": "DescribeRegionsRequest",
     "DescribeSnapshots": "DescribeSnapshotsRequest",
     "GetSnapshotLimits": "GetSnapshotLimitsRequest",
+    "ResetUserPassword": "ResetUserPasswordRequest",
     "RestoreFromSnapshot": "RestoreFromSnapshotRequest",
 }
 
@@ -146,6 +147,22 @@ SHAPES: dict[str, dict[str, Any]] = {
         "sensitive": True,
     },
     "RegionName": {"type": "string", "min": 8, "max": 32},
+    "ResetUserPasswordRequest": {
+        "type": "structure",
+        "required": ["DirectoryId", "UserName", "NewPassword"],
+        "members": {
+            "DirectoryId": "DirectoryId",
+            "UserName": "CustomerUserName",
+            "NewPassword": "UserPassword",
+        },
+    },
+    "CustomerUserName": {
+        "type": "string",
+        "pattern": '^(?!.*\\\\|.*"|.*\\/|.*\\[|.*\\]|.*:|.*;|.*\\||.*=|.*,|.*\\+|.*\\*|.*\\?|.*<|.*>|.*@).*$',
+        "min": 1,
+        "max": 64,
+    },
+    "UserPassword": {"type": "string", "min": 1, "max": 127, "sensitive": True},
     "RestoreFromSnapshotRequest": {
         "type": "structure",
         "required": ["SnapshotId"],

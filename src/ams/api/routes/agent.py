@@ -6,7 +6,9 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from ams.api import limits
 from ams.api.deps import CurrentInstance, client_address
@@ -35,6 +37,9 @@ AgentDevice = Annotated[AuthenticatedDevice, Depends(current_device)]
 class RegisterBody(BaseModel):
     registration_key: str = Field(min_length=1, max_length=512)
     name: str = Field(min_length=1, max_length=255)
+    # A directory id binds the device to its computer object ``dn`` there (directory mode).
+    scope: str = Field(default="agent", max_length=64)
+    dn: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class PasswordBody(BaseModel):
@@ -46,9 +51,17 @@ class PasswordBody(BaseModel):
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
 def register(body: RegisterBody, request: Request, instance: CurrentInstance) -> dict[str, Any]:
-    """Register a device with a registration key; the answer holds its token, shown once."""
+    """Register a device with a registration key; the answer holds its token, shown once.
+
+    With ``scope`` a directory id and ``dn`` an existing entry of it, the device is bound to
+    that computer object and stores its password there over LDAP (docs/agent-api.md)."""
     return devices.register(
-        instance, body.registration_key, body.name, address=client_address(request)
+        instance,
+        body.registration_key,
+        body.name,
+        scope=body.scope,
+        dn=body.dn,
+        address=client_address(request),
     ).to_dict()
 
 
@@ -66,20 +79,45 @@ def _version(value: str | None) -> int | None:
     return int(value.strip())
 
 
-@router.get("/password")
-def rotation_advice(
-    instance: CurrentInstance,
-    device: AgentDevice,
-    version: Annotated[str | None, Query(max_length=64)] = None,
-) -> dict[str, Any]:
+# The check-in and the report are the hot path (docs/architecture.md): the vault
+# authenticates the token and does the work on one database connection, called right here
+# in the event loop (a hand-off to a thread and back cost more than the work: with
+# `--workers N`, the other workers' loops answer meanwhile); the answer is a JSONResponse,
+# not a dict for FastAPI to validate and encode again. Only the generation of a scope's
+# first certificate (seconds of RSA key generation) goes to a thread.
+
+
+@router.get("/password", response_model=None)
+async def rotation_advice(
+    request: Request, version: Annotated[str | None, Query(max_length=64)] = None
+) -> JSONResponse:
     """Whether to rotate now and why (new, expired, forced, rollback), the certificate and the policy."""
-    return passwords.decide(instance, device, _version(version)).to_dict()
+    instance = request.app.state.instance
+    token = _device_token(request)
+    reported = _version(version)
+    address = client_address(request)
+    try:
+        advice = passwords.check_in(instance, token, reported, address=address, generate=False)
+    except passwords.FirstCertificateNeeded:
+        # The scope's first certificate: generated (and the check-in answered) in a thread.
+        advice = await run_in_threadpool(passwords.check_in, instance, token, reported, address=address)
+    return JSONResponse(advice.to_dict())
 
 
-@router.post("/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD)
-def report_password(body: PasswordBody, instance: CurrentInstance, device: AgentDevice) -> dict[str, Any]:
+@router.post(
+    "/password", status_code=status.HTTP_201_CREATED, max_body_size=limits.AGENT_PASSWORD, response_model=None
+)
+async def report_password(body: PasswordBody, request: Request) -> JSONResponse:
     """Report the new password, encrypted to the active certificate; the server test-decrypts it."""
-    return passwords.store(instance, device, body.account, body.version, body.blob).to_dict()
+    stored = passwords.report(
+        request.app.state.instance,
+        _device_token(request),
+        body.account,
+        body.version,
+        body.blob,
+        address=client_address(request),
+    )
+    return JSONResponse(stored.to_dict(), status_code=status.HTTP_201_CREATED)
 
 
 @router.delete("/password/{request_id}")

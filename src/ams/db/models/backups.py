@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ams.db.models.base import Base, Timestamp
 
-__all__ = ["BackupRecord", "BackupSchedule"]
+__all__ = ["BackupRecord", "BackupSchedule", "OffsiteCopy", "OffsiteTarget"]
 
 
 class BackupRecord(Base):
@@ -60,3 +60,49 @@ class BackupSchedule(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     failures_total: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OffsiteTarget(Base):
+    """An S3-compatible bucket (and prefix) every verified backup is also copied to."""
+
+    __tablename__ = "offsite_targets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(63))
+    prefix: Mapped[str] = mapped_column(Text, default="")  # "" or ending in "/"
+    endpoint_url: Mapped[str | None] = mapped_column(Text, nullable=True)  # None: AWS itself
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lock_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lock_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)  # governance | compliance
+    keep_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_last: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Given credentials: the key id in clear (an identifier), the secret sealed by the secret
+    # box (purpose "offsite", context "offsite:NAME"). Both None: the standard AWS chain.
+    access_key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The scheduler's restore drill from this target: every N days (None: none), and its last result.
+    drill_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_drill_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_drill_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    last_drill_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class OffsiteCopy(Base):
+    """One backup on one target: copied (and checked), or failed with its reason."""
+
+    __tablename__ = "offsite_copies"
+
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backup_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # copied | failed | pruned (by its retention)
+    key: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lock_until: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[datetime] = mapped_column(Timestamp)
+    copied_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

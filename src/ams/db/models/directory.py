@@ -15,7 +15,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ams.db.models.base import Base, Timestamp
 
-__all__ = ["Directory", "DirectoryObject", "DirectoryRegion", "DirectoryRestore", "Snapshot"]
+__all__ = [
+    "Directory",
+    "DirectoryObject",
+    "DirectoryRegion",
+    "DirectoryRestore",
+    "DirectoryValue",
+    "Snapshot",
+]
 
 
 class Directory(Base):
@@ -35,6 +42,8 @@ class Directory(Base):
     # The live generation of the entries, and the last one handed out (restores stage the next).
     generation: Mapped[int] = mapped_column(Integer, default=1)
     last_generation: Mapped[int] = mapped_column(Integer, default=1)
+    # Argon2id (PHC string) of the admin's LDAP bind password; None: no admin bind.
+    admin_password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     launched_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
@@ -75,6 +84,22 @@ class DirectoryObject(Base):
     object_classes: Mapped[str] = mapped_column(Text)
     # JSON: {"cn": ["x"], "jpegPhoto": [{"b64": "..."}]} (binary values base64, marked)
     attributes: Mapped[str] = mapped_column(Text)
+
+
+class DirectoryValue(Base):
+    """One value of an indexed attribute of one entry, in its compared form
+    (ams.directory.valueindex): derived from ``directory_objects``, never snapshotted."""
+
+    __tablename__ = "directory_values"
+    __table_args__ = (
+        Index("ix_directory_values_lookup", "directory_id", "generation", "attribute", "value"),
+    )
+
+    object_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attribute: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200), primary_key=True)
+    directory_id: Mapped[str] = mapped_column(String(12))
+    generation: Mapped[int] = mapped_column(Integer)
 
 
 class Snapshot(Base):

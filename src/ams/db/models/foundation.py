@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ams.db.models.base import Base, Timestamp
@@ -24,6 +24,9 @@ class InstanceRow(Base):
     # This home's identity ("hm_" + 16 hex): new at `ams init` and at a restore into a new
     # home, kept by a restore over an instance. The catalog records it per backup written.
     home_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Bumped by every change of certificates or password policies (ams.vault.hotcache): what
+    # each server process compares to know its cached keys and policies are current.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class KeyWrapping(Base):

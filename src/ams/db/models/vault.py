@@ -12,13 +12,23 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ams.db.models.base import Base, Timestamp
 
-__all__ = ["Device", "DevicePassword", "PasswordPolicyRow", "RegistrationKey"]
+__all__ = [
+    "ACTIVE",
+    "DISABLED",
+    "PENDING",
+    "Device",
+    "DevicePassword",
+    "PasswordPolicyRow",
+    "RegistrationKey",
+]
 
 # Password versions: 64-bit (BIGINT on PostgreSQL; SQLite's INTEGER is 64-bit already).
 Version = BigInteger().with_variant(Integer(), "sqlite")
@@ -40,8 +50,26 @@ class RegistrationKey(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+_BOUND = text("directory_dn_norm IS NOT NULL AND status != 'disabled'")
+
+
+# A device's status (ams.vault.devices).
+PENDING, ACTIVE, DISABLED = "pending", "active", "disabled"
+
+
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (
+        # One device (not disabled) per directory entry (migration 0011_legacy).
+        Index(
+            "ux_devices_directory_dn",
+            "scope",
+            "directory_dn_norm",
+            unique=True,
+            sqlite_where=_BOUND,
+            postgresql_where=_BOUND,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
@@ -59,6 +87,10 @@ class Device(Base):
     # `ams device expire`: rotate at the next check-in with reason "forced".
     force_rotation: Mapped[bool] = mapped_column(Boolean, default=False)
     forced_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    # A device of a directory scope may be bound to its computer object there (ams.vault.legacy):
+    # its password blob is then stored on that entry too, and it may bind over LDAP as it.
+    directory_dn: Mapped[str | None] = mapped_column(Text, nullable=True)
+    directory_dn_norm: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class DevicePassword(Base):

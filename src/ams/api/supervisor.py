@@ -1,0 +1,210 @@
+"""``ams serve --workers N``: N worker processes answering on one listening socket.
+
+The supervising process (the one ``ams serve`` started as) opens the instance, holds
+``run/ams.lock``, binds the socket and records the start; then it starts the shared-state
+process (ams.security.shared), lets go of its database connections and forks the workers.
+Each worker inherits the socket, the loaded code and the unlocked keyring, opens database
+connections of its own (a pool per process) and runs uvicorn on the socket; the kernel
+hands each new connection to one of them. Forking (not spawning) is what makes a worker
+ready in milliseconds instead of importing everything again.
+
+The supervisor only watches: it waits for SIGTERM, SIGINT or a worker's end. A worker that
+ends while the service runs is replaced (at most :data:`MAX_RESTARTS` in
+:data:`RESTART_WINDOW` seconds; past that the service stops with an error rather than
+spin). SIGTERM or SIGINT is passed on to every worker, each finishes its requests
+(uvicorn's graceful shutdown) and stops its jobs, and the supervisor waits for them
+(:data:`STOP_TIMEOUT`, then SIGKILL) before it records the stop and releases the lock. A
+worker whose supervisor dies gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ams import audit
+from ams.instance import Instance
+from ams.security.shared import SharedCounters
+
+__all__ = ["MAX_RESTARTS", "RESTART_WINDOW", "STOP_TIMEOUT", "run_workers"]
+
+log = logging.getLogger("ams.serve")
+
+STOP_TIMEOUT = 25.0
+MAX_RESTARTS = 10
+RESTART_WINDOW = 60.0
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(0)
+
+
+def _quiet_shared_state() -> None:
+    """In the shared-state process: the supervisor stops it, last; signals meant for the
+    group (Ctrl-C, systemd's SIGTERM to the unit) leave it to finish the workers' last calls."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(os.getppid(), signal.SIGKILL)  # it ignores SIGTERM
+
+
+def _worker(
+    instance: Instance,
+    sock: socket.socket,
+    counters: SharedCounters,
+    serve: Callable[[Instance, socket.socket], None],
+    parent: int,
+    mask: set[int | signal.Signals],
+) -> int:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    _die_with_parent(parent)
+    # The supervisor's pooled connections (none are open: it disposed of them) stay its own.
+    instance.engine.dispose(close=False)
+    instance.auth_throttle, instance.login_slowdown = counters.connect()  # type: ignore[assignment]
+    serve(instance, sock)
+    return 0
+
+
+def _fork(
+    instance: Instance,
+    sock: socket.socket,
+    counters: SharedCounters,
+    serve: Callable[[Instance, socket.socket], None],
+    mask: set[int | signal.Signals],
+) -> int:
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        code = _worker(instance, sock, counters, serve, parent, mask)
+    except BaseException:  # noqa: BLE001 - a worker never returns into the supervisor's code
+        log.exception("worker %d failed", os.getpid())
+    finally:
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    return 0  # not reached
+
+
+def _reap(children: set[int]) -> list[tuple[int, int]]:
+    ended = []
+    for pid in list(children):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done:
+            children.discard(pid)
+            ended.append((pid, os.waitstatus_to_exitcode(status)))
+    return ended
+
+
+def _stop(children: set[int]) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while children and time.monotonic() < deadline:
+        _reap(children)
+        if children:
+            signal.sigtimedwait({signal.SIGCHLD}, 0.2)
+    for pid in children:
+        log.warning("worker %d did not stop in %.0f s: killed", pid, STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    children.clear()
+
+
+def _record_replaced(instance: Instance, pid: int, status: int, replacement: int) -> None:
+    """Event 1006, written after the fork: the supervisor's connection never crosses one."""
+    try:
+        with instance.transaction() as session:
+            audit.record(
+                session,
+                instance.clock,
+                audit.Event.SERVICE_WORKER_REPLACED,
+                actor="service",
+                details={"pid": pid, "status": status, "replacement": replacement},
+            )
+    except Exception:  # noqa: BLE001 - the service goes on; the log has the facts
+        log.exception("event 1006 could not be recorded")
+    finally:
+        instance.engine.dispose()
+
+
+def run_workers(
+    instance: Instance,
+    sock: socket.socket,
+    workers: int,
+    serve: Callable[[Instance, socket.socket], Any],
+    *,
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """Fork ``workers`` processes that each call ``serve(instance, sock)``, and supervise them
+    until SIGTERM or SIGINT; 0 after a clean stop, 1 when workers kept failing.
+
+    ``on_started`` runs in this process once the first workers are forked (the LDAP
+    listener: its threads must not be running when they are)."""
+    counters = SharedCounters(instance.clock)
+    counters.start(initializer=_quiet_shared_state)
+    # No pooled database connection may cross a fork.
+    instance.engine.dispose()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    children: set[int] = set()
+    restarts: list[float] = []
+    code = 0
+    try:
+        for _ in range(workers):
+            children.add(_fork(instance, sock, counters, serve, mask))
+        log.info("%d workers serving (pids %s)", workers, ", ".join(str(p) for p in sorted(children)))
+        if on_started is not None:
+            on_started()  # its threads inherit the blocked signals: SIGTERM stays this thread's
+        while True:
+            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping the %d workers", len(children))
+                break
+            ended = _reap(children)
+            for pid, status in ended:
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+                log.warning("worker %d ended (status %d) while serving", pid, status)
+            if ended and len(restarts) > MAX_RESTARTS:
+                log.error(
+                    "workers ended %d times in %.0f s: the service stops", len(restarts), RESTART_WINDOW
+                )
+                code = 1
+                break
+            for ended_pid, status in ended:
+                pid = _fork(instance, sock, counters, serve, mask)
+                children.add(pid)
+                log.info("worker %d started in its place", pid)
+                _record_replaced(instance, ended_pid, status, pid)
+    finally:
+        _stop(children)
+        counters.stop()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return code
