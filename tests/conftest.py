@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from ams.clock import ManualClock
 from ams.home import Home
@@ -18,6 +19,21 @@ from ams.instance import Instance, create_instance, open_instance
 from pg import PostgresServer, find_bindir, missing_reason
 
 AMS = Path(sys.executable).parent / "ams"
+
+# Hypothesis: `ci` (the default) is bounded and reproducible (the same examples every run, no
+# example database); HYPOTHESIS_PROFILE=long searches much further (tests/faults/).
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 RECOVERY_PASSWORD = "Tangerine-Orbit-Lantern-4471"
 
 

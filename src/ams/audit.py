@@ -340,7 +340,11 @@ def list_events(
     from sqlalchemy import or_, select
 
     from ams.db.models import AuditEvent
+    from ams.errors import BadInput
 
+    for name, number in (("event_id", event_id), ("before_seq", before_seq)):
+        if number is not None and not -(2**63) <= number < 2**63:  # a database integer
+            raise BadInput(f"{name} {number} is out of range: event ids are listed in docs/events.md")
     query = select(AuditEvent).order_by(AuditEvent.seq.desc())
     if since is not None:
         query = query.where(AuditEvent.at >= since)

@@ -159,7 +159,7 @@ class Manifest:
     def parse(cls, raw: bytes) -> Manifest:
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested too deep
             raise BackupInvalid("manifest.json is not valid JSON") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BackupInvalid("manifest.json is not an AMS backup manifest")
@@ -565,7 +565,7 @@ class ArchiveReader:
     def _parse_sealed(raw: bytes, fingerprint: str) -> dict[str, Any]:
         try:
             data = json.loads(raw.decode("ascii"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise BackupInvalid("SHA256SUMS.sealed is not valid JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("hmac"), str):
             raise BackupInvalid("SHA256SUMS.sealed holds no HMAC")
@@ -752,6 +752,21 @@ def _refuse_kind(member: tarfile.TarInfo) -> None:
     raise BackupUnsafe(f"the backup holds {what} ({member.name!r}); it was refused")
 
 
+def _check_unique(seen: dict[tuple[str, ...], bool], parts: tuple[str, ...], member: tarfile.TarInfo) -> None:
+    """A path is given once: a file never twice, never where a folder is, and never under a
+    file (a folder may be named again). Checked as the members are read, so verify refuses
+    what restore would (docs/formats.md: "a name given twice")."""
+    for depth in range(1, len(parts)):
+        if seen.setdefault(parts[:depth], True) is False:
+            raise BackupUnsafe(
+                f"the backup holds {member.name!r} under a file of the same name; it was refused"
+            )
+    folder = member.isdir()
+    if parts in seen and not (folder and seen[parts]):
+        raise BackupUnsafe(f"the backup holds {member.name!r} twice; it was refused")
+    seen[parts] = folder
+
+
 def iter_payload_members(
     stream: BinaryIO,
 ) -> Iterator[tuple[tarfile.TarInfo, tuple[str, ...], Iterator[memoryview]]]:
@@ -763,6 +778,7 @@ def iter_payload_members(
     """
     pieces = _Pieces(stream.chunks())  # type: ignore[attr-defined]
     pax: dict[str, str] = {}
+    seen: dict[tuple[str, ...], bool] = {}  # every path so far (and its parents): is it a folder?
     while True:
         header = pieces.take(_BLOCK)
         if header == bytes(_BLOCK):
@@ -793,6 +809,7 @@ def iter_payload_members(
         if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
             _refuse_kind(member)
         parts = _safe_parts(member.name)
+        _check_unique(seen, parts, member)
         data = pieces.pieces(member.size) if member.isreg() else iter(())
         yield member, parts, data
         for _ in data:  # whatever the caller did not read

@@ -120,22 +120,19 @@ def verify_backup(
 
 
 def verify_and_record(path: Path, instance: Instance, *, actor: str, **kwargs: Any) -> dict[str, Any]:
-    """:func:`verify_backup`, and when the backup is in this instance's catalog, record the
-    result there (``verified_at``, ``verified_ok``) with event 1502, success or failure."""
+    """:func:`verify_backup`, and when the file is an archive of this instance's catalog (a
+    row's ``path``), record the result there (``verified_at``, ``verified_ok``) with event
+    1502, success or failure. A copy elsewhere is verified but recorded nowhere."""
     from ams import audit
     from ams.backup import catalog
     from ams.db.models.backups import BackupRecord
 
-    backup_id: str | None = None
-    try:
-        with ArchiveReader(path) as reader:
-            backup_id = reader.manifest.backup_id
-    except AMSError:
-        # Too damaged to name itself: find it in the catalog by its path.
-        with instance.session() as session:
-            backup_id = session.scalars(
-                select(BackupRecord.id).where(BackupRecord.path == str(path.expanduser().absolute()))
-            ).first()
+    # The catalog's row for this very file (by its path): a copy elsewhere, damaged or not,
+    # says nothing about the cataloged archive, whatever backup id its manifest carries.
+    with instance.session() as session:
+        backup_id = session.scalars(
+            select(BackupRecord.id).where(BackupRecord.path == str(path.expanduser().absolute()))
+        ).first()
     deep = bool(kwargs.get("deep"))
     details: dict[str, Any] = {}
     failure: AMSError | None = None

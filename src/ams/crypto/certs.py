@@ -196,8 +196,23 @@ def export_pfx(
         builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(legacy_mac)
     else:
         builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256())
-    encryption = builder.build(password.encode("utf-8"))
+    encryption = builder.build(_pfx_password(password))
     return pkcs12.serialize_key_and_certificates(_FRIENDLY_NAME, key, cert, None, encryption)
+
+
+def _pfx_password(password: str) -> bytes:
+    """The password as PKCS#12 takes it: UTF-8 without NUL (a C string to OpenSSL, which
+    aborts the process on a NUL; a lone surrogate cannot be encoded at all)."""
+    try:
+        raw = password.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = b"\0"
+    if b"\0" in raw:
+        raise BadInput(
+            "a PFX password cannot hold a NUL character or an unpaired surrogate: use printable "
+            "text; nothing was changed"
+        )
+    return raw
 
 
 def _der_length(data: bytes, at: int) -> tuple[int, int] | None:
@@ -238,8 +253,9 @@ def import_pfx(data: bytes, password: str) -> tuple[bytes, bytes]:
         )
     if not _looks_like_pfx(data):
         raise PfxInvalid()
+    secret = _pfx_password(password)
     try:
-        key, cert, extra = pkcs12.load_key_and_certificates(data, password.encode("utf-8"))
+        key, cert, extra = pkcs12.load_key_and_certificates(data, secret)
     except ValueError as exc:
         if "deserialize" in str(exc):
             raise PfxInvalid("the file is not a readable PKCS#12 (PFX) file: export it again") from None

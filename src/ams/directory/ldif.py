@@ -115,7 +115,12 @@ def parse(data: bytes | str | IO[bytes]) -> Iterator[Entry]:
     """The entries of an LDIF file, one at a time (errors carry the line number). ``data``
     may be an open binary file, read from where it stands, a line at a time."""
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        text = data
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (JSON can carry one)
+            number = text.count("\n", 0, exc.start) + 1
+            raise _fail(number, "is not UTF-8 text (it holds an unpaired surrogate)") from None
     if isinstance(data, bytes):
         if data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]

@@ -252,41 +252,42 @@ def _stage(
     the same pass: the last batch is handed over only once it has passed, and nothing goes
     live before this returns (the switch is the caller's next step)."""
     header, blocks = snapfile.read_blocks(path, expected)
-    if header.get("directory_id") != job.directory_id:
-        raise ValueError(f"snapshot file {path.name} belongs to directory {header.get('directory_id')}")
-    # Leftovers of an interrupted attempt: this generation was never live, so drop it whole.
-    _drop_generation(instance, job.directory_id, job.target_generation)
-    count = 0
-    directory_id, generation = job.directory_id, job.target_generation
+    with contextlib.closing(blocks):  # the file is closed however this ends
+        if header.get("directory_id") != job.directory_id:
+            raise ValueError(f"snapshot file {path.name} belongs to directory {header.get('directory_id')}")
+        # Leftovers of an interrupted attempt: this generation was never live, so drop it whole.
+        _drop_generation(instance, job.directory_id, job.target_generation)
+        count = 0
+        directory_id, generation = job.directory_id, job.target_generation
 
-    def batches() -> Iterator[list[tuple[str, int, str, str, str, str]]]:
-        pending: list[tuple[str, int, str, str, str, str]] = []
-        for dns, norms, classes, attributes in blocks:
-            pending.extend(zip(repeat(directory_id), repeat(generation), dns, norms, classes, attributes))
-            while len(pending) >= _BATCH:
-                yield pending[:_BATCH]
-                del pending[:_BATCH]
-        if pending:
-            yield pending
+        def batches() -> Iterator[list[tuple[str, int, str, str, str, str]]]:
+            pending: list[tuple[str, int, str, str, str, str]] = []
+            for dns, norms, classes, attributes in blocks:
+                pending.extend(zip(repeat(directory_id), repeat(generation), dns, norms, classes, attributes))
+                while len(pending) >= _BATCH:
+                    yield pending[:_BATCH]
+                    del pending[:_BATCH]
+            if pending:
+                yield pending
 
-    with _loading_connection(instance) as conn:
-        sql = _INSERT_QMARK if conn.dialect.paramstyle == "qmark" else _INSERT_FORMAT
-        # No reader thread: a block parses in a few milliseconds (two JSON parses, two
-        # splits), and a thread parsing ahead would fight executemany for the GIL, which
-        # it takes back after every row (measured: the load took 15-20% longer).
-        indexed = 0
-        for batch in batches():
-            # Straight to the driver: at 100,000 entries the ORM's per-row work would dominate.
-            with conn.begin():
-                conn.exec_driver_sql(sql, batch)
-                # The batch's rows into the equality index, in the same transaction.
-                indexed = valueindex.index_generation(conn, directory_id, generation, after_id=indexed)
-            count += len(batch)
-            if progress is not None:
-                progress(directory_id, count)
-            if hook is not None:
-                hook("loaded", count)
-    return count
+        with _loading_connection(instance) as conn:
+            sql = _INSERT_QMARK if conn.dialect.paramstyle == "qmark" else _INSERT_FORMAT
+            # No reader thread: a block parses in a few milliseconds (two JSON parses, two
+            # splits), and a thread parsing ahead would fight executemany for the GIL, which
+            # it takes back after every row (measured: the load took 15-20% longer).
+            indexed = 0
+            for batch in batches():
+                # Straight to the driver: at 100,000 entries the ORM's per-row work would dominate.
+                with conn.begin():
+                    conn.exec_driver_sql(sql, batch)
+                    # The batch's rows into the equality index, in the same transaction.
+                    indexed = valueindex.index_generation(conn, directory_id, generation, after_id=indexed)
+                count += len(batch)
+                if progress is not None:
+                    progress(directory_id, count)
+                if hook is not None:
+                    hook("loaded", count)
+        return count
 
 
 @contextlib.contextmanager

@@ -34,11 +34,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ams.errors import SnapshotCorrupt
 
@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "Block",
+    "Blocks",
     "Columns",
     "Row",
     "SnapshotFile",
@@ -264,15 +265,15 @@ def _strings(raw: str) -> list[str]:
     return value
 
 
-def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any], Iterator[Columns]]:
+def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any], Blocks]:
     """The header and an iterator over the entries, a block at a time, column by column.
 
     The file is checked as it is read, in the one pass: after the last block the iterator
     checks the digest (as :func:`verify` does) and raises SnapshotCorrupt instead of
     ending when it fails. So the rows are proven only once the iterator has ended: use
     them for nothing that cannot be undone before then (a restore stages them in a
-    generation that goes live only after). A damaged file can also fail earlier, with
-    whatever error its bytes cause; :func:`verify` then tells whether the file is damaged.
+    generation that goes live only after). A damaged file can also fail earlier, when its
+    bytes do not parse: that is SnapshotCorrupt too, naming what could not be read.
     """
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
@@ -298,7 +299,12 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
                 f"snapshot file {path.name} has format {version}, which this AMS cannot read "
                 f"(it reads {', '.join(map(str, _READABLE))}): use a newer AMS"
             )
-        header = json.loads(line())
+        try:
+            header = json.loads(line())
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+            raise _corrupt(path, "has an unreadable header") from None
+        if not isinstance(header, dict):
+            raise _corrupt(path, "has an unreadable header")
     except BaseException:
         handle.close()
         raise
@@ -311,7 +317,7 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
             )
         _check(path, digest.hexdigest(), handle.read(), expected_sha256)
 
-    def blocks() -> Iterator[Columns]:
+    def blocks() -> Generator[Columns, None, None]:
         count = 0
         with handle:
             while data := line():
@@ -339,7 +345,7 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
                 yield dns, norms, parts[2 : 2 + n], parts[2 + n :]
             raise _corrupt(path, "ends before its #END line")
 
-    def legacy_blocks() -> Iterator[Columns]:
+    def legacy_blocks() -> Generator[Columns, None, None]:
         count = 0
         batch: Columns = ([], [], [], [])
         with handle:
@@ -363,7 +369,29 @@ def read_blocks(path: Path, expected_sha256: str | None) -> tuple[dict[str, Any]
                     batch = ([], [], [], [])
             raise _corrupt(path, "ends before its #END line")
 
-    return header, blocks() if version == 2 else legacy_blocks()
+    return header, Blocks(path, handle, blocks() if version == 2 else legacy_blocks())
+
+
+class Blocks(Iterator[Columns]):
+    """The blocks of a snapshot file being read (:func:`read_blocks`). Bytes that do not parse
+    (not UTF-8, not JSON, nested too deep) are SnapshotCorrupt; :meth:`close` closes the file
+    also when no block was read (a caller that gives up after the header)."""
+
+    def __init__(self, path: Path, handle: IO[bytes], blocks: Generator[Columns, None, None]) -> None:
+        self._path = path
+        self._handle = handle
+        self._blocks = blocks
+
+    def __next__(self) -> Columns:
+        try:
+            return next(self._blocks)
+        except (ValueError, RecursionError):
+            self.close()
+            raise _corrupt(self._path, "has an entry that cannot be read") from None
+
+    def close(self) -> None:
+        self._blocks.close()
+        self._handle.close()
 
 
 def read_entries(path: Path, expected_sha256: str | None = None) -> tuple[dict[str, Any], Iterator[Row]]:
