@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	scripts/demo
 
+# Two processes (pytest-xdist), each test file whole in one of them (its module fixtures:
+# a server, a PostgreSQL cluster, a moto server, are started once): TEST_JOBS=1 for one.
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -37,6 +37,12 @@ class ServiceLock:
         os.fsync(fd)
         self._fd = fd
 
+    @property
+    def fd(self) -> int | None:
+        """The lock's descriptor while it is held (a forked worker closes its copy, so that the
+        lock ends with the process that took it, ams.api.supervisor)."""
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):

@@ -27,7 +27,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ams import audit
@@ -52,9 +52,22 @@ def _die_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
         os._exit(0)
 
 
+# Descriptors that no forked process keeps (the service lock: a worker or the shared-state
+# process holding a copy would keep `ams serve`'s lock taken after the supervisor is killed,
+# until the kernel's PDEATHSIG reaches it, and `ams status` would say a service runs).
+_NOT_INHERITED: list[int] = []
+
+
+def _close_inherited() -> None:
+    for fd in _NOT_INHERITED:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _quiet_shared_state() -> None:
     """In the shared-state process: the supervisor stops it, last; signals meant for the
     group (Ctrl-C, systemd's SIGTERM to the unit) leave it to finish the workers' last calls."""
+    _close_inherited()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(os.getppid(), signal.SIGKILL)  # it ignores SIGTERM
@@ -92,6 +105,7 @@ def _fork(
     pid = os.fork()
     if pid:
         return pid
+    _close_inherited()
     code = 1
     try:
         code = _worker(instance, sock, counters, serve, parent, mask)
@@ -162,12 +176,14 @@ def run_workers(
     serve: Callable[[Instance, socket.socket], Any],
     *,
     on_started: Callable[[], None] | None = None,
+    not_inherited: Sequence[int] = (),
 ) -> int:
     """Fork ``workers`` processes that each call ``serve(instance, sock)``, and supervise them
     until SIGTERM or SIGINT; 0 after a clean stop, 1 when workers kept failing.
 
     ``on_started`` runs in this process once the first workers are forked (the LDAP
     listener: its threads must not be running when they are)."""
+    _NOT_INHERITED[:] = list(not_inherited)
     counters = SharedCounters(instance.clock)
     counters.start(initializer=_quiet_shared_state)
     # No pooled database connection may cross a fork.

@@ -249,7 +249,14 @@ def serve(
                     start_ldap()
                     serve_one(instance, sock)
                 else:
-                    code = run_workers(instance, sock, count, serve_one, on_started=start_ldap)
+                    code = run_workers(
+                        instance,
+                        sock,
+                        count,
+                        serve_one,
+                        on_started=start_ldap,
+                        not_inherited=[lock.fd] if lock.fd is not None else [],
+                    )
             finally:
                 if ldap is not None:
                     ldap.stop()
