@@ -330,6 +330,44 @@ class _Found:
     home_id: str | None
 
 
+def _record_of(item: _Found) -> Any:
+    """The catalog row of an archive found on disk (a complete backup of this instance)."""
+    from ams.db.models.backups import BackupRecord
+
+    return BackupRecord(
+        id=item.backup_id,
+        kind=item.kind,
+        status="complete",
+        path=str(item.path),
+        created_at=item.created_at,
+        size_bytes=item.size_bytes,
+        mk_fingerprint=item.fingerprint,
+        schema_revision=item.schema_revision,
+        recovery_password_set_at=item.recovery_password_set_at,
+        home_id=item.home_id,
+    )
+
+
+def _insert_sqlite(conn: sqlite3.Connection, item: _Found) -> None:
+    """:func:`_record_of` on a plain sqlite3 connection."""
+    conn.execute(
+        "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, mk_fingerprint,"
+        " schema_revision, recovery_password_set_at, home_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            item.backup_id,
+            item.kind,
+            "complete",
+            str(item.path),
+            db_time(item.created_at),
+            item.size_bytes,
+            item.fingerprint,
+            item.schema_revision,
+            db_time(item.recovery_password_set_at) if item.recovery_password_set_at else None,
+            item.home_id,
+        ),
+    )
+
+
 def scan_folders(instance: Instance) -> list[Path]:
     """Where this instance's backups may be: its backups/, the schedule's destination (even
     a paused one) and every folder the catalog names."""
@@ -476,20 +514,7 @@ def rescan(
         for backup_id in result.removed:
             session.delete(rows[backup_id])
         for item in adds:
-            session.add(
-                BackupRecord(
-                    id=item.backup_id,
-                    kind=item.kind,
-                    status="complete",
-                    path=str(item.path),
-                    created_at=item.created_at,
-                    size_bytes=item.size_bytes,
-                    mk_fingerprint=item.fingerprint,
-                    schema_revision=item.schema_revision,
-                    recovery_password_set_at=item.recovery_password_set_at,
-                    home_id=item.home_id,
-                )
-            )
+            session.add(_record_of(item))
         if event:
             details: dict[str, Any] = result.to_dict()
             if restore_id:
@@ -517,22 +542,7 @@ def rescan_sqlite(
     for backup_id in result.removed:
         conn.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
     for item in adds:
-        conn.execute(
-            "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, mk_fingerprint,"
-            " schema_revision, recovery_password_set_at, home_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                item.backup_id,
-                item.kind,
-                "complete",
-                str(item.path),
-                db_time(item.created_at),
-                item.size_bytes,
-                item.fingerprint,
-                item.schema_revision,
-                db_time(item.recovery_password_set_at) if item.recovery_password_set_at else None,
-                item.home_id,
-            ),
-        )
+        _insert_sqlite(conn, item)
     return result
 
 
@@ -568,20 +578,7 @@ def adopt(session: Session, result: MadeBackup, master_key: bytes | None) -> lis
     ids = set(session.scalars(select(BackupRecord.id)))
     items = unrecorded(result.path.parent, listed, ids, _instance_of(result), master_key, result.path)
     for item in items:
-        session.add(
-            BackupRecord(
-                id=item.backup_id,
-                kind=item.kind,
-                status="complete",
-                path=str(item.path),
-                created_at=item.created_at,
-                size_bytes=item.size_bytes,
-                mk_fingerprint=item.fingerprint,
-                schema_revision=item.schema_revision,
-                recovery_password_set_at=item.recovery_password_set_at,
-                home_id=item.home_id,
-            )
-        )
+        session.add(_record_of(item))
     return [i.backup_id for i in items]
 
 
@@ -591,22 +588,7 @@ def adopt_sqlite(conn: sqlite3.Connection, result: MadeBackup, master_key: bytes
     ids = {str(r[0]) for r in conn.execute("SELECT id FROM backups")}
     items = unrecorded(result.path.parent, listed, ids, _instance_of(result), master_key, result.path)
     for item in items:
-        conn.execute(
-            "INSERT INTO backups (id, kind, status, path, created_at, size_bytes, mk_fingerprint,"
-            " schema_revision, recovery_password_set_at, home_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                item.backup_id,
-                item.kind,
-                "complete",
-                str(item.path),
-                db_time(item.created_at),
-                item.size_bytes,
-                item.fingerprint,
-                item.schema_revision,
-                db_time(item.recovery_password_set_at) if item.recovery_password_set_at else None,
-                item.home_id,
-            ),
-        )
+        _insert_sqlite(conn, item)
     return [i.backup_id for i in items]
 
 

@@ -357,22 +357,35 @@ def modify(
                 attrs[key] = [v for v in attrs[key] if v not in values]
             if not values or not attrs[key]:
                 del attrs[key]
-        classes = attrs.pop("objectClass", [])
-        merged = Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs})
-        updated = _clean(merged, stored=True)
-        row.object_classes = json.dumps(updated.object_classes)
-        row.attributes = encode_values(updated.attributes)
-        session.flush()
-        valueindex.index_object(session, row)
-        audit.record(
-            session,
-            instance.clock,
-            audit.Event.DIRECTORY_ENTRY_MODIFIED,
-            actor=actor,
-            target=directory_id,
-            details={"dn": row.dn},
-        )
-        return updated
+        return _write_modified(instance, session, directory_id, row, attrs, actor)
+
+
+def _write_modified(
+    instance: Instance,
+    session: Session,
+    directory_id: str,
+    row: DirectoryObject,
+    attrs: dict[str, list[Value]],
+    actor: str,
+) -> Entry:
+    """Store a modified entry's attributes (checked as stored ones are), index them and
+    audit the change, inside the caller's transaction; the entry as stored."""
+    classes = attrs.pop("objectClass", [])
+    merged = Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs})
+    updated = _clean(merged, stored=True)
+    row.object_classes = json.dumps(updated.object_classes)
+    row.attributes = encode_values(updated.attributes)
+    session.flush()
+    valueindex.index_object(session, row)
+    audit.record(
+        session,
+        instance.clock,
+        audit.Event.DIRECTORY_ENTRY_MODIFIED,
+        actor=actor,
+        target=directory_id,
+        details={"dn": row.dn},
+    )
+    return updated
 
 
 def _same(a: Value, b: Value) -> bool:
@@ -441,22 +454,7 @@ def apply_changes(
                     attrs[key] = [v for v in attrs[key] if not _same(value, v)]
                 if not values or not attrs[key]:
                     del attrs[key]
-        classes = attrs.pop("objectClass", [])
-        merged = Entry(dn=row.dn, object_classes=[], attributes={"objectClass": classes, **attrs})
-        updated = _clean(merged, stored=True)
-        row.object_classes = json.dumps(updated.object_classes)
-        row.attributes = encode_values(updated.attributes)
-        session.flush()
-        valueindex.index_object(session, row)
-        audit.record(
-            session,
-            instance.clock,
-            audit.Event.DIRECTORY_ENTRY_MODIFIED,
-            actor=actor,
-            target=directory_id,
-            details={"dn": row.dn},
-        )
-        return updated
+        return _write_modified(instance, session, directory_id, row, attrs, actor)
 
 
 def _matched(session: Session, directory_id: str, generation: int, norm: str | None) -> str:
