@@ -132,6 +132,15 @@ class Outcome:
         return "Traceback" not in self.stderr and "internal error" not in self.stderr
 
 
+def _output(path: Path) -> str:
+    """What a job wrote; "" when it was killed before the fork server's child opened its files
+    (a kill point at the very start: nothing was done)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 class Running:
     def __init__(self, server: ForkServer, pid: int, out: Path, err: Path) -> None:
         self.server, self.pid, self.out, self.err = server, pid, out, err
@@ -145,9 +154,7 @@ class Running:
         status = int(self.server._read()["status"])
         seconds = time.monotonic() - self.started
         self.server.busy = False
-        return Outcome(
-            status, self.out.read_text(errors="replace"), self.err.read_text(errors="replace"), seconds
-        )
+        return Outcome(status, _output(self.out), _output(self.err), seconds)
 
 
 class ForkServer:
