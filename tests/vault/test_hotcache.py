@@ -58,12 +58,19 @@ def _rotate(instance: Instance, token: str, version: int | None) -> tuple[int, s
 
 
 def _statements(instance: Instance) -> list[str]:
+    """The SQL statements the driver runs from now on (the hot path runs its statements on
+    sqlite3 itself, past SQLAlchemy's events: sqlite3's trace callback sees them all)."""
     seen: list[str] = []
 
-    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
+    def trace(statement: str) -> None:
+        if statement.split(None, 1)[0].upper() in {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+            seen.append(statement)
 
-    event.listen(instance.engine, "before_cursor_execute", before)
+    def traced(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.set_trace_callback(trace)
+
+    instance.engine.dispose()  # the next connections are new ones, traced
+    event.listen(instance.engine, "connect", traced)
     return seen
 
 

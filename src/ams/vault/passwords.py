@@ -27,10 +27,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, update
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
@@ -50,7 +51,7 @@ from ams.errors import (
     RollbackWindowClosed,
 )
 from ams.instance import Instance
-from ams.vault import certificates, hotcache, retention
+from ams.vault import certificates, hotcache, hotsql, retention
 from ams.vault import devices as devices_service
 from ams.vault.devices import AuthenticatedDevice
 from ams.vault.policy import DEFAULT_SCOPE, PasswordPolicy
@@ -214,11 +215,48 @@ _DEVICE_ROTATED = (
 )
 _AUDIT_INSERT = insert(_AUDIT)
 
+# The same statements, run on the database driver (ams.vault.hotsql): compiled once per
+# dialect, times converted as the models' type does.
+_STATE_TIMES = ("last_seen_at", "expires_at", "effective_at")
+_SQL_CHECK_IN_STATE = hotsql.Statement(_CHECK_IN_STATE, times=_STATE_TIMES)
+_SQL_REPORT_STATE = hotsql.Statement(_REPORT_STATE, times=_STATE_TIMES)
+_SQL_SEEN = hotsql.Statement(_SEEN, times=("now",))
+_SQL_SUPERSEDE = hotsql.Statement(_SUPERSEDE, times=("now",))
+_NEW_PASSWORD_KEYS = [
+    "device_id",
+    "version",
+    "account",
+    "blob",
+    "certificate_thumbprint",
+    "request_id",
+    "effective_at",
+    "expires_at",
+    "is_current",
+    "superseded_at",
+    "replaces_id",
+    "answered_force",
+    "created_at",
+]
+_SQL_NEW_PASSWORD = hotsql.Statement(
+    _NEW_PASSWORD,
+    times=("effective_at", "expires_at", "superseded_at", "created_at"),
+    keys=_NEW_PASSWORD_KEYS,
+)
+_SQL_DEVICE_ROTATED = hotsql.Statement(_DEVICE_ROTATED)
+_SQL_AUDIT = hotsql.Statement(
+    _AUDIT_INSERT, times=("at",), keys=["event_id", "at", "actor", "outcome", "target", "details"]
+)
+
+
+def _write_lock(instance: Instance) -> Path:
+    """Where the hot path's writers queue on SQLite (ams.vault.hotsql.writing)."""
+    return instance.home.run_dir / "write.lock"
+
 
 def _audit(conn: Connection, instance: Instance, event: audit.Event, **fields: Any) -> None:
-    """:func:`ams.audit.record`, as one Core insert on the request's connection."""
-    conn.execute(
-        _AUDIT_INSERT,
+    """:func:`ams.audit.record`, as one insert on the request's connection."""
+    _SQL_AUDIT.execute(
+        conn,
         {
             "event_id": int(event),
             "at": instance.clock.now(),
@@ -304,7 +342,7 @@ class _Refused(Exception):
         self.known = known
 
 
-def _authenticated(row: Row[Any] | None, secret: str | None) -> AuthenticatedDevice:
+def _authenticated(row: hotsql.Row | None, secret: str | None) -> AuthenticatedDevice:
     """The device of the row, once the token's secret matches (``secret`` None: the caller
     authenticated the device already); raises _Refused, DevicePendingApproval, DeviceDisabled."""
     if secret is not None:
@@ -316,10 +354,9 @@ def _authenticated(row: Row[Any] | None, secret: str | None) -> AuthenticatedDev
     return AuthenticatedDevice(row.id, row.name, row.scope)
 
 
-def _seen(conn: Connection, instance: Instance, row: Row[Any], now: datetime) -> None:
+def _due_seen(row: hotsql.Row, now: datetime) -> bool:
     # Written at most once a minute, so check-ins do not each turn into a write.
-    if row.last_seen_at is None or now - row.last_seen_at > devices_service.LAST_SEEN_EVERY:
-        conn.execute(_SEEN, {"device_id": row.id, "now": now})
+    return bool(row.last_seen_at is None or now - row.last_seen_at > devices_service.LAST_SEEN_EVERY)
 
 
 # -- GET /api/v1/agent/password -----------------------------------------------------------
@@ -359,25 +396,36 @@ def _check_in(
         now = instance.clock.now()
         try:
             with instance.engine.connect() as conn:
-                row = (
-                    conn.execute(_CHECK_IN_STATE, {"device_id": device_id}).first() if secret != "" else None
-                )
+                row = _SQL_CHECK_IN_STATE.first(conn, {"device_id": device_id}) if secret != "" else None
                 device = _authenticated(row, secret)
                 assert row is not None
                 generation = cache.sync(row.generation)
                 certificate = _active(conn, cache, generation, device.scope)
                 if certificate is None:
-                    conn.rollback()
+                    hotsql.end_read(conn)
                     if not generate:
                         raise FirstCertificateNeeded(device.scope, actor)
                     # The scope's first certificate (RSA-4096, slow), with no transaction of ours open.
                     certificates.ensure_active(instance, device.scope, actor)
                     continue
                 policy = _policy(conn, cache, generation, device.scope)
-                advice = _advise(conn, instance, row, reported_version, certificate, policy, now)
-                if secret is not None:
-                    _seen(conn, instance, row, now)
-                conn.commit()
+                advice, rollback = _advise(row, reported_version, certificate, policy, now)
+                seen = secret is not None and _due_seen(row, now)
+                hotsql.end_read(conn)
+                if rollback is not None or seen:
+                    # At most one short write: the rollback's audit event, last_seen_at.
+                    with hotsql.writing(conn, _write_lock(instance)):
+                        if rollback is not None:
+                            _audit(
+                                conn,
+                                instance,
+                                audit.Event.PASSWORD_ROLLBACK_DETECTED,
+                                actor=actor,
+                                target=row.id,
+                                details=rollback,
+                            )
+                        if seen:
+                            _SQL_SEEN.execute(conn, {"device_id": row.id, "now": now})
                 return advice
         except _Refused as refused:
             devices_service.refuse_token(instance, device_id, known=refused.known, address=address)
@@ -385,14 +433,13 @@ def _check_in(
 
 
 def _advise(
-    conn: Connection,
-    instance: Instance,
-    row: Row[Any],
+    row: hotsql.Row,
     reported_version: int | None,
     certificate: hotcache.ActiveCertificate,
     policy: PasswordPolicy,
     now: datetime,
-) -> RotationAdvice:
+) -> tuple[RotationAdvice, dict[str, Any] | None]:
+    """The advice, and the details of the rollback to audit (None: no rollback)."""
     server_version = row.version if row.password_id is not None else None
     highest = row.highest or 0
     if highest >= MAX_VERSION:
@@ -408,14 +455,7 @@ def _advise(
         details: dict[str, Any] = {"device_version": reported_version, "server_version": server_version}
         if reported_version is not None and not usable:
             details["device_version_ignored"] = True
-        _audit(
-            conn,
-            instance,
-            audit.Event.PASSWORD_ROLLBACK_DETECTED,
-            actor=f"device:{row.id}",
-            target=row.id,
-            details=details,
-        )
+        rollback: dict[str, Any] | None = details
     elif row.password_id is None:
         reason = "new"
     elif row.force_rotation:
@@ -424,8 +464,10 @@ def _advise(
         reason = "expired"
     else:
         reason = None
+    if reason != "rollback":
+        rollback = None
     basis = reported_version if reported_version is not None and usable else 0
-    return RotationAdvice(
+    advice = RotationAdvice(
         rotate=reason is not None,
         reason=reason,
         current_version=server_version,
@@ -434,6 +476,7 @@ def _advise(
         certificate_pem=certificate.pem,
         policy=policy,
     )
+    return advice, rollback
 
 
 # -- POST /api/v1/agent/password ----------------------------------------------------------
@@ -576,12 +619,13 @@ def _store_once(
 ) -> StoredPassword:
     # 1. Read (no lock): who the device is, and the active key, from the cache.
     with instance.engine.connect() as conn:
-        row = conn.execute(_REPORT_STATE, {"device_id": device_id}).first() if secret != "" else None
+        row = _SQL_REPORT_STATE.first(conn, {"device_id": device_id}) if secret != "" else None
         device = _authenticated(row, secret)
         assert row is not None
         generation = cache.sync(row.generation)
         active = _active(conn, cache, generation, device.scope)
-        conn.rollback()
+        policy = _policy(conn, cache, generation, device.scope)
+        hotsql.end_read(conn)
     if version is not None:  # a report's; a blob alone carries its own (checked below)
         _check_version(version)
     if isinstance(blob, bytes):
@@ -606,13 +650,13 @@ def _store_once(
     # PostgreSQL's row lock), so what is read next stays true until the commit.
     actor = f"device:{device.id}"
     now = instance.clock.now()
-    with instance.engine.begin() as conn:
-        if not conn.execute(_SEEN, {"device_id": device.id, "now": now}).rowcount:
+    with instance.engine.connect() as conn, hotsql.writing(conn, _write_lock(instance)):
+        if not _SQL_SEEN.execute(conn, {"device_id": device.id, "now": now}):
             raise NotFound(f"no device {device.id}")
-        row = conn.execute(_REPORT_STATE, {"device_id": device.id}).first()
+        row = _SQL_REPORT_STATE.first(conn, {"device_id": device.id})
         assert row is not None
         if row.generation != generation:
-            raise _Moved()  # rolls back; the next try reads the new certificates
+            raise _Moved()  # rolls back; the next try reads the new certificates (and policy)
         current = row.password_id is not None
         if current and row.version == version and row.blob == raw:
             # The same report again (the agent retried after losing our answer): same answer.
@@ -632,13 +676,12 @@ def _store_once(
                 f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
                 f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
             )
-        policy = _policy(conn, cache, generation, device.scope)
         if current:
-            conn.execute(_SUPERSEDE, {"password_id": row.password_id, "now": now})
+            _SQL_SUPERSEDE.execute(conn, {"password_id": row.password_id, "now": now})
         request_id = REQUEST_PREFIX + crypto.random_id(32)
         expires_at = now + timedelta(days=policy.max_age_days)
-        conn.execute(
-            _NEW_PASSWORD,
+        _SQL_NEW_PASSWORD.execute(
+            conn,
             {
                 "device_id": device.id,
                 "version": version,
@@ -655,7 +698,7 @@ def _store_once(
                 "created_at": now,
             },
         )
-        conn.execute(_DEVICE_ROTATED, {"device_id": device.id, "version": version})
+        _SQL_DEVICE_ROTATED.execute(conn, {"device_id": device.id, "version": version})
         _audit(
             conn,
             instance,
