@@ -15,6 +15,7 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from ams import __version__
 from ams.api import aws_ds, limits, throttle
+from ams.api.fastpath import FastRoutes
 from ams.api.metrics import Metrics, MetricsMiddleware
 from ams.api.routes import (
     agent,
@@ -38,6 +39,7 @@ from ams.errors import (
     NotFound,
     PermissionDenied,
     RequestTooLarge,
+    TooManyRequests,
 )
 from ams.instance import Instance
 
@@ -54,6 +56,11 @@ def _error_response(exc: AMSError, headers: dict[str, str] | None = None) -> JSO
         # The rest of the refused body may still be on its way: the connection ends here.
         headers["Connection"] = "close"
     return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+
+
+def _render_error(exc: AMSError) -> JSONResponse:
+    """An AMS error as the application's exception handlers answer it (ams.api.fastpath)."""
+    return throttle.answer(exc) if isinstance(exc, TooManyRequests) else _error_response(exc)
 
 
 def _from_http_exception(request: Request, exc: HTTPException) -> AMSError:
@@ -168,6 +175,8 @@ def create_app(instance: Instance) -> FastAPI:
             status_code=422,
         )
 
+    # Innermost: the hot path's routes answered without FastAPI's routing (ams.api.fastpath).
+    app.add_middleware(FastRoutes, instance=instance, errors=_render_error)
     app.add_middleware(limits.RequestLimitsMiddleware)
     # Outermost: counts and times every answer, the limits' refusals included.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

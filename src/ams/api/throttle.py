@@ -11,13 +11,17 @@ from fastapi.responses import JSONResponse
 
 from ams.errors import TooManyRequests
 
-__all__ = ["install"]
+__all__ = ["answer", "install"]
+
+
+def answer(exc: TooManyRequests) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)}
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
 
 async def too_many_requests(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TooManyRequests)
-    headers = {"Retry-After": str(exc.retry_after)}
-    return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
+    return answer(exc)
 
 
 def install(app: FastAPI) -> None:
