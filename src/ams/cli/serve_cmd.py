@@ -106,6 +106,7 @@ def _run_uvicorn(instance: Instance, sock: socket.socket, log_level: str = "info
     import uvicorn
 
     from ams.api import create_app
+    from ams.api.httpserver import protocol
     from ams.api.limits import MAX_HEADER_BYTES
 
     config = uvicorn.Config(
@@ -114,10 +115,11 @@ def _run_uvicorn(instance: Instance, sock: socket.socket, log_level: str = "info
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=10,
-        # h11, whose limit on the request line and headers AMS states (ams.api.limits);
-        # a request over it gets 400 from the server before the app sees it.
-        http="h11",
+        # httptools when installed, else h11; either stops a request line and headers
+        # over AMS's limit (ams.api.limits) with 400 before the app sees it.
+        http=protocol(),
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        loop="asyncio",
     )
     _server_class()(config).run(sockets=[sock])
 

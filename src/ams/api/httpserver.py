@@ -1,0 +1,79 @@
+"""The HTTP protocol ``ams serve`` runs under uvicorn: httptools, bounded as h11 was.
+
+uvicorn parses HTTP with h11 (pure Python) or httptools (llhttp, in C: a third of the
+CPU of a small request, docs/performance.md). AMS runs httptools when it is installed
+(a dependency of AMS) and h11 otherwise. h11 stops buffering a request line and headers
+at ``h11_max_incomplete_event_size``; uvicorn's httptools protocol has no such bound, so
+:class:`BoundedHttpToolsProtocol` keeps it: a request whose line and headers have not
+ended within :data:`ams.api.limits.MAX_HEADER_BYTES` (plus what one read may bring) gets
+400 and the connection ends, as with h11. Headers that arrive whole are checked by the
+application (431, ams.api.limits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ams.api.limits import MAX_HEADER_BYTES
+
+__all__ = ["protocol"]
+
+
+def protocol() -> type[asyncio.Protocol] | str:
+    """What ``uvicorn.Config(http=...)`` takes: the bounded httptools protocol, or "h11"."""
+    try:
+        import httptools
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools is not installed
+        return "h11"
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol, with h11's bound on a request's line and headers."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._in_head = True
+            self._head = 0
+            self._refused = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head += len(data)
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                if self.cycle is not None and not self.cycle.response_complete:
+                    # Bytes after a request that make no next request: the request in
+                    # flight is answered first, then the 400 (what h11 does).
+                    self._refused = True
+                    self.flow.pause_reading()
+                else:
+                    self.send_400_response("Invalid HTTP request received.")
+                return
+            except httptools.HttpParserUpgrade:  # as uvicorn's own
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            if self._in_head and self._head > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self.send_400_response("Request line and headers too large.")
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._refused and not self.transport.is_closing():
+                self.send_400_response("Invalid HTTP request received.")
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._head = 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head = True
+            self._head = 0
+
+    return BoundedHttpToolsProtocol
