@@ -11,7 +11,7 @@ read decrypts whichever the device holds; a rotation never looks at the previous
 :func:`rotate` is the agents' side: each agent checks in (``GET /api/v1/agent/password``),
 is told to rotate, and reports its next password (``POST``) with a blob encrypted ahead,
 outside the timing, by :func:`prepare`; every agent at once, asyncio over loopback, one
-keep-alive connection per agent (httpx.AsyncClient).
+keep-alive connection per agent (a few lines of HTTP/1.1 on asyncio streams: _Connection).
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import json
 import secrets
 import statistics
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
 from sqlalchemy import insert, update
 
 from ams import apikeys, crypto
@@ -196,44 +195,92 @@ def prepare(fleet: Fleet, agents: Sequence[Agent], *, force: bool = True) -> lis
     return [base64.b64decode(a.blob) for a in agents]
 
 
-async def _send(client: httpx.AsyncClient, method: str, retried: list[int], **kwargs: Any) -> httpx.Response:
-    """One request; sent again once when a kept-alive connection was closed under it (the
-    server closes connections idle past its keep-alive timeout, and under this load a pooled
-    connection can wait that long). Both requests may be repeated: a check-in changes
-    nothing, and a report of the current version with the same blob answers as the first."""
-    try:
-        return await client.request(method, PATH, **kwargs)
-    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
-        retried.append(1)
-        return await client.request(method, PATH, **kwargs)
+class _Connection:
+    """One agent's kept-alive HTTP/1.1 connection (asyncio streams). The agents' requests are
+    small and of a fixed shape, so a few lines of HTTP do: the agents share the cores with
+    the server, and httpx's pool (which scans every connection for each request, quadratic
+    in the agents: 200 agents spent more CPU than the server) starved it of them."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _exchange(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(head + body)
+        await self.writer.drain()
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        answer = await self.reader.readexactly(int(fields.get(b"content-length", b"0")))
+        if fields.get(b"connection", b"").lower() == b"close":
+            self.close()
+        return status, answer
+
+    async def request(
+        self, method: str, target: str, token: str, retried: list[int], body: bytes = b""
+    ) -> tuple[int, bytes]:
+        """One request; sent again once on a new connection when the kept-alive one was
+        closed under it (the server closes connections idle past its keep-alive timeout,
+        and under this load one can wait that long). Both requests may be repeated: a
+        check-in changes nothing, and a report of the current version with the same blob
+        answers as the first."""
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {token}\r\n"
+            + (f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if body else "")
+            + "\r\n"
+        ).encode()
+        try:
+            return await self._exchange(head, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            retried.append(1)
+            self.close()
+            return await self._exchange(head, body)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
 async def _one(
-    client: httpx.AsyncClient, agent: Agent, account: str, latencies: list[float], retried: list[int]
+    connection: _Connection, agent: Agent, account: str, latencies: list[float], retried: list[int]
 ) -> None:
-    headers = {"Authorization": f"Bearer {agent.token}"}
-    got = await _send(client, "GET", retried, params={"version": str(agent.version)}, headers=headers)
-    if got.status_code != 200:
-        raise RuntimeError(f"GET {PATH}: {got.status_code} {got.text[:300]}")
-    advice = got.json()
+    status, text = await connection.request("GET", f"{PATH}?version={agent.version}", agent.token, retried)
+    if status != 200:
+        raise RuntimeError(f"GET {PATH}: {status} {text[:300]!r}")
+    advice = json.loads(text)
     version = agent.version + 1
     if not advice["rotate"] or advice["next_version"] != version:
         raise RuntimeError(f"expected a rotation to version {version}, the server answered {advice}")
-    body = {"account": account, "version": version, "blob": agent.blob}
+    body = json.dumps({"account": account, "version": version, "blob": agent.blob}).encode()
     started = time.perf_counter()
-    stored = await _send(client, "POST", retried, json=body, headers=headers)
+    status, text = await connection.request("POST", PATH, agent.token, retried, body)
     latencies.append(time.perf_counter() - started)
-    if stored.status_code not in (200, 201):
-        raise RuntimeError(f"POST {PATH}: {stored.status_code} {stored.text[:300]}")
+    if status not in (200, 201):
+        raise RuntimeError(f"POST {PATH}: {status} {text[:300]!r}")
     agent.version = version
 
 
 async def _rotate(url: str, agents: Sequence[Agent], account: str) -> tuple[list[float], int]:
     latencies: list[float] = []
     retried: list[int] = []
-    limits = httpx.Limits(max_connections=len(agents), max_keepalive_connections=len(agents))
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
-        await asyncio.gather(*(_one(client, a, account, latencies, retried) for a in agents))
+    parsed = urllib.parse.urlsplit(url)
+    assert parsed.hostname is not None and parsed.port is not None
+    connections = [_Connection(parsed.hostname, parsed.port) for _ in agents]
+    try:
+        await asyncio.gather(
+            *(_one(c, a, account, latencies, retried) for c, a in zip(connections, agents, strict=True))
+        )
+    finally:
+        for connection in connections:
+            connection.close()
     return latencies, len(retried)
 
 
