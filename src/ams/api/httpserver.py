@@ -8,6 +8,12 @@ at ``h11_max_incomplete_event_size``; uvicorn's httptools protocol has no such b
 ended within :data:`ams.api.limits.MAX_HEADER_BYTES` (plus what one read may bring) gets
 400 and the connection ends, as with h11. Headers that arrive whole are checked by the
 application (431, ams.api.limits).
+
+uvicorn writes an answer's status line and headers, then its body, each with its own
+``send`` on the socket: two packets, and on loopback two wake-ups of the client, for each
+small answer. :class:`_Coalescing` gathers what one turn of the event loop writes on a
+connection and sends it at once (about a tenth of a rotation's CPU on the server, measured
+with the fleet benchmark).
 """
 
 from __future__ import annotations
@@ -18,6 +24,34 @@ from typing import Any
 from ams.api.limits import MAX_HEADER_BYTES
 
 __all__ = ["protocol"]
+
+
+class _Coalescing:
+    """A transport whose writes of one event-loop turn go out in one ``send``."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def protocol() -> type[asyncio.Protocol] | str:
@@ -36,6 +70,9 @@ def protocol() -> type[asyncio.Protocol] | str:
             self._in_head = True
             self._head = 0
             self._refused = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_Coalescing(transport))  # type: ignore[arg-type]
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
