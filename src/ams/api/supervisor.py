@@ -171,7 +171,7 @@ def _record_replaced(instance: Instance, pid: int, status: int, replacement: int
 
 def run_workers(
     instance: Instance,
-    sock: socket.socket,
+    sockets: Sequence[socket.socket],
     workers: int,
     serve: Callable[[Instance, socket.socket], Any],
     *,
@@ -179,7 +179,9 @@ def run_workers(
     not_inherited: Sequence[int] = (),
 ) -> int:
     """Fork ``workers`` processes that each call ``serve(instance, sock)``, and supervise them
-    until SIGTERM or SIGINT; 0 after a clean stop, 1 when workers kept failing.
+    until SIGTERM or SIGINT; 0 after a clean stop, 1 when workers kept failing. Worker ``i``
+    serves ``sockets[i % len(sockets)]`` (one socket each, ams.cli.serve_cmd._listen_each),
+    and so does the worker started in its place.
 
     ``on_started`` runs in this process once the first workers are forked (the LDAP
     listener: its threads must not be running when they are)."""
@@ -190,11 +192,15 @@ def run_workers(
     instance.engine.dispose()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: set[int] = set()
+    serves: dict[int, socket.socket] = {}  # worker pid -> its socket
     restarts: list[float] = []
     code = 0
     try:
-        for _ in range(workers):
-            children.add(_fork(instance, sock, counters, serve, mask))
+        for index in range(workers):
+            sock = sockets[index % len(sockets)]
+            pid = _fork(instance, sock, counters, serve, mask)
+            children.add(pid)
+            serves[pid] = sock
         log.info("%d workers serving (pids %s)", workers, ", ".join(str(p) for p in sorted(children)))
         if on_started is not None:
             on_started()  # its threads inherit the blocked signals: SIGTERM stays this thread's
@@ -215,8 +221,10 @@ def run_workers(
                 code = 1
                 break
             for ended_pid, status in ended:
+                sock = serves.pop(ended_pid, sockets[0])
                 pid = _fork(instance, sock, counters, serve, mask)
                 children.add(pid)
+                serves[pid] = sock
                 log.info("worker %d started in its place", pid)
                 _record_replaced(instance, ended_pid, status, pid)
     finally:
