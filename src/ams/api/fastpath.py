@@ -52,7 +52,8 @@ class _Route:
         self.path = path
 
 
-_VERSION_QUERY = re.compile(rb"version=(-?[0-9]{1,63})")
+# What ams-agent sends: ``version=`` (none yet) or ``version=N``.
+_VERSION_QUERY = re.compile(rb"version=(-?[0-9]{1,63})?")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -105,7 +106,7 @@ async def check_in(fast: FastRoutes, scope: Scope, receive: Receive, send: Send)
         match = _VERSION_QUERY.fullmatch(query)
         if match is None:
             return False
-        reported = int(match[1])
+        reported = int(match[1]) if match[1] is not None else None
     token = _bearer(_headers(scope))
     if token is None:
         return False

@@ -1,0 +1,151 @@
+"""The hot path's own dispatcher (ams.api.fastpath): what it answers, and that every other
+request reaches the FastAPI routes, body included, and is answered as before."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from ams import audit
+from ams.api import create_app
+from ams.api.fastpath import FAST_ROUTES, FastRoutes
+from ams.api.limits import AGENT_PASSWORD
+from ams.instance import Instance
+from vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
+
+PATH = "/api/v1/agent/password"
+
+
+@pytest.fixture
+def client(instance: Instance) -> Iterator[TestClient]:
+    with TestClient(create_app(instance)) as c:
+        yield c
+
+
+@pytest.fixture
+def agent(client: TestClient, instance: Instance) -> Agent:
+    agent = register(client, instance, "pc-fast")
+    agent.rotate()
+    return agent
+
+
+def _current_version(instance: Instance, agent: Agent) -> Any:
+    with instance.engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "SELECT version FROM device_passwords WHERE device_id = ? AND is_current", (agent.device_id,)
+        ).scalar()
+
+
+class _Recorder:
+    """The application behind the dispatcher, recording what reached it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bytes]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.seen.append((scope["method"], scope["query_string"].decode(), body))
+        await JSONResponse({"handed_on": True}, status_code=418)(scope, receive, send)
+
+
+def test_the_fast_routes_are_the_check_in_and_the_report() -> None:
+    assert set(FAST_ROUTES) == {("GET", PATH), ("POST", PATH)}
+
+
+def test_what_the_dispatcher_does_not_know_reaches_the_application_with_its_body(
+    instance: Instance, agent: Agent
+) -> None:
+    recorder = _Recorder()
+    app = FastRoutes(recorder, instance, errors=lambda exc: JSONResponse(exc.to_dict(), exc.http_status))
+    bearer = {"Authorization": f"Bearer {agent.token}"}
+    good = {"account": "Administrator", "version": 5, "blob": "QUJD"}
+    handed_on = [
+        ("POST", "", json.dumps({**good, "extra": [[1]]}).encode(), {**bearer}),  # another shape
+        ("POST", "", b'{"account": "Administrator", "version": ', {**bearer}),  # not JSON
+        ("POST", "", json.dumps({**good, "version": "5"}).encode(), {**bearer}),  # a string
+        ("POST", "", json.dumps({**good, "account": ""}).encode(), {**bearer}),  # too short
+        ("POST", "", json.dumps(good).encode(), {}),  # no token
+        ("POST", "", json.dumps(good).encode(), {**bearer, "Content-Type": "text/plain"}),
+        ("GET", "version=abc", b"", {**bearer}),
+        ("GET", "version=1&version=2", b"", {**bearer}),
+        ("GET", "", b"", {"Authorization": "Basic x"}),
+        ("PUT", "", json.dumps(good).encode(), {**bearer}),
+        ("GET", "", b"", {**bearer}),  # another path
+    ]
+    with TestClient(app) as client:
+        for index, (method, query, body, headers) in enumerate(handed_on):
+            path = "/api/v1/agent/passwords" if index == len(handed_on) - 1 else PATH
+            if body and "Content-Type" not in headers:
+                headers = {**headers, "Content-Type": "application/json"}
+            answer = client.request(
+                method, f"{path}?{query}" if query else path, content=body, headers=headers
+            )
+            assert answer.status_code == 418, (method, query, body, answer.text)
+            assert recorder.seen[-1] == (method, query, body)
+        # A well-formed check-in is answered here.
+        answer = client.get(PATH, params={"version": str(agent.version)}, headers=bearer)
+        assert answer.status_code == 200 and answer.json()["current_version"] == agent.version
+    assert len(recorder.seen) == len(handed_on)
+
+
+def test_bad_input_is_answered_as_the_routes_answer_it(
+    client: TestClient, instance: Instance, agent: Agent
+) -> None:
+    before = _current_version(instance, agent)
+    bearer = {"Authorization": f"Bearer {agent.token}", "Content-Type": "application/json"}
+
+    too_large = client.post(PATH, content=b"x" * (AGENT_PASSWORD + 1), headers=bearer)
+    assert too_large.status_code == 413
+    assert too_large.json()["error"] == "request_too_large"
+    assert too_large.headers["connection"] == "close"
+
+    not_json = client.post(PATH, content=b'{"account": "Administrator",', headers=bearer)
+    assert not_json.status_code == 422
+    assert not_json.json()["message"].startswith("the request body is not valid JSON")
+
+    as_string = client.post(
+        PATH, json={"account": "Administrator", "version": "9", "blob": "QUJD"}, headers=bearer
+    )
+    assert (as_string.status_code, as_string.json()["error"]) == (422, "bad_input")
+    assert as_string.json()["message"].startswith("version:")
+
+    wrong_method = client.put(PATH, json={}, headers=bearer)
+    assert (wrong_method.status_code, wrong_method.json()["error"]) == (405, "method_not_allowed")
+
+    bad_query = client.get(PATH, params={"version": "1.5"}, headers=bearer)
+    assert (bad_query.status_code, bad_query.json()["error"]) == (422, "bad_input")
+
+    no_token = client.get(PATH)
+    assert no_token.status_code == 401 and no_token.headers["www-authenticate"] == "Bearer"
+
+    wrong = {"Authorization": f"Bearer {agent.device_id}.not-the-secret"}
+    refused = client.post(
+        PATH, json={"account": "Administrator", "version": 9, "blob": "QUJD"}, headers=wrong
+    )
+    assert (refused.status_code, refused.json()["error"]) == (401, "device_token_invalid")
+    assert refused.headers["www-authenticate"] == "Bearer"
+    with instance.session() as session:
+        failed = audit.list_events(session, event_id=audit.Event.DEVICE_AUTH_FAILED)
+    assert [e.target for e in failed] == [agent.device_id]
+
+    undecryptable = client.post(
+        PATH, json={"account": "Administrator", "version": before + 1, "blob": "QUJD"}, headers=bearer
+    )
+    assert (undecryptable.status_code, undecryptable.json()["error"]) == (422, "password_undecryptable")
+    assert _current_version(instance, agent) == before  # nothing stored
