@@ -4,6 +4,7 @@ request reaches the FastAPI routes, body included, and is answered as before."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from ams import audit
 from ams.api import create_app
 from ams.api.fastpath import FAST_ROUTES, FastRoutes
 from ams.api.limits import AGENT_PASSWORD
+from ams.api.metrics import Metrics
 from ams.instance import Instance
 from vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
@@ -72,7 +74,12 @@ def test_what_the_dispatcher_does_not_know_reaches_the_application_with_its_body
     instance: Instance, agent: Agent
 ) -> None:
     recorder = _Recorder()
-    app = FastRoutes(recorder, instance, errors=lambda exc: JSONResponse(exc.to_dict(), exc.http_status))
+    app = FastRoutes(
+        recorder,
+        instance,
+        errors=lambda exc: JSONResponse(exc.to_dict(), exc.http_status),
+        metrics=Metrics(instance),
+    )
     bearer = {"Authorization": f"Bearer {agent.token}"}
     good = {"account": "Administrator", "version": 5, "blob": "QUJD"}
     handed_on = [
@@ -149,3 +156,27 @@ def test_bad_input_is_answered_as_the_routes_answer_it(
     )
     assert (undecryptable.status_code, undecryptable.json()["error"]) == (422, "password_undecryptable")
     assert _current_version(instance, agent) == before  # nothing stored
+
+
+def test_a_fast_answer_is_named_counted_and_timed_like_every_answer(client: TestClient, agent: Agent) -> None:
+    bearer = {"Authorization": f"Bearer {agent.token}"}
+    for _ in range(3):
+        answer = client.get(PATH, params={"version": str(agent.version)}, headers=bearer)
+        assert answer.status_code == 200
+        assert answer.headers["x-ams-worker"] == str(os.getpid())
+    refused = client.get(PATH, headers={"Authorization": f"Bearer {agent.device_id}.wrong"})
+    assert refused.status_code == 401 and refused.headers["x-ams-worker"] == str(os.getpid())
+    metrics = client.get("/metrics").text
+    # agent.rotate() in the fixture checked in once and reported once
+    assert f'ams_http_requests_total{{route="{PATH}",status="200"}} 4.0' in metrics
+    assert f'ams_http_requests_total{{route="{PATH}",status="201"}} 1.0' in metrics
+    assert f'ams_http_requests_total{{route="{PATH}",status="401"}} 1.0' in metrics
+    assert f'ams_http_request_duration_seconds_count{{route="{PATH}"}} 6.0' in metrics
+
+
+def test_headers_over_the_limits_reach_the_application_which_refuses_them(
+    client: TestClient, agent: Agent
+) -> None:
+    headers = {"Authorization": f"Bearer {agent.token}", **{f"X-Extra-{i}": "x" for i in range(120)}}
+    answer = client.get(PATH, headers=headers)
+    assert (answer.status_code, answer.json()["error"]) == (431, "request_too_large")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
+from starlette.types import Receive, Scope, Send
 
 from ams import __version__
 from ams.api import aws_ds, limits, throttle
@@ -119,6 +121,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(jobs.stop)
 
 
+class _AMSApp(FastAPI):
+    """The FastAPI application, with the hot path's routes answered in front of its own
+    stack (ams.api.fastpath.FastRoutes), which answers everything else."""
+
+    fast_routes: FastRoutes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fast_routes(scope, receive, send)
+
+
 def create_app(instance: Instance) -> FastAPI:
     from fastapi_offline import FastAPIOffline
 
@@ -139,6 +151,12 @@ def create_app(instance: Instance) -> FastAPI:
     )
     app.state.instance = instance
     app.state.metrics = Metrics(instance)
+    # fastapi-offline builds a plain FastAPI; _AMSApp differs only by its __call__.
+    app.__class__ = _AMSApp
+    assert isinstance(app, _AMSApp)
+    app.fast_routes = FastRoutes(
+        functools.partial(FastAPI.__call__, app), instance, _render_error, app.state.metrics
+    )
 
     @app.exception_handler(AMSError)
     async def ams_error(_request: Request, exc: AMSError) -> JSONResponse:
@@ -175,8 +193,6 @@ def create_app(instance: Instance) -> FastAPI:
             status_code=422,
         )
 
-    # Innermost: the hot path's routes answered without FastAPI's routing (ams.api.fastpath).
-    app.add_middleware(FastRoutes, instance=instance, errors=_render_error)
     app.add_middleware(limits.RequestLimitsMiddleware)
     # Outermost: counts and times every answer, the limits' refusals included.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

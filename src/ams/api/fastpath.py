@@ -2,18 +2,25 @@
 
 ``GET /api/v1/agent/password`` (the check-in) and ``POST /api/v1/agent/password`` (the
 report) are what every agent of the fleet calls; :class:`FastRoutes`, a pure ASGI
-middleware inside the metrics and limits middlewares, answers them itself: the path and
-method looked up in :data:`FAST_ROUTES`, the token and the query read from the ASGI scope,
-the body read up to its limit and parsed with the standard library's ``json``, the vault
-called in the event loop (ams.api.routes.agent says why), the answer encoded once.
+application in front of the FastAPI application (ams.api.app: its ``__call__``), answers
+them itself: the path and method looked up in :data:`FAST_ROUTES`, the token and the query
+read from the ASGI scope, the body read up to its limit and parsed with the standard
+library's ``json``, the vault called in the event loop (ams.api.routes.agent says why), the
+answer encoded once, counted and timed in the application's metrics and named by the
+``X-AMS-Worker`` header as every answer is (ams.api.metrics). FastAPI's own stack (its
+middlewares, Starlette's routing, the dependencies) cost several times the HTTP server's
+own work per request (docs/performance.md).
 
 It answers only the requests whose shape it knows: a bearer token, no query or a whole
 number ``version``, a JSON body of exactly ``account``, ``version`` and ``blob`` with
-their types and lengths, within the route's declared size. Anything else (no token, a
-query it does not know, a body too large, not JSON, another shape, another method) goes
-on, body included, to the FastAPI application, whose routes are still declared (and so in
+their types and lengths, within the route's declared size, with headers within AMS's
+limits. Anything else (no token, a query it does not know, a body too large, not JSON,
+another shape, another method, headers over the limits) goes on, body included, to the
+FastAPI application, whose routes are still declared (and so in
 the OpenAPI document) and which answers it as it always has: the same status and error.
-Errors of the vault come back as the application's exception handlers answer them.
+Errors of the vault come back as the application's exception handlers answer them; an
+unexpected exception as a 500 in the AMS error shape, then raised on for uvicorn to log
+(what Starlette's ServerErrorMiddleware does).
 
 :data:`FAST_ROUTES` is the table of the routes answered here: ``(method, path)`` to a
 handler, which returns False to hand the request on. Another hot route (the
@@ -23,15 +30,18 @@ administrator's password read) is one more entry.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ams.api.limits import AGENT_PASSWORD
-from ams.errors import AMSError
+from ams.api.limits import AGENT_PASSWORD, MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from ams.api.metrics import WORKER_HEADER, Metrics
+from ams.errors import AMSError, InternalError
 from ams.instance import Instance
 from ams.vault import passwords
 
@@ -43,13 +53,6 @@ AGENT_ROUTE = "/api/v1/agent/password"
 # answers; messages: the application answers, these (the body read) received first.
 Handled = bool | list[Message]
 Handler = Callable[["FastRoutes", Scope, Receive, Send], Awaitable[Handled]]
-
-
-class _Route:
-    """What ``scope["route"]`` holds for the metrics middleware (its ``path`` label)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
 
 
 # What ams-agent sends: ``version=`` (none yet) or ``version=N``.
@@ -194,33 +197,71 @@ FAST_ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", AGENT_ROUTE): check_in,
     ("POST", AGENT_ROUTE): report,
 }
-_ROUTES = {path: _Route(path) for _method, path in FAST_ROUTES}
 
 
 class FastRoutes:
     """Pure ASGI: the routes of :data:`FAST_ROUTES` answered here, the rest by ``app``.
 
-    ``errors`` renders an AMS error as the application's exception handlers do."""
+    ``errors`` renders an AMS error as the application's exception handlers do; ``metrics``
+    are the application's (each answer counted and timed by route and status)."""
 
-    def __init__(self, app: ASGIApp, instance: Instance, errors: Callable[[AMSError], Response]) -> None:
+    def __init__(
+        self, app: ASGIApp, instance: Instance, errors: Callable[[AMSError], Response], metrics: Metrics
+    ) -> None:
         self.app = app
         self.instance = instance
         self.errors = errors
+        self.metrics = metrics
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     async def refuse(self, exc: AMSError, scope: Scope, receive: Receive, send: Send) -> None:
         await self.errors(exc)(scope, receive, send)
 
+    def _count(self, path: str, status: int, seconds: float) -> None:
+        counter = self._counted.get((path, status))
+        if counter is None:
+            counter = self._counted[(path, status)] = self.metrics.requests.labels(path, str(status))
+        counter.inc()
+        timer = self._timed.get(path)
+        if timer is None:
+            timer = self._timed[path] = self.metrics.latency.labels(path)
+        timer.observe(seconds)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            handler = FAST_ROUTES.get((scope["method"], scope["path"]))
-            if handler is not None:
-                handled = await handler(self, scope, receive, send)
-                if handled is True:
-                    scope["route"] = _ROUTES[scope["path"]]
-                    return
-                if handled:
-                    receive = _replaying(handled, receive)
-        await self.app(scope, receive, send)
+        handler = FAST_ROUTES.get((scope.get("method", ""), scope.get("path", "")))
+        if handler is None or scope["type"] != "http" or not _within_limits(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        worker = (WORKER_HEADER, str(os.getpid()).encode())  # a forked worker has its own
+
+        async def send_named(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), worker]
+            await send(message)
+
+        try:
+            handled = await handler(self, scope, receive, send_named)
+        except Exception:
+            if status == 500:  # nothing sent yet
+                await self.refuse(InternalError(), scope, receive, send_named)
+            self._count(scope["path"], status, time.perf_counter() - started)
+            raise  # uvicorn logs it
+        if handled is True:
+            self._count(scope["path"], status, time.perf_counter() - started)
+            return
+        await self.app(scope, _replaying(handled, receive) if handled else receive, send)
+
+
+def _within_limits(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the headers are within AMS's limits (else the application answers 431)."""
+    return (
+        len(headers) <= MAX_HEADER_FIELDS and sum(len(n) + len(v) + 4 for n, v in headers) <= MAX_HEADER_BYTES
+    )
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
