@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from ams.db.sqlite import db_time
 
@@ -89,6 +90,7 @@ class Statement:
 
                 dialect = SQLiteDialect_pysqlite(paramstyle="named")
             done = self.statement.compile(dialect=dialect, column_keys=self.keys)
+            assert isinstance(done, SQLCompiler)
             defaults = {
                 name: bind.value
                 for name, bind in done.binds.items()
