@@ -617,8 +617,9 @@ def _store_once(
     version: int | None,
     blob: str | bytes,
 ) -> StoredPassword:
-    # 1. Read (no lock): who the device is, and the active key, from the cache.
+    # One pooled connection for the request; no transaction open until step 3.
     with instance.engine.connect() as conn:
+        # 1. Read (no lock): who the device is, and the active key, from the cache.
         row = _SQL_REPORT_STATE.first(conn, {"device_id": device_id}) if secret != "" else None
         device = _authenticated(row, secret)
         assert row is not None
@@ -626,98 +627,101 @@ def _store_once(
         active = _active(conn, cache, generation, device.scope)
         policy = _policy(conn, cache, generation, device.scope)
         hotsql.end_read(conn)
-    if version is not None:  # a report's; a blob alone carries its own (checked below)
+        if version is not None:  # a report's; a blob alone carries its own (checked below)
+            _check_version(version)
+        if isinstance(blob, bytes):
+            raw: bytes | None = blob if 0 < len(blob) <= MAX_BLOB_BYTES else None
+            if raw is None:
+                raise _reject(instance, device, "empty or too large")
+        else:
+            raw = decode_blob(blob)
+            if raw is None:
+                raise _reject(instance, device, "not base64, empty or too large")
+        # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
+        # another's write.
+        assert active is None or isinstance(active, hotcache.ActiveCertificate)
+
+        def private_key() -> bytes:
+            assert active is not None  # _test_decrypt asks only for the active certificate's key
+            return _private_key(instance, cache, generation, active)
+
+        thumbprint, account, version = _test_decrypt(
+            instance, device, raw, account, version, active, private_key
+        )
         _check_version(version)
-    if isinstance(blob, bytes):
-        raw: bytes | None = blob if 0 < len(blob) <= MAX_BLOB_BYTES else None
-        if raw is None:
-            raise _reject(instance, device, "empty or too large")
-    else:
-        raw = decode_blob(blob)
-        if raw is None:
-            raise _reject(instance, device, "not base64, empty or too large")
-    # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
-    # another's write.
-    assert active is None or isinstance(active, hotcache.ActiveCertificate)
-
-    def private_key() -> bytes:
-        assert active is not None  # _test_decrypt asks only for the active certificate's key
-        return _private_key(instance, cache, generation, active)
-
-    thumbprint, account, version = _test_decrypt(instance, device, raw, account, version, active, private_key)
-    _check_version(version)
-    # 3. Write: the first statement takes the device's write lock (SQLite's database lock,
-    # PostgreSQL's row lock), so what is read next stays true until the commit.
-    actor = f"device:{device.id}"
-    now = instance.clock.now()
-    with instance.engine.connect() as conn, hotsql.writing(conn, _write_lock(instance)):
-        if not _SQL_SEEN.execute(conn, {"device_id": device.id, "now": now}):
-            raise NotFound(f"no device {device.id}")
-        row = _SQL_REPORT_STATE.first(conn, {"device_id": device.id})
-        assert row is not None
-        if row.generation != generation:
-            raise _Moved()  # rolls back; the next try reads the new certificates (and policy)
-        current = row.password_id is not None
-        if current and row.version == version and row.blob == raw:
-            # The same report again (the agent retried after losing our answer): same answer.
-            return StoredPassword(row.request_id, row.version, row.effective_at, row.expires_at)
-        highest = row.highest or 0
-        if version <= highest:
-            raise Conflict(
-                f"version {version} is not above the server's {highest}: ask GET /api/v1/agent/password again"
+        # 3. Write: the first statement takes the device's write lock (SQLite's database lock,
+        # PostgreSQL's row lock), so what is read next stays true until the commit.
+        actor = f"device:{device.id}"
+        now = instance.clock.now()
+        with hotsql.writing(conn, _write_lock(instance)):
+            if not _SQL_SEEN.execute(conn, {"device_id": device.id, "now": now}):
+                raise NotFound(f"no device {device.id}")
+            row = _SQL_REPORT_STATE.first(conn, {"device_id": device.id})
+            assert row is not None
+            if row.generation != generation:
+                raise _Moved()  # rolls back; the next try reads the new certificates (and policy)
+            current = row.password_id is not None
+            if current and row.version == version and row.blob == raw:
+                # The same report again (the agent retried after losing our answer): same answer.
+                return StoredPassword(row.request_id, row.version, row.effective_at, row.expires_at)
+            highest = row.highest or 0
+            if version <= highest:
+                raise Conflict(
+                    f"version {version} is not above the server's {highest}: "
+                    "ask GET /api/v1/agent/password again"
+                )
+            if highest >= MAX_VERSION:
+                raise _exhausted(device.id, highest)
+            reach = _reach(highest)
+            if version > reach:
+                # A jump this far would bring the device's versions toward the top of the range,
+                # where the next one could no longer be expressed: refused, nothing changes.
+                raise PasswordVersionOutOfRange(
+                    f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
+                    f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
+                )
+            if current:
+                _SQL_SUPERSEDE.execute(conn, {"password_id": row.password_id, "now": now})
+            request_id = REQUEST_PREFIX + crypto.random_id(32)
+            expires_at = now + timedelta(days=policy.max_age_days)
+            _SQL_NEW_PASSWORD.execute(
+                conn,
+                {
+                    "device_id": device.id,
+                    "version": version,
+                    "account": account,
+                    "blob": raw,
+                    "certificate_thumbprint": thumbprint,
+                    "request_id": request_id,
+                    "effective_at": now,
+                    "expires_at": expires_at,
+                    "is_current": True,
+                    "superseded_at": None,
+                    "replaces_id": row.password_id,
+                    "answered_force": bool(row.force_rotation),
+                    "created_at": now,
+                },
             )
-        if highest >= MAX_VERSION:
-            raise _exhausted(device.id, highest)
-        reach = _reach(highest)
-        if version > reach:
-            # A jump this far would bring the device's versions toward the top of the range,
-            # where the next one could no longer be expressed: refused, nothing changes.
-            raise PasswordVersionOutOfRange(
-                f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
-                f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
+            _SQL_DEVICE_ROTATED.execute(conn, {"device_id": device.id, "version": version})
+            _audit(
+                conn,
+                instance,
+                audit.Event.PASSWORD_ROTATED,
+                actor=actor,
+                target=device.id,
+                details={
+                    "version": version,
+                    "previous_version": row.version if current else None,
+                    "certificate": thumbprint,
+                    "request_id": request_id,
+                },
             )
-        if current:
-            _SQL_SUPERSEDE.execute(conn, {"password_id": row.password_id, "now": now})
-        request_id = REQUEST_PREFIX + crypto.random_id(32)
-        expires_at = now + timedelta(days=policy.max_age_days)
-        _SQL_NEW_PASSWORD.execute(
-            conn,
-            {
-                "device_id": device.id,
-                "version": version,
-                "account": account,
-                "blob": raw,
-                "certificate_thumbprint": thumbprint,
-                "request_id": request_id,
-                "effective_at": now,
-                "expires_at": expires_at,
-                "is_current": True,
-                "superseded_at": None,
-                "replaces_id": row.password_id,
-                "answered_force": bool(row.force_rotation),
-                "created_at": now,
-            },
-        )
-        _SQL_DEVICE_ROTATED.execute(conn, {"device_id": device.id, "version": version})
-        _audit(
-            conn,
-            instance,
-            audit.Event.PASSWORD_ROTATED,
-            actor=actor,
-            target=device.id,
-            details={
-                "version": version,
-                "previous_version": row.version if current else None,
-                "certificate": thumbprint,
-                "request_id": request_id,
-            },
-        )
-        if row.history + (1 if current else 0) > policy.history_keep_count:
-            # Only then can retention remove anything (it keeps history_keep_count at least).
-            with Session(bind=conn) as session:
-                retention.apply(session, instance.clock, device.id, policy, actor)
-                session.flush()
-        return StoredPassword(request_id, version, now, expires_at)
+            if row.history + (1 if current else 0) > policy.history_keep_count:
+                # Only then can retention remove anything (it keeps history_keep_count at least).
+                with Session(bind=conn) as session:
+                    retention.apply(session, instance.clock, device.id, policy, actor)
+                    session.flush()
+            return StoredPassword(request_id, version, now, expires_at)
 
 
 # -- DELETE /api/v1/agent/password/{request_id} --------------------------------------------
