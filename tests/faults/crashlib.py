@@ -106,13 +106,15 @@ def serve_forks() -> None:
     out.flush()
     for line in sys.stdin:
         job = json.loads(line)
+        began = time.monotonic()
         pid = os.fork()
         if pid == 0:
             _child(job)
         out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
         _, status = os.waitpid(pid, 0)
-        out.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n")
+        seconds = time.monotonic() - began  # from the fork to the child's end
+        out.write(json.dumps({"status": os.waitstatus_to_exitcode(status), "seconds": seconds}) + "\n")
         out.flush()
 
 
@@ -151,10 +153,12 @@ class Running:
             os.kill(self.pid, signal.SIGKILL)
 
     def wait(self) -> Outcome:
-        status = int(self.server._read()["status"])
-        seconds = time.monotonic() - self.started
+        """The job's end; its ``seconds`` are the fork server's, from the fork to the end (not
+        to this call, which a kill point's sleep may have delayed)."""
+        answer = self.server._read()
         self.server.busy = False
-        return Outcome(status, _output(self.out), _output(self.err), seconds)
+        seconds = float(answer.get("seconds", time.monotonic() - self.started))
+        return Outcome(int(answer["status"]), _output(self.out), _output(self.err), seconds)
 
 
 class ForkServer:
@@ -543,6 +547,29 @@ def points(duration: float, count: int, rng: random.Random) -> list[float]:
     equal slices, so the whole duration is covered whatever the seed."""
     width = duration / count
     return [width * i + rng.random() * width for i in range(count)]
+
+
+class KillSchedule:
+    """``count`` seeded kill times, one in each of ``count`` equal slices of the operation's
+    duration, where the duration is the shortest run seen so far: the measured one, then each
+    point the operation finished before its kill (:meth:`finished`). An operation that runs
+    faster once its files are cached would otherwise end before the last slices' kills, and
+    those points would kill nothing."""
+
+    def __init__(self, duration: float, count: int, rng: random.Random) -> None:
+        self.duration = duration
+        self.count = count
+        self._offsets = [rng.random() for _ in range(count)]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def at(self, n: int) -> float:
+        return self.duration / self.count * (n + self._offsets[n])
+
+    def finished(self, seconds: float) -> None:
+        """The operation ran to its end in ``seconds`` (it was not killed)."""
+        self.duration = min(self.duration, seconds)
 
 
 def utc_now() -> datetime:

@@ -377,10 +377,14 @@ def test_crash_points(
     assert whole.returncode == 0, whole.stderr
     failures: list[str] = []
     killed = 0
-    for n, at in enumerate(crashlib.points(whole.seconds, count, rng)):
+    schedule = crashlib.KillSchedule(whole.seconds, count, rng)
+    for n in range(count):
+        at = schedule.at(n)
         case = _case(template, tmp_path / "point", op)
         outcome = crashlib.kill_at(_start(forks, op, case), at)
         killed += outcome.killed
+        if not outcome.killed:
+            schedule.finished(outcome.seconds)
         problems: Problems = []
         if not outcome.killed and outcome.returncode != 0:
             problems.append(f"ended by itself with exit {outcome.returncode}: {outcome.stderr[-300:]}")
@@ -388,7 +392,7 @@ def test_crash_points(
         problems += op.check(forks, case, rng)
         again = _start(forks, op, case).wait()
         problems += op.after_rerun(forks, case, again)
-        failures += [f"point {n} ({at:.3f}s of {whole.seconds:.3f}s): {p}" for p in problems]
+        failures += [f"point {n} ({at:.3f}s of {schedule.duration:.3f}s): {p}" for p in problems]
     outcome_text = f"{killed} killed mid-way (the rest had finished); " + (
         "every check passed" if not failures else f"{len(failures)} failed checks"
     )

@@ -22,7 +22,9 @@ PostgreSQL, but their crash points are the files' (SQLite's harness covers them:
 test_crash_ops.py): on PostgreSQL the restore's database part is one transaction, and a
 snapshot's rows change in one transaction each, which the SQLite runs already kill.
 
-`make test` runs ``PG_POINTS`` points per operation; `--points N` (AMS_FAULT_POINTS) runs N.
+`make test` runs ``PG_POINTS`` points per operation (``PG_ROTATION_POINTS`` for agent rotation,
+whose points cost two `ams serve` starts each); `--points N` (AMS_FAULT_POINTS) runs N, and
+AMS_FAULT_PG_POINTS=N runs N here whatever `--points` says (a long run's PostgreSQL part).
 """
 
 # ruff: noqa: F811 - the fixtures imported from faultfixtures are requested by name below
@@ -30,6 +32,7 @@ snapshot's rows change in one transaction each, which the SQLite runs already ki
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -49,10 +52,13 @@ from pg import PostgresServer
 
 pytestmark = pytest.mark.postgres
 
-PG_POINTS = 5  # per operation in `make test` (the flag's count when given)
-DEVICES = 600  # the PostgreSQL template's size (the SQLite one is the big one)
-ENTRIES = 400
-ROTATING = 60  # agents rotating at once in the rotation-under-load case
+PG_POINTS = 3  # per operation in `make test` (the suite's time budget; more with the flag)
+PG_ROTATION_POINTS = 2
+# Read at import (collection): the suite's autouse fixture clears every AMS_* variable.
+_PG_POINTS_ENV = os.environ.get("AMS_FAULT_PG_POINTS")
+DEVICES = 200  # the PostgreSQL template's size (the SQLite one is the big one)
+ENTRIES = 300
+ROTATING = 30  # agents rotating at once in the rotation-under-load case
 
 # Rows that point at nothing. The first group are the foreign keys the schema declares
 # (PostgreSQL enforces them, but a restore copies rows in bulk); the second, relations it
@@ -224,9 +230,11 @@ def pg_template(
         pg_server.drop_database(url)
 
 
-def _points(fault_settings: dict[str, int]) -> int:
-    """PG_POINTS in `make test`; the flag's count when one is given."""
-    return PG_POINTS if fault_settings["points"] == DEFAULT_POINTS else fault_settings["points"]
+def _points(fault_settings: dict[str, int], ci: int) -> int:
+    """``ci`` in `make test`; the flag's count when one is given; AMS_FAULT_PG_POINTS first."""
+    if _PG_POINTS_ENV:
+        return int(_PG_POINTS_ENV)
+    return ci if fault_settings["points"] == DEFAULT_POINTS else fault_settings["points"]
 
 
 # -- the checks --------------------------------------------------------------------------------
@@ -462,7 +470,7 @@ def test_crash_points_postgres(
     fault_settings: dict[str, int],
     tmp_path: Path,
 ) -> None:
-    count, seed = _points(fault_settings), fault_settings["seed"]
+    count, seed = _points(fault_settings, PG_POINTS), fault_settings["seed"]
     rng = random.Random(f"{seed}/pg/{op.name}")
     new_home = op.name == "restore-new-home"
     case = pg_template.copy(tmp_path / "measure", new_home=new_home)
@@ -471,11 +479,15 @@ def test_crash_points_postgres(
     assert whole.returncode == 0, whole.stderr
     failures: list[str] = []
     killed = 0
-    for n, at in enumerate(crashlib.points(whole.seconds, count, rng)):
+    schedule = crashlib.KillSchedule(whole.seconds, count, rng)
+    for n in range(count):
+        at = schedule.at(n)
         case = pg_template.copy(tmp_path / "point", new_home=new_home)
         try:
             outcome = crashlib.kill_at(_start(forks, op, case), at)
             killed += outcome.killed
+            if not outcome.killed:
+                schedule.finished(outcome.seconds)
             problems: Problems = []
             if not outcome.killed and outcome.returncode != 0:
                 problems.append(f"ended by itself with exit {outcome.returncode}: {outcome.stderr[-300:]}")
@@ -484,7 +496,7 @@ def test_crash_points_postgres(
             problems += op.after_rerun(case, _start(forks, op, case).wait())
         finally:
             pg_template.drop(case)
-        failures += [f"point {n} ({at:.3f}s of {whole.seconds:.3f}s): {p}" for p in problems]
+        failures += [f"point {n} ({at:.3f}s of {schedule.duration:.3f}s): {p}" for p in problems]
     outcome_text = f"{killed} killed mid-way (the rest had finished); " + (
         "data consistent, every check passed" if not failures else f"{len(failures)} failed checks"
     )
@@ -495,7 +507,7 @@ def test_crash_points_postgres(
 def test_crash_points_rotation_under_load_postgres(
     pg_template: PgTemplate, forks: crashlib.ForkServer, fault_settings: dict[str, int], tmp_path: Path
 ) -> None:
-    count, seed = _points(fault_settings), fault_settings["seed"]
+    count, seed = _points(fault_settings, PG_ROTATION_POINTS), fault_settings["seed"]
     rng = random.Random(f"{seed}/pg/rotation")
     facts = pg_template.facts
     agents = [(facts["devices"][n], facts["tokens"][n], 3) for n in range(100, 100 + ROTATING)]
