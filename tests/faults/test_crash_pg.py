@@ -558,3 +558,24 @@ def test_crash_points_rotation_under_load_postgres(
         seed,
     )
     assert not failures, "\n".join(failures[:40])
+
+
+def test_the_consistency_queries_find_what_they_look_for(pg_template: PgTemplate, tmp_path: Path) -> None:
+    """The checks above could fail: break two undeclared relations in a copy, and they are named."""
+    case = pg_template.copy(tmp_path / "broken")
+    try:
+        assert orphans(case.url) == []
+        device = case.facts["devices"][0]
+        query(case.url, "UPDATE devices SET current_version = 9 WHERE id = %s", (device,))
+        query(
+            case.url,
+            "UPDATE device_passwords SET certificate_thumbprint = 'gone' "
+            "WHERE device_id = %s AND version = 1",
+            (device,),
+        )
+        found = orphans(case.url)
+        assert "passwords under no certificate: 1" in found
+        assert "devices whose current version has no current password: 1" in found
+        assert "current passwords that are not their device's version: 1" in found
+    finally:
+        pg_template.drop(case)
