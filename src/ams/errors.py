@@ -475,6 +475,8 @@ class DirectoryUnavailable(AMSError):
     http_status = 503
     summary = "the directory is restoring and offline: try again when its stage is Active"
     aws_type: ClassVar[str] = "ClientException"
+    # The REST answer's Retry-After (seconds): a restore of thousands of entries takes seconds.
+    retry_after: ClassVar[int] = 2
 
 
 class UnsupportedOperation(Conflict):

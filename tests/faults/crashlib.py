@@ -106,13 +106,15 @@ def serve_forks() -> None:
     out.flush()
     for line in sys.stdin:
         job = json.loads(line)
+        began = time.monotonic()
         pid = os.fork()
         if pid == 0:
             _child(job)
         out.write(json.dumps({"pid": pid}) + "\n")
         out.flush()
         _, status = os.waitpid(pid, 0)
-        out.write(json.dumps({"status": os.waitstatus_to_exitcode(status)}) + "\n")
+        seconds = time.monotonic() - began  # from the fork to the child's end
+        out.write(json.dumps({"status": os.waitstatus_to_exitcode(status), "seconds": seconds}) + "\n")
         out.flush()
 
 
@@ -151,10 +153,12 @@ class Running:
             os.kill(self.pid, signal.SIGKILL)
 
     def wait(self) -> Outcome:
-        status = int(self.server._read()["status"])
-        seconds = time.monotonic() - self.started
+        """The job's end; its ``seconds`` are the fork server's, from the fork to the end (not
+        to this call, which a kill point's sleep may have delayed)."""
+        answer = self.server._read()
         self.server.busy = False
-        return Outcome(status, _output(self.out), _output(self.err), seconds)
+        seconds = float(answer.get("seconds", time.monotonic() - self.started))
+        return Outcome(int(answer["status"]), _output(self.out), _output(self.err), seconds)
 
 
 class ForkServer:
@@ -268,8 +272,11 @@ def _blob(cert_der: bytes, password: str, version: int, at: datetime) -> bytes:
     return encrypt_password(cert_der, plaintext)
 
 
-def build_template(root: Path, *, devices: int, entries: int, seed: str) -> dict[str, Any]:
-    """A real instance (`root/home`) and its facts (`root/facts.json`): ``devices`` devices with
+def build_template(
+    root: Path, *, devices: int, entries: int, seed: str, database_url: str = ""
+) -> dict[str, Any]:
+    """A real instance (`root/home`, on ``database_url``: "" for SQLite) and its facts
+    (`root/facts.json`): ``devices`` devices with
     three passwords each under two certificates, a directory of ``entries`` entries with a
     snapshot of its first half, a second directory with a snapshot, ten small backups and one
     full backup (state "t1"), then a hundred more rotations and a changed config file ("t2")."""
@@ -288,7 +295,9 @@ def build_template(root: Path, *, devices: int, entries: int, seed: str) -> dict
 
     home = Home(root / "home")
     clock = ManualClock(utcnow() - timedelta(days=2))
-    create_instance(home, recovery_password=RECOVERY, actor="test", clock=clock)
+    create_instance(
+        home, recovery_password=RECOVERY, database_url_option=database_url, actor="test", clock=clock
+    )
     inst = open_instance(home, clock)
     try:
         cert_a = certificates.create(inst, "agent", "test", activate=True)
@@ -350,9 +359,12 @@ def build_template(root: Path, *, devices: int, entries: int, seed: str) -> dict
         objects.import_entries(
             inst, corp.id, people("dc=corp,dc=example,dc=com", half, entries), actor="test"
         )
-        objects.import_entries(inst, lab.id, people("dc=lab,dc=example,dc=com", 0, 300), actor="test")
+        lab_half = min(300, half)
+        objects.import_entries(inst, lab.id, people("dc=lab,dc=example,dc=com", 0, lab_half), actor="test")
         snap_lab = snapshots.create(inst, lab.id, name="lab", actor="test")
-        objects.import_entries(inst, lab.id, people("dc=lab,dc=example,dc=com", 300, 400), actor="test")
+        objects.import_entries(
+            inst, lab.id, people("dc=lab,dc=example,dc=com", lab_half, lab_half + 100), actor="test"
+        )
         note = home.config_dir / "templates" / "note.txt"
         note.write_text("t1\n")
         os.chmod(note, 0o600)
@@ -391,6 +403,7 @@ def build_template(root: Path, *, devices: int, entries: int, seed: str) -> dict
             "full_backup": str(full.path),
             "rotated_in_t2": min(100, devices),
             "built_at": clock.now().isoformat(),
+            "database_url": database_url,
         }
     finally:
         inst.close()
@@ -536,6 +549,29 @@ def points(duration: float, count: int, rng: random.Random) -> list[float]:
     return [width * i + rng.random() * width for i in range(count)]
 
 
+class KillSchedule:
+    """``count`` seeded kill times, one in each of ``count`` equal slices of the operation's
+    duration, where the duration is the shortest run seen so far: the measured one, then each
+    point the operation finished before its kill (:meth:`finished`). An operation that runs
+    faster once its files are cached would otherwise end before the last slices' kills, and
+    those points would kill nothing."""
+
+    def __init__(self, duration: float, count: int, rng: random.Random) -> None:
+        self.duration = duration
+        self.count = count
+        self._offsets = [rng.random() for _ in range(count)]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def at(self, n: int) -> float:
+        return self.duration / self.count * (n + self._offsets[n])
+
+    def finished(self, seconds: float) -> None:
+        """The operation ran to its end in ``seconds`` (it was not killed)."""
+        self.duration = min(self.duration, seconds)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -546,6 +582,36 @@ if __name__ == "__main__":
 
 
 # -- agents rotating over loopback ----------------------------------------------------------
+
+# Every template password has expired (the agents are told to rotate).
+SERVE_OFFSET = {"AMS_CLOCK_OFFSET_SECONDS": str(60 * 86400)}
+
+
+def serve(forks: ForkServer, home: Path) -> tuple[Running, str]:
+    """`ams serve` on ``home`` in a fork server child; its URL once /healthz answers."""
+    import httpx
+
+    from server import free_port
+
+    port = free_port()
+    running = forks.start(["serve", "--home", str(home), "--port", str(port)], env=SERVE_OFFSET)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return running, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    running.kill()
+    raise AssertionError(f"ams serve did not start: {running.wait().stderr[-500:]}")
+
+
+def stop(running: Running) -> Outcome:
+    """SIGTERM (the orderly stop) and reap."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(running.pid, signal.SIGTERM)
+    return running.wait()
 
 
 @dataclass

@@ -54,8 +54,8 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def render(folder: Path) -> str:
-    """The table (with its markers) for the figures in ``folder``."""
+def render(folder: Path, note: str = "") -> str:
+    """The table (with its markers) for the figures in ``folder``; ``note`` says what ran."""
     rows, newest = _load(folder)
     seeds = sorted({str(r["seed"]) for r in rows} - {"-"})
     when = newest.strftime("%Y-%m-%d %H:%M UTC") if newest else "never"
@@ -64,6 +64,7 @@ def render(folder: Path) -> str:
         "",
         f"Figures of the run of {when}, seed {', '.join(seeds) or '-'} (`tests/faults/`, "
         "see [the last section](#7-how-these-figures-are-made)).",
+        *(["", note] if note else []),
         "",
         "| area | what | tried | outcome |",
         "|---|---|---:|---|",
@@ -76,10 +77,10 @@ def render(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, folder: Path) -> None:
+def write_doc(doc: Path, folder: Path, note: str = "") -> None:
     """Replace the table between the markers in ``doc`` (insert it after the title if absent)."""
     text = doc.read_text(encoding="utf-8")
-    table = render(folder)
+    table = render(folder, note)
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1]
@@ -94,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path, help="the document whose figures table to rewrite")
     parser.add_argument("--from", dest="folder", type=Path, default=Path(_FOLDER) if _FOLDER else None)
+    parser.add_argument("--note", default="", help="a line under the heading: what ran, at which size")
     args = parser.parse_args(argv)
     if args.folder is None or not args.folder.is_dir():
         sys.stderr.write("error: give --from FOLDER or set AMS_FAULT_FIGURES to the run's folder\n")
         return 2
     if args.write is None:
-        sys.stdout.write(render(args.folder) + "\n")
+        sys.stdout.write(render(args.folder, args.note) + "\n")
     else:
-        write_doc(args.write, args.folder)
+        write_doc(args.write, args.folder, args.note)
     return 0
 
 

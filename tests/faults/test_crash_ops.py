@@ -12,12 +12,9 @@ operation again succeeds.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import shutil
-import signal
 import sqlite3
 import threading
 import time
@@ -380,10 +377,14 @@ def test_crash_points(
     assert whole.returncode == 0, whole.stderr
     failures: list[str] = []
     killed = 0
-    for n, at in enumerate(crashlib.points(whole.seconds, count, rng)):
+    schedule = crashlib.KillSchedule(whole.seconds, count, rng)
+    for n in range(count):
+        at = schedule.at(n)
         case = _case(template, tmp_path / "point", op)
         outcome = crashlib.kill_at(_start(forks, op, case), at)
         killed += outcome.killed
+        if not outcome.killed:
+            schedule.finished(outcome.seconds)
         problems: Problems = []
         if not outcome.killed and outcome.returncode != 0:
             problems.append(f"ended by itself with exit {outcome.returncode}: {outcome.stderr[-300:]}")
@@ -391,7 +392,7 @@ def test_crash_points(
         problems += op.check(forks, case, rng)
         again = _start(forks, op, case).wait()
         problems += op.after_rerun(forks, case, again)
-        failures += [f"point {n} ({at:.3f}s of {whole.seconds:.3f}s): {p}" for p in problems]
+        failures += [f"point {n} ({at:.3f}s of {schedule.duration:.3f}s): {p}" for p in problems]
     outcome_text = f"{killed} killed mid-way (the rest had finished); " + (
         "every check passed" if not failures else f"{len(failures)} failed checks"
     )
@@ -402,32 +403,6 @@ def test_crash_points(
 # -- agent rotation under load: `ams serve` killed while agents rotate --------------------------
 
 ROTATING = 100  # devices per point, rotating at once (50 at a time)
-OFFSET = {"AMS_CLOCK_OFFSET_SECONDS": str(60 * 86400)}  # every template password has expired
-
-
-def _serve(forks: crashlib.ForkServer, home: Path) -> tuple[crashlib.Running, str]:
-    import httpx
-
-    from server import free_port
-
-    port = free_port()
-    running = forks.start(["serve", "--home", str(home), "--port", str(port)], env=OFFSET)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return running, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    running.kill()
-    raise AssertionError(f"ams serve did not start: {running.wait().stderr[-500:]}")
-
-
-def _stop(running: crashlib.Running) -> crashlib.Outcome:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(running.pid, signal.SIGTERM)
-    return running.wait()
 
 
 def test_crash_points_rotation_under_load(
@@ -446,17 +421,17 @@ def test_crash_points_rotation_under_load(
         return Case(work, crashlib.relocate(template, home), home)
 
     case = fresh()
-    server, url = _serve(forks, case.home)
+    server, url = crashlib.serve(forks, case.home)
     began = time.monotonic()
     whole = crashlib.swarm(url, agents, concurrency=50)
     duration = time.monotonic() - began
-    _stop(server)
+    crashlib.stop(server)
     assert whole.failed == 0 and whole.rotations == ROTATING, whole.failures
     failures: list[str] = []
     acked_total = 0
     for n, at in enumerate(crashlib.points(duration, count, rng)):
         case = fresh()
-        server, url = _serve(forks, case.home)
+        server, url = crashlib.serve(forks, case.home)
         acked: dict[str, tuple[int, str]] = {}
         in_flight: set[str] = set()
         killer = threading.Timer(at, server.kill)
@@ -471,9 +446,9 @@ def test_crash_points_rotation_under_load(
             problems.append(f"integrity_check: {verdict}")
         problems += [f"acknowledged, then lost: {d}" for d in crashlib.read_back(case.home, acked)]
         # Again: every device that had not rotated (or whose answer the kill swallowed) rotates.
-        server, url = _serve(forks, case.home)
+        server, url = crashlib.serve(forks, case.home)
         again = crashlib.swarm(url, agents, concurrency=50, acked=acked)
-        _stop(server)
+        crashlib.stop(server)
         if again.failed or len(acked) != ROTATING:
             problems.append(f"rotating again: {again.failed} failed, {len(acked)} of {ROTATING} rotated")
         problems += [f"lost after rotating again: {d}" for d in crashlib.read_back(case.home, acked)]

@@ -35,6 +35,7 @@ from ams.errors import (
     AMSError,
     AuthenticationRequired,
     BadInput,
+    DirectoryUnavailable,
     InternalError,
     MasterKeyLocked,
     MethodNotAllowed,
@@ -54,6 +55,8 @@ def _error_response(exc: AMSError, headers: dict[str, str] | None = None) -> JSO
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, MasterKeyLocked):
         headers["Retry-After"] = "60"
+    if isinstance(exc, DirectoryUnavailable):
+        headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, RequestTooLarge):
         # The rest of the refused body may still be on its way: the connection ends here.
         headers["Connection"] = "close"

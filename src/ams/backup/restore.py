@@ -182,9 +182,24 @@ def _open_current(home: Home, clock: Clock) -> tuple[Instance | None, str | None
     return instance, None
 
 
-def _check_target_url(home: Home, url: str) -> str:
-    """``--database-url``: only for an empty home; "" or "sqlite" is the embedded database."""
+def _embedded_or(url: str) -> str:
+    return "" if url.strip() in ("", "sqlite") else url.strip()
+
+
+def _check_target_url(home: Home, url: str) -> str | None:
+    """``--database-url``: only for an empty home; "" or "sqlite" is the embedded database.
+
+    Into a home that holds an instance, only the database it already keeps is accepted (the
+    same command run again after a restore into a new home was interrupted once the home was
+    in place): the restore is then in place, and None is returned.
+    """
     if home.looks_initialised():
+        try:
+            current: str | None = _target_url(home, "")
+        except AMSError:
+            current = None
+        if current is not None and _embedded_or(current) == _embedded_or(url):
+            return None
         raise BadInput(
             f"{home.root} holds an instance: its database is where it keeps it; --database-url is "
             "for restoring into an empty home"
