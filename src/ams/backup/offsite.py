@@ -137,7 +137,7 @@ def _claim(bucket: str, key: str) -> Iterator[None]:
 @dataclass
 class _Sent:
     version_id: str | None
-    etag: str  # what the service's ETag is for these bytes (MD5, or the multipart MD5-of-MD5s)
+    etag: str | None  # the service's ETag for these bytes: their MD5 (one PUT); None for parts
     checksum: str  # base64 SHA-256 (whole, or of the parts' SHA-256s for a multipart upload)
 
 
@@ -181,28 +181,27 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
         part = max(PART_SIZE, -(-smallest // (1 << 20)) * (1 << 20))
         count = (size + part - 1) // part
 
-        def send(number: int) -> tuple[int, str, bytes, bytes]:
+        def send(number: int) -> tuple[int, str, bytes]:
             offset = (number - 1) * part
             data = _read_part(fd, offset, min(part, size - offset))
+            # hashlib releases the GIL on a buffer this large: the threads hash in parallel.
             sha = hashlib.sha256(data).digest()
-            md5 = hashlib.md5(data, usedforsecurity=False).digest()
             answer = client.upload_part(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=data,
-                ContentMD5=_b64(md5),
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(sha),
             )
-            return number, str(answer["ETag"]), sha, md5
+            return number, str(answer["ETag"]), sha
 
         try:
             with concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="ams-offsite") as pool:
-                # At most a few parts in memory: submitted in windows as earlier ones finish.
-                results: list[tuple[int, str, bytes, bytes]] = []
-                pending: set[concurrent.futures.Future[tuple[int, str, bytes, bytes]]] = set()
+                # At most _THREADS parts in memory: submitted as earlier ones finish.
+                results: list[tuple[int, str, bytes]] = []
+                pending: set[concurrent.futures.Future[tuple[int, str, bytes]]] = set()
                 for number in range(1, count + 1):
                     pending.add(pool.submit(send, number))
                     if len(pending) >= _THREADS:
@@ -219,7 +218,7 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
                 MultipartUpload={
                     "Parts": [
                         {"ETag": etag, "PartNumber": n, "ChecksumSHA256": _b64(sha)}
-                        for n, etag, sha, _md5 in results
+                        for n, etag, sha in results
                     ]
                 },
             )
@@ -227,9 +226,8 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
             with contextlib.suppress(Exception):
                 client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
-        etag = hashlib.md5(b"".join(r[3] for r in results), usedforsecurity=False).hexdigest() + f"-{count}"
         checksum = _b64(hashlib.sha256(b"".join(r[2] for r in results)).digest())
-        return _Sent(answer.get("VersionId"), etag, checksum)
+        return _Sent(answer.get("VersionId"), None, checksum)
 
 
 def _check_copy(
@@ -260,7 +258,7 @@ def _check_copy(
                 f"{where.label}: the service's SHA-256 of the object differs from the archive's"
             )
         return "service sha256", lock_until
-    if str(head.get("ETag", "")).strip('"') == sent.etag:
+    if sent.etag is not None and str(head.get("ETag", "")).strip('"') == sent.etag:
         return "etag", lock_until
     digest = hashlib.sha256()
     body = client.get_object(Bucket=where.bucket, Key=key)["Body"]
