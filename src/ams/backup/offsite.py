@@ -277,15 +277,20 @@ def copy_backup(
     actor: str,
     client: Any = None,
     where: S3Target | None = None,
+    digest: concurrent.futures.Future[tuple[str, int]] | None = None,
 ) -> CopyOutcome:
-    """Upload one archive to one target and check it; record the outcome (never raises AMSError)."""
+    """Upload one archive to one target and check it; record the outcome (never raises AMSError).
+
+    ``digest``: the archive's SHA-256 and size being computed already (:func:`copy_pending`
+    starts it while the client is made); else it is computed here.
+    """
     key = target.location.key + local.path.name
     started = time.monotonic()
     outcome = CopyOutcome(target.name, local.backup_id, False, key)
     try:
         if client is None or where is None:
             client, where = target_client(instance, target)
-        sha256, size = _sha256_file(local.path)
+        sha256, size = digest.result() if digest is not None else _sha256_file(local.path)
         outcome.size_bytes = size
         extra: dict[str, Any] = {
             "Metadata": {
@@ -471,18 +476,28 @@ def copy_pending(
         missing = _locals_missing(instance, t, backup_ids)
         if not missing:
             continue
-        try:
-            client, where = target_client(instance, t)
-        except AMSError as exc:
-            for local in missing:
-                outcome = CopyOutcome(
-                    t.name, local.backup_id, False, t.location.key + local.path.name, exc.message
-                )
-                _record(instance, t, local, outcome, None, None, actor)
-                outcomes.append(outcome)
-            continue
-        abort_incomplete(instance, t, client, where, actor=actor)
-        done = [copy_backup(instance, t, local, actor=actor, client=client, where=where) for local in missing]
+        # The archives' SHA-256 (the objects' metadata, needed before their uploads start) is
+        # computed in a thread of its own while the client is made and old uploads are
+        # aborted: hashlib releases the GIL, so this overlaps boto3's start and the requests.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ams-offsite-hash") as hasher:
+            digests = [hasher.submit(_sha256_file, local.path) for local in missing]
+            try:
+                client, where = target_client(instance, t)
+            except AMSError as exc:
+                for f in digests:
+                    f.cancel()
+                for local in missing:
+                    outcome = CopyOutcome(
+                        t.name, local.backup_id, False, t.location.key + local.path.name, exc.message
+                    )
+                    _record(instance, t, local, outcome, None, None, actor)
+                    outcomes.append(outcome)
+                continue
+            abort_incomplete(instance, t, client, where, actor=actor)
+            done = [
+                copy_backup(instance, t, local, actor=actor, client=client, where=where, digest=digest)
+                for local, digest in zip(missing, digests, strict=True)
+            ]
         outcomes += done
         if any(o.ok for o in done):
             with contextlib.suppress(AMSError):
