@@ -1,11 +1,11 @@
 """Offsite copies: every verified backup also copied to each target (ams.backup.targets).
 
-A copy (:func:`copy_backup`) reads the archive once for its SHA-256, uploads it (one PUT up
-to :data:`PART_SIZE`, a multipart upload above, parts in a few threads, each with its own
-SHA-256 the service checks), with the SHA-256 and the backup's identity as object metadata
-and the Object Lock retention the target asks for, then checks what the service holds: the
-size, the metadata, and the service's SHA-256 checksum, else the multipart ETag, else the
-object read back whole. An interrupted multipart upload is aborted; what a crash left is
+A copy (:func:`copy_backup`) reads the archive once for its SHA-256 (in a thread, while the
+client is made), uploads it (one PUT up to :data:`PART_SIZE`, a multipart upload above,
+parts in a few threads, each hashed once, its SHA-256 checked by the service), with the
+SHA-256 and the backup's identity as object metadata and the Object Lock retention the
+target asks for, then checks what the service holds: the size, the metadata, and the
+service's SHA-256 checksum, else (one PUT) the ETag, else the object read back whole. An interrupted multipart upload is aborted; what a crash left is
 aborted by the next run (:func:`abort_incomplete`). A failure is recorded (the
 ``offsite_copies`` row, event 1514) and never touches the local backup or its catalog row;
 :func:`copy_pending` retries what is missing. A target's own retention (:func:`prune_target`)
