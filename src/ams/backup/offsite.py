@@ -5,11 +5,12 @@ client is made), uploads it (one PUT up to :data:`PART_SIZE`, a multipart upload
 parts in a few threads, each hashed once, its SHA-256 checked by the service), with the
 SHA-256 and the backup's identity as object metadata and the Object Lock retention the
 target asks for, then checks what the service holds: the size, the metadata, and the
-service's SHA-256 checksum, else (one PUT) the ETag, else the object read back whole. An interrupted multipart upload is aborted; what a crash left is
-aborted by the next run (:func:`abort_incomplete`). A failure is recorded (the
-``offsite_copies`` row, event 1514) and never touches the local backup or its catalog row;
-:func:`copy_pending` retries what is missing. A target's own retention (:func:`prune_target`)
-never deletes a copy still under its lock.
+service's SHA-256 checksum, else (one PUT) the ETag, else the object read back whole. An
+interrupted multipart upload is aborted; what a crash left is aborted by the next run
+(:func:`abort_incomplete`). A failure is recorded (the ``offsite_copies`` row, event 1514)
+and never touches the local backup or its catalog row; :func:`copy_pending` retries what is
+missing. A target's own retention (:func:`prune_target`) never deletes a copy still under
+its lock.
 
 Object keys, metadata and the lock are described in docs/formats.md ("Offsite copies").
 """
