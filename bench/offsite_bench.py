@@ -115,6 +115,15 @@ def _server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the moto server did not start")
 
 
+def _compile_ams() -> None:
+    """Byte-compile AMS's modules, as installing a wheel does: an editable install run with
+    PYTHONDONTWRITEBYTECODE would compile every module at each start, which ``aws`` (an
+    installed package) never does."""
+    import ams
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(ams.__file__).parent)], check=True)
+
+
 def _forget_copies(home: Path) -> None:
     """So that the next ``target sync`` copies the backup again."""
     conn = sqlite3.connect(home / "data" / "ams.db")
@@ -129,6 +138,7 @@ def run(devices: int, history: int, rounds: int) -> tuple[dict[str, Any], list[d
     from bench.backup_bench import generate
 
     root = Path(tempfile.mkdtemp(prefix="ams-bench-offsite-"))
+    _compile_ams()
     server, endpoint = _server(root)
     try:
         print(f"building an instance of {devices} devices x {history} passwords ...", flush=True)

@@ -1,15 +1,16 @@
 """Offsite copies: every verified backup also copied to each target (ams.backup.targets).
 
-A copy (:func:`copy_backup`) reads the archive once for its SHA-256, uploads it (one PUT up
-to :data:`PART_SIZE`, a multipart upload above, parts in a few threads, each with its own
-SHA-256 the service checks), with the SHA-256 and the backup's identity as object metadata
-and the Object Lock retention the target asks for, then checks what the service holds: the
-size, the metadata, and the service's SHA-256 checksum, else the multipart ETag, else the
-object read back whole. An interrupted multipart upload is aborted; what a crash left is
-aborted by the next run (:func:`abort_incomplete`). A failure is recorded (the
-``offsite_copies`` row, event 1514) and never touches the local backup or its catalog row;
-:func:`copy_pending` retries what is missing. A target's own retention (:func:`prune_target`)
-never deletes a copy still under its lock.
+A copy (:func:`copy_backup`) reads the archive once for its SHA-256 (in a thread, while the
+client is made), uploads it (one PUT up to :data:`PART_SIZE`, a multipart upload above,
+parts in a few threads, each hashed once, its SHA-256 checked by the service), with the
+SHA-256 and the backup's identity as object metadata and the Object Lock retention the
+target asks for, then checks what the service holds: the size, the metadata, and the
+service's SHA-256 checksum, else (one PUT) the ETag, else the object read back whole. An
+interrupted multipart upload is aborted; what a crash left is aborted by the next run
+(:func:`abort_incomplete`). A failure is recorded (the ``offsite_copies`` row, event 1514)
+and never touches the local backup or its catalog row; :func:`copy_pending` retries what is
+missing. A target's own retention (:func:`prune_target`) never deletes a copy still under
+its lock.
 
 Object keys, metadata and the lock are described in docs/formats.md ("Offsite copies").
 """
@@ -137,7 +138,7 @@ def _claim(bucket: str, key: str) -> Iterator[None]:
 @dataclass
 class _Sent:
     version_id: str | None
-    etag: str  # what the service's ETag is for these bytes (MD5, or the multipart MD5-of-MD5s)
+    etag: str | None  # the service's ETag for these bytes: their MD5 (one PUT); None for parts
     checksum: str  # base64 SHA-256 (whole, or of the parts' SHA-256s for a multipart upload)
 
 
@@ -181,28 +182,27 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
         part = max(PART_SIZE, -(-smallest // (1 << 20)) * (1 << 20))
         count = (size + part - 1) // part
 
-        def send(number: int) -> tuple[int, str, bytes, bytes]:
+        def send(number: int) -> tuple[int, str, bytes]:
             offset = (number - 1) * part
             data = _read_part(fd, offset, min(part, size - offset))
+            # hashlib releases the GIL on a buffer this large: the threads hash in parallel.
             sha = hashlib.sha256(data).digest()
-            md5 = hashlib.md5(data, usedforsecurity=False).digest()
             answer = client.upload_part(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=data,
-                ContentMD5=_b64(md5),
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(sha),
             )
-            return number, str(answer["ETag"]), sha, md5
+            return number, str(answer["ETag"]), sha
 
         try:
             with concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="ams-offsite") as pool:
-                # At most a few parts in memory: submitted in windows as earlier ones finish.
-                results: list[tuple[int, str, bytes, bytes]] = []
-                pending: set[concurrent.futures.Future[tuple[int, str, bytes, bytes]]] = set()
+                # At most _THREADS parts in memory: submitted as earlier ones finish.
+                results: list[tuple[int, str, bytes]] = []
+                pending: set[concurrent.futures.Future[tuple[int, str, bytes]]] = set()
                 for number in range(1, count + 1):
                     pending.add(pool.submit(send, number))
                     if len(pending) >= _THREADS:
@@ -219,7 +219,7 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
                 MultipartUpload={
                     "Parts": [
                         {"ETag": etag, "PartNumber": n, "ChecksumSHA256": _b64(sha)}
-                        for n, etag, sha, _md5 in results
+                        for n, etag, sha in results
                     ]
                 },
             )
@@ -227,9 +227,8 @@ def _upload(client: Any, bucket: str, key: str, path: Path, size: int, extra: di
             with contextlib.suppress(Exception):
                 client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
-        etag = hashlib.md5(b"".join(r[3] for r in results), usedforsecurity=False).hexdigest() + f"-{count}"
         checksum = _b64(hashlib.sha256(b"".join(r[2] for r in results)).digest())
-        return _Sent(answer.get("VersionId"), etag, checksum)
+        return _Sent(answer.get("VersionId"), None, checksum)
 
 
 def _check_copy(
@@ -260,7 +259,7 @@ def _check_copy(
                 f"{where.label}: the service's SHA-256 of the object differs from the archive's"
             )
         return "service sha256", lock_until
-    if str(head.get("ETag", "")).strip('"') == sent.etag:
+    if sent.etag is not None and str(head.get("ETag", "")).strip('"') == sent.etag:
         return "etag", lock_until
     digest = hashlib.sha256()
     body = client.get_object(Bucket=where.bucket, Key=key)["Body"]
@@ -279,15 +278,20 @@ def copy_backup(
     actor: str,
     client: Any = None,
     where: S3Target | None = None,
+    digest: concurrent.futures.Future[tuple[str, int]] | None = None,
 ) -> CopyOutcome:
-    """Upload one archive to one target and check it; record the outcome (never raises AMSError)."""
+    """Upload one archive to one target and check it; record the outcome (never raises AMSError).
+
+    ``digest``: the archive's SHA-256 and size being computed already (:func:`copy_pending`
+    starts it while the client is made); else it is computed here.
+    """
     key = target.location.key + local.path.name
     started = time.monotonic()
     outcome = CopyOutcome(target.name, local.backup_id, False, key)
     try:
         if client is None or where is None:
             client, where = target_client(instance, target)
-        sha256, size = _sha256_file(local.path)
+        sha256, size = digest.result() if digest is not None else _sha256_file(local.path)
         outcome.size_bytes = size
         extra: dict[str, Any] = {
             "Metadata": {
@@ -473,18 +477,28 @@ def copy_pending(
         missing = _locals_missing(instance, t, backup_ids)
         if not missing:
             continue
-        try:
-            client, where = target_client(instance, t)
-        except AMSError as exc:
-            for local in missing:
-                outcome = CopyOutcome(
-                    t.name, local.backup_id, False, t.location.key + local.path.name, exc.message
-                )
-                _record(instance, t, local, outcome, None, None, actor)
-                outcomes.append(outcome)
-            continue
-        abort_incomplete(instance, t, client, where, actor=actor)
-        done = [copy_backup(instance, t, local, actor=actor, client=client, where=where) for local in missing]
+        # The archives' SHA-256 (the objects' metadata, needed before their uploads start) is
+        # computed in a thread of its own while the client is made and old uploads are
+        # aborted: hashlib releases the GIL, so this overlaps boto3's start and the requests.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ams-offsite-hash") as hasher:
+            digests = [hasher.submit(_sha256_file, local.path) for local in missing]
+            try:
+                client, where = target_client(instance, t)
+            except AMSError as exc:
+                for f in digests:
+                    f.cancel()
+                for local in missing:
+                    outcome = CopyOutcome(
+                        t.name, local.backup_id, False, t.location.key + local.path.name, exc.message
+                    )
+                    _record(instance, t, local, outcome, None, None, actor)
+                    outcomes.append(outcome)
+                continue
+            abort_incomplete(instance, t, client, where, actor=actor)
+            done = [
+                copy_backup(instance, t, local, actor=actor, client=client, where=where, digest=digest)
+                for local, digest in zip(missing, digests, strict=True)
+            ]
         outcomes += done
         if any(o.ok for o in done):
             with contextlib.suppress(AMSError):
