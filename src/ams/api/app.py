@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,6 +105,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     leader = app.state.jobs_leader = JobsLeader(instance, start_jobs)
     await asyncio.to_thread(leader.start)
+    # Everything loaded so far (the application, SQLAlchemy, the instance) lives as long as
+    # the process: kept out of the collector's full passes, whose pauses were the tail of the
+    # hot path's latency (docs/performance.md).
+    gc.freeze()
     try:
         yield
     finally:
