@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from ams import audit, crypto
 from ams.db.models import ApiKey
@@ -137,30 +138,53 @@ def secret_of(instance: Instance, key_id: str) -> str:
     return instance.keyring.box.open(_PURPOSE, f"apikey:{key_id}", sealed).decode()
 
 
+_KEYS = cast(Table, ApiKey.__table__)
+_KEY = select(
+    _KEYS.c.id,
+    _KEYS.c.name,
+    _KEYS.c.role,
+    _KEYS.c.secret_hash,
+    _KEYS.c.created_at,
+    _KEYS.c.revoked_at,
+    _KEYS.c.last_used_at,
+).where(_KEYS.c.id == bindparam("key_id"))
+_USED = update(_KEYS).where(_KEYS.c.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+
+
 def authenticate(
-    instance: Instance, token: str | None, needed: Role, *, address: str | None = None
+    instance: Instance,
+    token: str | None,
+    needed: Role,
+    *,
+    address: str | None = None,
+    conn: Connection | None = None,
 ) -> ApiKeyInfo:
     """Check a bearer token ``<id>.<secret>`` and the role it needs.
 
-    A failure is counted against the client ``address`` and the key id; past the limit it
-    answers 429 and writes nothing (ams.security.throttle).
+    Every call reads the key's row, so a key revoked by any process is refused at once. On
+    ``conn`` (the caller's connection, which this commits) the check costs one statement
+    of the caller's request (:func:`ams.vault.passwords.read`); else on a connection of its
+    own. A failure is counted against the client ``address`` and the key id; past the limit
+    it answers 429 and writes nothing (ams.security.throttle).
     """
     if not token:
         raise AuthenticationRequired()
+    if conn is None:
+        with instance.engine.connect() as own:
+            return authenticate(instance, token, needed, address=address, conn=own)
     key_id, _, secret = token.partition(".")
+    row = conn.execute(_KEY, {"key_id": key_id}).first() if key_id.startswith(_ID_PREFIX) and secret else None
+    # Compare against a dummy hash when the key is unknown, so timing tells nothing.
+    expected = row.secret_hash if row is not None else "0" * 64
+    valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
     info: ApiKeyInfo | None = None
-    with instance.session() as session:
-        row = session.get(ApiKey, key_id) if key_id.startswith(_ID_PREFIX) and secret else None
-        # Compare against a dummy hash when the key is unknown, so timing tells nothing.
-        expected = row.secret_hash if row is not None else "0" * 64
-        valid = crypto.constant_time_equal(crypto.hash_token(secret), expected)
-        if row is not None and valid and row.revoked_at is None:
-            info = _info(row)
-            now = instance.clock.now()
-            # Written at most once a minute, so reads do not turn into a write each.
-            if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-                row.last_used_at = now
-                session.commit()
+    if row is not None and valid and row.revoked_at is None:
+        info = ApiKeyInfo(row.id, row.name, Role(row.role), row.created_at, row.revoked_at, row.last_used_at)
+        now = instance.clock.now()
+        # Written at most once a minute, so reads do not turn into a write each.
+        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+            conn.execute(_USED, {"key_id": key_id, "now": now})
+    conn.commit()
     if info is None:
         throttle.refuse(
             instance,

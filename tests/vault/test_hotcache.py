@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from ams import apikeys
 from ams.clock import ManualClock
 from ams.crypto import certs
 from ams.crypto.blob import encrypt_password
-from ams.errors import PasswordUndecryptable
+from ams.errors import AuthenticationRequired, PasswordUndecryptable
 from ams.home import Home
 from ams.instance import Instance, open_instance
 from ams.vault import certificates, devices, hotcache, passwords, policy, regkeys
@@ -122,3 +123,34 @@ def test_a_disabled_device_is_refused_at_once(instance: Instance, other: Instanc
     devices.disable(instance, token.partition(".")[0], "test")
     with pytest.raises(Exception, match="disabled"):
         passwords.check_in(other, token, version)
+
+
+def test_an_administrators_warm_read_is_three_statements(instance: Instance) -> None:
+    token = _device(instance)
+    _rotate(instance, token, None)
+    device_id = token.partition(".")[0]
+    key = apikeys.create(instance, "reader", apikeys.Role.READER, "test")
+    reader = f"apikey:{key.info.id}"
+
+    def checked(conn: Any) -> str:
+        return f"apikey:{apikeys.authenticate(instance, key.token, apikeys.Role.READER, conn=conn).id}"
+
+    passwords.read(instance, device_id, checked)  # warms the cache, notes the key's last use
+    statements = _statements(instance)
+    entry = passwords.read(instance, device_id, checked)
+    assert entry["password"] == "pw-1" and entry["recoverable"]
+    # the key's row; the device, its current password and the generation; the audit event
+    assert len(statements) == 3, statements
+    statements.clear()
+    assert passwords.read(instance, "pc-1", reader)["password"] == "pw-1"  # by its name: one more
+    assert len(statements) == 3, statements
+
+
+def test_a_revoked_api_key_is_refused_by_the_other_process_at_once(
+    instance: Instance, other: Instance
+) -> None:
+    key = apikeys.create(instance, "reader", apikeys.Role.READER, "test")
+    assert apikeys.authenticate(other, key.token, apikeys.Role.READER).id == key.info.id
+    apikeys.revoke(instance, key.info.id, "test")
+    with pytest.raises(AuthenticationRequired):
+        apikeys.authenticate(other, key.token, apikeys.Role.READER)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
-from sqlalchemy import CursorResult, and_, func, select, update
+from sqlalchemy import CursorResult, and_, bindparam, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -357,13 +358,23 @@ def find(session: Session, ref: str) -> Device:
     row = session.get(Device, ref) if ref.startswith(ID_PREFIX) else None
     if row is not None:
         return row
-    rows = list(session.scalars(select(Device).where(Device.name == ref).order_by(Device.created_at)))
-    if not rows:
-        raise NotFound(f"no device {ref!r}: see `ams device list`")
-    if len(rows) > 1:
-        ids = ", ".join(r.id for r in rows)
-        raise BadInput(f"{len(rows)} devices are named {ref!r} ({ids}): give the device id instead")
-    return rows[0]
+    found = session.get(Device, named(session, ref))
+    assert found is not None
+    return found
+
+
+_NAMED = select(Device.id).where(Device.name == bindparam("name")).order_by(Device.created_at)
+
+
+def named(conn: Connection | Session, name: str) -> str:
+    """The id of the one device called ``name``: NotFound for none, BadInput for several."""
+    ids = [str(i) for i in conn.execute(_NAMED, {"name": name}).scalars()]
+    if not ids:
+        raise NotFound(f"no device {name!r}: see `ams device list`")
+    if len(ids) > 1:
+        listed = ", ".join(ids)
+        raise BadInput(f"{len(ids)} devices are named {name!r} ({listed}): give the device id instead")
+    return ids[0]
 
 
 def list_devices(

@@ -779,21 +779,48 @@ _SEALED_KEYS = select(_C.c.thumbprint, _C.c.private_key_sealed).where(
 )
 
 
+def _read_state(*, history: bool) -> Any:
+    """The device and its password rows (the current one, or all, newest first) and the
+    generation number: one statement, so a read costs three (this, the audit, its commit)."""
+    joined = _P.c.device_id == _D.c.id
+    if not history:
+        joined = and_(joined, _P.c.is_current.is_(True))
+    return (
+        select(
+            _D.c.id.label("device_id"),
+            _D.c.name.label("device_name"),
+            _P.c.account,
+            _P.c.version,
+            _P.c.effective_at,
+            _P.c.expires_at,
+            _P.c.superseded_at,
+            _P.c.certificate_thumbprint,
+            _P.c.blob,
+            _P.c.is_current,
+            _GENERATION.label("generation"),
+        )
+        .select_from(_D.outerjoin(_P, joined))
+        .where(_D.c.id == bindparam("device_id"))
+        .order_by(_P.c.version.desc())
+    )
+
+
+_READ_CURRENT = _read_state(history=False)
+_READ_HISTORY = _read_state(history=True)
+
+
 class _Keys:
     """Private keys by thumbprint for one read (None when lost or unknown): from the process's
-    cache (ams.vault.hotcache), else unsealed from the rows read in the read's session."""
+    cache (ams.vault.hotcache), else unsealed from the rows read on the read's connection."""
 
-    def __init__(self, instance: Instance, session: Session, generation: int, thumbprints: set[str]) -> None:
+    def __init__(self, instance: Instance, conn: Connection, generation: int, thumbprints: set[str]) -> None:
         self.instance = instance
         self.cache = hotcache.for_instance(instance)
         self.generation = self.cache.sync(generation)
         self._found: dict[str, bytes | None] = {t: self.cache.key(t) for t in thumbprints}
         missing = [t for t, key in self._found.items() if key is None]
         self._sealed: dict[str, bytes | None] = (
-            {
-                r.thumbprint: r.private_key_sealed
-                for r in session.execute(_SEALED_KEYS, {"thumbprints": missing})
-            }
+            {r.thumbprint: r.private_key_sealed for r in conn.execute(_SEALED_KEYS, {"thumbprints": missing})}
             if missing
             else {}
         )
@@ -810,10 +837,10 @@ class _Keys:
         return key
 
 
-def _entry(keys: _Keys, device: Device, row: DevicePassword) -> dict[str, Any]:
+def _entry(keys: _Keys, row: Row[Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "device_id": device.id,
-        "device_name": device.name,
+        "device_id": row.device_id,
+        "device_name": row.device_name,
         "account": row.account,
         "password": None,
         "recoverable": False,
@@ -839,42 +866,56 @@ def _entry(keys: _Keys, device: Device, row: DevicePassword) -> dict[str, Any]:
 
 
 def read(
-    instance: Instance, ref: str, actor: str, *, history: bool = False, via: str = "cli"
+    instance: Instance,
+    ref: str,
+    actor: str | Callable[[Connection], str],
+    *,
+    history: bool = False,
+    via: str = "cli",
 ) -> dict[str, Any]:
     """A device's current password (and with ``history``, the older ones), decrypted; audited.
 
-    Without history the answer is the current entry; with it, ``{"current", "history"}``
-    (newest first). Entries under a lost key read ``recoverable: false, password: null``.
-    One session: the device, its passwords and the generation number are read, the keys come
-    from the process's cache (or their sealed rows), and the audit event is written last.
+    ``ref`` is a device id, or a name that exactly one device has. Without history the
+    answer is the current entry; with it, ``{"current", "history"}`` (newest first). Entries
+    under a lost key read ``recoverable: false, password: null``.
+
+    The hot path of an administrator's read (docs/architecture.md): one connection; one
+    statement reads the device, its passwords and the generation number; the keys come from
+    the process's cache (or their sealed rows); the reads end before RSA works; the audit
+    event is written last. ``actor`` may be a function of the connection that checks the
+    reader and names it (the REST route's API key, :func:`ams.apikeys.authenticate`, on
+    the same connection): it runs before anything of the device is read.
     """
-    with instance.session() as session:
-        device = devices_service.find(session, ref)
-        query = select(DevicePassword).where(DevicePassword.device_id == device.id)
-        if not history:
-            query = query.where(DevicePassword.is_current.is_(True))
-        rows = list(session.scalars(query.order_by(DevicePassword.version.desc())))
-        current_rows = [r for r in rows if r.is_current]
-        if not history and not current_rows:
+    with instance.engine.connect() as conn:
+        who = actor(conn) if callable(actor) else actor
+        ref = ref.strip()
+        statement = _READ_HISTORY if history else _READ_CURRENT
+        is_id = ref.startswith(devices_service.ID_PREFIX)
+        rows = conn.execute(statement, {"device_id": ref}).all() if is_id else []
+        if not rows:  # not an id: the name of one device
+            rows = conn.execute(statement, {"device_id": devices_service.named(conn, ref)}).all()
+        first = rows[0]
+        passwords = [r for r in rows if r.version is not None]
+        if not history and not passwords:
             raise NotFound(
-                f"device {device.id} ({device.name}) has no password yet: it gets one at its next check-in"
+                f"device {first.device_id} ({first.device_name}) has no password yet: "
+                "it gets one at its next check-in"
             )
-        generation = session.execute(select(_GENERATION)).scalar_one()
-        keys = _Keys(instance, session, generation, {r.certificate_thumbprint for r in rows})
-        session.commit()  # the reads end here: no transaction stays open while RSA works
+        keys = _Keys(instance, conn, first.generation, {r.certificate_thumbprint for r in passwords})
+        conn.commit()  # the reads end here: no transaction stays open while RSA works
         try:
-            entries = [_entry(keys, device, r) for r in rows]
+            entries = [_entry(keys, r) for r in passwords]
         except MasterKeyLocked:
-            _audit_read(session, instance, device.id, actor, [], history, via, outcome="failure")
+            _audit_read(conn, instance, first.device_id, who, [], history, via, outcome="failure")
             raise
-        _audit_read(session, instance, device.id, actor, [e["version"] for e in entries], history, via)
-    current = next((e for e, r in zip(entries, rows, strict=True) if r.is_current), None)
+        _audit_read(conn, instance, first.device_id, who, [e["version"] for e in entries], history, via)
+    current = next((e for e, r in zip(entries, passwords, strict=True) if r.is_current), None)
     if not history:
         assert current is not None
         return current
     return {
         "current": current,
-        "history": [e for e, r in zip(entries, rows, strict=True) if not r.is_current],
+        "history": [e for e, r in zip(entries, passwords, strict=True) if not r.is_current],
     }
 
 
@@ -930,7 +971,7 @@ def require_recoverable(entry: dict[str, Any]) -> str:
 
 
 def _audit_read(
-    session: Session,
+    conn: Connection,
     instance: Instance,
     device_id: str,
     actor: str,
@@ -940,13 +981,13 @@ def _audit_read(
     *,
     outcome: str = "success",
 ) -> None:
-    with session.begin():
-        audit.record(
-            session,
-            instance.clock,
-            audit.Event.PASSWORD_READ,
-            actor=actor,
-            target=device_id,
-            outcome=outcome,
-            details={"versions": versions, "history": history, "via": via},
-        )
+    _audit(
+        conn,
+        instance,
+        audit.Event.PASSWORD_READ,
+        actor=actor,
+        target=device_id,
+        outcome=outcome,
+        details={"versions": versions, "history": history, "via": via},
+    )
+    conn.commit()
