@@ -13,11 +13,12 @@ from fastapi.testclient import TestClient
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from ams import audit
+from ams import apikeys, audit
 from ams.api import create_app
-from ams.api.fastpath import FAST_ROUTES, FastRoutes
+from ams.api.fastpath import FAST_PATTERNS, FAST_ROUTES, FastRoutes
 from ams.api.limits import AGENT_PASSWORD
 from ams.api.metrics import Metrics
+from ams.apikeys import Role
 from ams.instance import Instance
 from vault_support import Agent, _small_keys, register  # noqa: F401 - _small_keys is a fixture
 
@@ -66,8 +67,41 @@ class _Recorder:
         await JSONResponse({"handed_on": True}, status_code=418)(scope, receive, send)
 
 
-def test_the_fast_routes_are_the_check_in_and_the_report() -> None:
+def test_the_fast_routes_are_the_check_in_the_report_and_the_admin_read() -> None:
     assert set(FAST_ROUTES) == {("GET", PATH), ("POST", PATH)}
+    assert [(m, t) for m, _p, t, _h in FAST_PATTERNS] == [("GET", "/api/v1/devices/{device}/password")]
+
+
+def test_an_administrators_read_is_answered_here_as_the_route_answers_it(
+    client: TestClient, instance: Instance, agent: Agent
+) -> None:
+    reader = apikeys.create(instance, "auditor", Role.READER, "test")
+    bearer = {"Authorization": f"Bearer {reader.token}"}
+    path = f"/api/v1/devices/{agent.device_id}/password"
+    fast = client.get(path, headers=bearer)
+    assert fast.status_code == 200, fast.text
+    assert fast.json()["password"] == agent.passwords[agent.version]
+    # With a query, FastAPI's route answers: the same entry, the same shape.
+    routed = client.get(path, params={"history": "false"}, headers=bearer)
+    assert routed.status_code == 200
+    assert routed.json() == fast.json()
+    # By the device's name, and the errors the route gives.
+    assert client.get("/api/v1/devices/pc-fast/password", headers=bearer).json()["version"] == agent.version
+    missing = client.get("/api/v1/devices/dev_nosuchdevice/password", headers=bearer)
+    assert (missing.status_code, missing.json()["error"]) == (404, "not_found")
+    wrong = client.get(path, headers={"Authorization": f"Bearer {reader.info.id}.wrong"})
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "authentication_required")
+    revoked = apikeys.create(instance, "gone", Role.READER, "test")
+    apikeys.revoke(instance, revoked.info.id, "test")
+    assert client.get(path, headers={"Authorization": f"Bearer {revoked.token}"}).status_code == 401
+    assert client.get(path).status_code == 401  # no token: the route answers
+    # Each read audited, the refused ones not as reads; named in the metrics by its template.
+    with instance.session() as session:
+        reads = audit.list_events(session, event_id=int(audit.Event.PASSWORD_READ))
+    assert [e.actor for e in reads].count(f"apikey:{reader.info.id}") == 3
+    metrics = client.get("/metrics", headers=bearer).text
+    assert 'route="/api/v1/devices/{device}/password",status="200"' in metrics
+    assert agent.device_id not in metrics
 
 
 def test_what_the_dispatcher_does_not_know_reaches_the_application_with_its_body(
@@ -166,7 +200,7 @@ def test_a_fast_answer_is_named_counted_and_timed_like_every_answer(client: Test
         assert answer.headers["x-ams-worker"] == str(os.getpid())
     refused = client.get(PATH, headers={"Authorization": f"Bearer {agent.device_id}.wrong"})
     assert refused.status_code == 401 and refused.headers["x-ams-worker"] == str(os.getpid())
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=bearer).text
     # agent.rotate() in the fixture checked in once and reported once
     assert f'ams_http_requests_total{{route="{PATH}",status="200"}} 4.0' in metrics
     assert f'ams_http_requests_total{{route="{PATH}",status="201"}} 1.0' in metrics

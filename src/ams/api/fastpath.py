@@ -23,8 +23,10 @@ unexpected exception as a 500 in the AMS error shape, then raised on for uvicorn
 (what Starlette's ServerErrorMiddleware does).
 
 :data:`FAST_ROUTES` is the table of the routes answered here: ``(method, path)`` to a
-handler, which returns False to hand the request on. Another hot route (the
-administrator's password read) is one more entry.
+handler, which returns False to hand the request on; :data:`FAST_PATTERNS` those with a
+parameter in their path: an administrator's password read without ``history``
+(``GET /api/v1/devices/{device}/password``, the API key checked on the read's own
+connection; with a query, or without a bearer token, FastAPI's route answers).
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.engine import Connection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ams import apikeys
 from ams.api.limits import AGENT_PASSWORD, MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from ams.api.metrics import WORKER_HEADER, Metrics
+from ams.apikeys import Role
 from ams.errors import AMSError, InternalError
 from ams.instance import Instance
 from ams.vault import passwords
 
-__all__ = ["FAST_ROUTES", "FastRoutes", "Handled", "Handler"]
+__all__ = ["FAST_PATTERNS", "FAST_ROUTES", "FastRoutes", "Handled", "Handler"]
 
 AGENT_ROUTE = "/api/v1/agent/password"
 
@@ -193,10 +198,54 @@ async def report(fast: FastRoutes, scope: Scope, receive: Receive, send: Send) -
     return True
 
 
+async def read_password(fast: FastRoutes, scope: Scope, receive: Receive, send: Send) -> bool:
+    """``GET /api/v1/devices/{device}/password`` without ``history`` (an administrator's read,
+    ams.api.routes.devices.read_password): the API key checked on the read's connection."""
+    token = _bearer(_headers(scope))
+    if token is None or scope["query_string"]:
+        return False
+    device = scope["path"][len(_DEVICES) : -len(_PASSWORD)]
+    instance, address = fast.instance, _address(scope)
+
+    def reader(conn: Connection) -> str:
+        return f"apikey:{apikeys.authenticate(instance, token, Role.READER, address=address, conn=conn).id}"
+
+    try:
+        entry = passwords.read(instance, device, reader, via="api")
+    except AMSError as exc:
+        await fast.refuse(exc, scope, receive, send)
+        return True
+    await _answer(send, 200, entry)
+    return True
+
+
 FAST_ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", AGENT_ROUTE): check_in,
     ("POST", AGENT_ROUTE): report,
 }
+
+# Routes with a parameter in their path: (method, pattern) -> (the route's template, which
+# names it in the metrics, as FastAPI's routes are named; the handler).
+_DEVICES, _PASSWORD = "/api/v1/devices/", "/password"
+FAST_PATTERNS: list[tuple[str, re.Pattern[str], str, Handler]] = [
+    (
+        "GET",
+        re.compile(r"/api/v1/devices/[^/]+/password"),
+        "/api/v1/devices/{device}/password",
+        read_password,
+    ),
+]
+
+
+def _route(method: str, path: str) -> tuple[str, Handler] | None:
+    """The metrics name and handler of a request answered here, or None."""
+    handler = FAST_ROUTES.get((method, path))
+    if handler is not None:
+        return path, handler
+    for wanted, pattern, template, found in FAST_PATTERNS:
+        if method == wanted and pattern.fullmatch(path):
+            return template, found
+    return None
 
 
 class FastRoutes:
@@ -229,10 +278,11 @@ class FastRoutes:
         timer.observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = FAST_ROUTES.get((scope.get("method", ""), scope.get("path", "")))
-        if handler is None or scope["type"] != "http" or not _within_limits(scope["headers"]):
+        route = _route(scope.get("method", ""), scope.get("path", ""))
+        if route is None or scope["type"] != "http" or not _within_limits(scope["headers"]):
             await self.app(scope, receive, send)
             return
+        name, handler = route
         started = time.perf_counter()
         status = 500
         worker = (WORKER_HEADER, str(os.getpid()).encode())  # a forked worker has its own
@@ -249,10 +299,10 @@ class FastRoutes:
         except Exception:
             if status == 500:  # nothing sent yet
                 await self.refuse(InternalError(), scope, receive, send_named)
-            self._count(scope["path"], status, time.perf_counter() - started)
+            self._count(name, status, time.perf_counter() - started)
             raise  # uvicorn logs it
         if handled is True:
-            self._count(scope["path"], status, time.perf_counter() - started)
+            self._count(name, status, time.perf_counter() - started)
             return
         await self.app(scope, _replaying(handled, receive) if handled else receive, send)
 

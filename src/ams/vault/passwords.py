@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 
 from ams import audit, crypto
@@ -981,13 +981,14 @@ def _audit_read(
     *,
     outcome: str = "success",
 ) -> None:
-    _audit(
-        conn,
-        instance,
-        audit.Event.PASSWORD_READ,
-        actor=actor,
-        target=device_id,
-        outcome=outcome,
-        details={"versions": versions, "history": history, "via": via},
-    )
-    conn.commit()
+    # A write of the hot path: queued with the rotations' writes (ams.vault.hotsql.writing).
+    with hotsql.writing(conn, _write_lock(instance)):
+        _audit(
+            conn,
+            instance,
+            audit.Event.PASSWORD_READ,
+            actor=actor,
+            target=device_id,
+            outcome=outcome,
+            details={"versions": versions, "history": history, "via": via},
+        )
