@@ -95,6 +95,8 @@ _SCOPES: dict[int, searching.Scope] = {0: "base", 1: "one", 2: "sub"}
 _OPS = {0: "add", 1: "delete", 2: "replace"}
 # Rows read per trip to the database during a search (between looks at abandon and time).
 _ROWS = 1000
+# Rows a short search (searching.is_short) reads in the listener's own thread.
+_INLINE_ROWS = 50
 _DIRECTORIES_TTL = 1.0
 
 
@@ -435,6 +437,7 @@ class _Connection:
                 return [codec.paged_control(0, b"")]
         deadline = time.monotonic() + time_limit if time_limit else None
         sent = 0
+        inline = after == 0 and searching.is_short(node, scope)
         while True:
             if message_id in self.abandoned:
                 return None
@@ -443,9 +446,19 @@ class _Connection:
                 room = page_size - sent
             if size_limit:
                 room = min(room, size_limit + 1 - sent) if room is not None else size_limit + 1 - sent
-            page, encoded = await self.run_db(
-                self._search_page, directory, base, scope, node, after, room, wanted, types_only, message_id
-            )
+            if inline:
+                # A base read or an indexed equality: a few rows by an index, read and encoded
+                # here (a hand-off to the pool and back costs more than the work); at most
+                # _INLINE_ROWS rows, so the loop is never held long; the rest go to the pool.
+                inline = False
+                page, encoded = self._search_page(
+                    directory, base, scope, node, after, room, wanted, types_only, message_id, _INLINE_ROWS
+                )
+            else:
+                page, encoded = await self.run_db(
+                    self._search_page, directory, base, scope, node, after, room, wanted, types_only,
+                    message_id, _ROWS,
+                )  # fmt: skip
             after = page.last_id
             if size_limit and sent + len(encoded) > size_limit:
                 await self.send(encoded[: size_limit - sent])
@@ -471,8 +484,10 @@ class _Connection:
         wanted: list[str],
         types_only: bool,
         message_id: int,
+        most: int,
     ) -> tuple[searching.Page, list[bytes]]:
-        """One page, read and encoded in a worker thread (encoding is most of a search's CPU)."""
+        """One page of at most ``most`` rows read, read and encoded (in a worker thread unless
+        the search is short: encoding is most of a long search's CPU)."""
         instance = self.server.instance
         try:
             page = searching.search_page(
@@ -483,7 +498,7 @@ class _Connection:
                 node=node,
                 suffix=directory.suffix,
                 after_id=after,
-                rows=_ROWS if room is None else max(1, min(_ROWS, room * 4)),
+                rows=most if room is None else max(1, min(most, room * 4)),
                 limit=room,
             )
         except DirectoryEntryNotFound as exc:
