@@ -205,6 +205,8 @@ class _Connection:
         self.principal: Principal = ANONYMOUS
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.abandoned: set[int] = set()
+        # A search's last entries, sent with its result (one write, not two).
+        self.held: dict[int, list[bytes]] = {}
         self.write_lock = asyncio.Lock()
         self.closing = False
         self.tls = writer.get_extra_info("sslcontext") is not None
@@ -313,11 +315,13 @@ class _Connection:
             reply = await handler(message_id, request, controls)
             outcome = LdapResult(SUCCESS)
         except asyncio.CancelledError:
+            self.held.pop(message_id, None)
             return
         except codec.ProtocolError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes an LDAP result
             outcome = result_of(exc)
+        held = self.held.pop(message_id, [])
         if message_id in self.abandoned:
             self.abandoned.discard(message_id)
             return
@@ -331,9 +335,10 @@ class _Connection:
         if name == "compareRequest" and outcome.code == SUCCESS:
             outcome = LdapResult(COMPARE_TRUE if reply else COMPARE_FALSE)
             reply = None
-        await self.send(
-            codec.encode_result(message_id, response, outcome.code, outcome.message, outcome.matched, reply)
+        done = codec.encode_result(
+            message_id, response, outcome.code, outcome.message, outcome.matched, reply
         )
+        await self.send([*held, done] if held else done)
 
     async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.server.run_db(fn, *args)
@@ -461,9 +466,12 @@ class _Connection:
                 )  # fmt: skip
             after = page.last_id
             if size_limit and sent + len(encoded) > size_limit:
-                await self.send(encoded[: size_limit - sent])
+                self.held[message_id] = encoded[: size_limit - sent]
                 raise LdapResult(SIZE_LIMIT_EXCEEDED, "")
-            if encoded:
+            if page.done or (page_size is not None and sent + len(encoded) >= page_size):
+                # The last entries go out with the searchResDone, in one write.
+                self.held[message_id] = encoded
+            elif encoded:
                 await self.send(encoded)
             sent += len(encoded)
             if page.done:
