@@ -3,8 +3,11 @@
 ``ams serve --ldap-port N`` starts it beside the HTTP service (docs/operations.md, "LDAP
 access"). Each connection reads whole messages (:mod:`ams.ldapserver.codec`), runs each
 operation as a task (so an abandon or the next request is read while a search runs), and
-hands every database call to a thread pool, so neither this loop nor the HTTP side waits
-on the database. Which directory an operation touches follows from its DN (the directory
+hands its database calls to a thread pool, so neither this loop nor the HTTP side waits
+on the database long. The exception is a short search (a base read or an indexed
+equality, :func:`ams.directory.search.is_short`): its first _INLINE_ROWS rows are read and
+encoded in this loop, since handing them to the pool and waking the loop again costs
+more than the few index lookups. Which directory an operation touches follows from its DN (the directory
 whose ``DC=`` suffix ends it); who may do what is :mod:`ams.ldapserver.access`.
 """
 
