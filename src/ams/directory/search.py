@@ -475,7 +475,7 @@ def _general(
     node: Filter,
     after_id: int,
     rows: int,
-) -> Select[Any]:
+) -> Select[int, str, str, str, str]:
     """Any other search: the scope by ``dn_norm``, the index or the text hint, in id order."""
     query = (
         select(*_COLUMNS)
