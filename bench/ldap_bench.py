@@ -15,7 +15,7 @@ substring filter on ``cn`` (one match), a base read of one entry, and a modify (
 of ``description``). Latencies are per operation, in milliseconds; a figure's ratio is
 AMS's median over slapd's (below 1: AMS is faster). Goal: searches within 3x of slapd.
 
-    python -m bench.ldap_bench [--entries 100000] [--ops 200] [--quick] [--results DIR]
+    python -m bench.ldap_bench [--entries 100000] [--ops 200] [--quick] [--results DIR] [--profile DIR]
 
 Results go to ``bench/results/ldap.json`` (the common format: benchmark, machine, sizes,
 figures).
