@@ -15,7 +15,7 @@ substring filter on ``cn`` (one match), a base read of one entry, and a modify (
 of ``description``). Latencies are per operation, in milliseconds; a figure's ratio is
 AMS's median over slapd's (below 1: AMS is faster). Goal: searches within 3x of slapd.
 
-    python -m bench.ldap_bench [--entries 100000] [--ops 200] [--quick] [--results DIR]
+    python -m bench.ldap_bench [--entries 100000] [--ops 200] [--quick] [--results DIR] [--profile DIR]
 
 Results go to ``bench/results/ldap.json`` (the common format: benchmark, machine, sizes,
 figures).
@@ -140,7 +140,7 @@ def _machine() -> dict[str, Any]:
     return results.machine()
 
 
-def run(entries: int, ops: int, work: Path) -> dict[str, Any]:
+def run(entries: int, ops: int, work: Path, profile: Path | None = None) -> dict[str, Any]:
     home = work / "ams-home"
     _ams("init", "--generate-recovery-password", home=home)
     dns = SUFFIX.replace("dc=", "").replace(",", ".")
@@ -238,6 +238,15 @@ def run(entries: int, ops: int, work: Path) -> dict[str, Any]:
                     into.append((time.perf_counter() - started) * 1000)
                     if name.startswith("modify") and conn.result["result"] != 0:
                         raise SystemExit(f"a modify failed: {conn.result}")
+        if profile is not None:
+            # Back-to-back searches of the two kinds the goal is about, AMS alone, sampled.
+            from bench.profile import profiled
+
+            with profiled(ams_proc.pid, profile / "ldap-searches.txt", rate=400):
+                for _ in range(4):
+                    for i in picks:
+                        operations["search equality (uid=...), subtree"](ams_conn, i)
+                        operations["read one entry (base scope)"](ams_conn, i)
         ams_conn.unbind()
         peer_conn.unbind()
     finally:
@@ -268,14 +277,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5,000 entries, 50 operations (under a minute)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for ldap.json")
     parser.add_argument("--keep", type=Path, help="work in this (new) folder and keep it")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="after the timed rounds, sample AMS's searches with py-spy into this folder",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     entries, ops = (5000, 50) if args.quick else (args.entries, args.ops)
     if args.keep:
         args.keep.mkdir(parents=True)
-        result = run(entries, ops, args.keep)
+        result = run(entries, ops, args.keep, args.profile)
     else:
         with tempfile.TemporaryDirectory(prefix="ams-ldap-bench-") as tmp:
-            result = run(entries, ops, Path(tmp))
+            result = run(entries, ops, Path(tmp), args.profile)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "ldap.json").write_text(json.dumps(result, indent=2) + "\n")
     for f in result["figures"]:

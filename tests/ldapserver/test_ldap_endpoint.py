@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ldap3
@@ -473,3 +474,46 @@ def test_serve_refuses_bad_ldap_options(ldap: Ldap, tmp_path: Path) -> None:
         "serve", "--ldap-port", "0", "--ldap-tls-cert", str(bad), "--ldap-tls-key", str(bad), home=ldap.home
     )
     assert wrong.returncode == 12 and "cannot use" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_a_restore_or_deletion_by_another_process_shows_on_the_next_search(ldap: Ldap) -> None:
+    """Searches read the directory's state afresh (not a copy the listener cached): another
+    process restoring or deleting the directory is seen by the very next operation."""
+    dns, base = "other.example.com", "DC=other,DC=example,DC=com"
+    instance = open_instance(Home(ldap.home))
+    try:
+        other = directories.create(
+            instance, dns_name=dns, short_name=None, admin_password=PASSWORD, actor="t"
+        ).id
+        objects.import_entries(
+            instance, other,
+            [Entry(base, ["top", "domain"], {"dc": ["other"]}),
+             Entry(f"uid=solo,{base}", ["top", "person"], {"uid": ["solo"], "cn": ["Solo"], "sn": ["S"]})],
+            actor="test",
+        )  # fmt: skip
+        conn = ldap.connection(f"Admin@{dns}")
+        deadline = time.monotonic() + 30  # the listener learns of new directories within a second
+        while not conn.bound and time.monotonic() < deadline:
+            time.sleep(0.2)
+            conn = ldap.connection(f"Admin@{dns}")
+        assert conn.bound, conn.result
+
+        def answers() -> tuple[int, int]:
+            conn.search(f"uid=solo,{base}", "(objectClass=*)", ldap3.BASE)
+            read = conn.result["result"]
+            conn.search(base, "(uid=solo)", ldap3.SUBTREE)
+            return read, conn.result["result"]
+
+        assert answers() == (0, 0) and len(conn.entries) == 1
+        with instance.transaction() as session:  # what a worker does when a restore starts
+            directories.set_stage(directories.load(session, other), "Restoring", datetime.now(UTC))
+        assert answers() == (52, 52)
+        assert "restoring" in conn.result["message"]
+        with instance.transaction() as session:
+            directories.set_stage(directories.load(session, other), "Active", datetime.now(UTC))
+        assert answers() == (0, 0)
+        directories.delete(instance, other, actor="test")
+        assert answers() == (32, 32)
+        conn.unbind()
+    finally:
+        instance.close()

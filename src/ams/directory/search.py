@@ -19,13 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, false, or_, select, true
+from sqlalchemy import Integer, and_, bindparam, false, or_, select, true
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
-from ams.db.models.directory import DirectoryObject, DirectoryValue
+from ams.db.models.directory import Directory, DirectoryObject, DirectoryValue
 from ams.directory import dn as dnlib
 from ams.directory import objects, valueindex
 from ams.directory.entry import Entry, Value
+from ams.errors import DirectoryNotFound, DirectoryUnavailable
 from ams.instance import Instance
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "Scope",
     "Substrings",
     "Undefined",
+    "is_short",
     "matches",
     "search_page",
 ]
@@ -316,6 +320,85 @@ class Page:
     done: bool
 
 
+# Statements built once: SQLAlchemy then reuses their compiled form and cache key, and a
+# search is a Core connection's few short statements, not an ORM session's.
+_COLUMNS = (
+    DirectoryObject.id,
+    DirectoryObject.dn,
+    DirectoryObject.dn_norm,
+    DirectoryObject.object_classes,
+    DirectoryObject.attributes,
+)
+_STATE = select(Directory.generation, Directory.stage).where(Directory.id == bindparam("d"))
+_EXISTS = select(DirectoryObject.id).where(
+    DirectoryObject.directory_id == bindparam("d"),
+    DirectoryObject.generation == bindparam("g"),
+    DirectoryObject.dn_norm == bindparam("n"),
+)
+_BASE = select(*_COLUMNS).where(
+    DirectoryObject.directory_id == bindparam("d"),
+    DirectoryObject.generation == bindparam("g"),
+    DirectoryObject.dn_norm == bindparam("n"),
+    DirectoryObject.id > bindparam("after"),
+)
+_BY_VALUE = (
+    select(*_COLUMNS)
+    .where(
+        DirectoryObject.directory_id == bindparam("d"),
+        DirectoryObject.generation == bindparam("g"),
+        DirectoryObject.id > bindparam("after"),
+        DirectoryObject.id.in_(
+            select(DirectoryValue.object_id).where(
+                DirectoryValue.directory_id == bindparam("d"),
+                DirectoryValue.generation == bindparam("g"),
+                DirectoryValue.attribute == bindparam("a"),
+                DirectoryValue.value == bindparam("v"),
+            )
+        ),
+    )
+    .order_by(DirectoryObject.id)
+    .limit(bindparam("rows", type_=Integer, literal_execute=True))
+)
+
+
+def _one_indexed(node: Filter) -> tuple[str, str] | None:
+    """(attribute, index key) when the filter is one indexed equality, or an AND led by one."""
+    if isinstance(node, And):
+        for item in node.items:
+            found = _one_indexed(item)
+            if found is not None:
+                return found
+        return None
+    if isinstance(node, Equal):
+        attribute = _base_name(node.attribute)
+        if attribute in valueindex.INDEXED:
+            key = valueindex.key(attribute, node.value)
+            if key is not None:
+                return attribute, key
+    return None
+
+
+def is_short(node: Filter, scope: Scope) -> bool:
+    """Whether a search reads only a few rows by an index (a base read, an indexed equality):
+    the LDAP listener answers those in its own thread, without a hand-off."""
+    return scope == "base" or _one_indexed(node) is not None
+
+
+def _state(connection: Connection, directory_id: str) -> int:
+    """The generation to read, refusing as objects.open_directory does (the row read fresh by
+    every search: a restore, a deletion or a new generation in another process shows at once)."""
+    row = connection.execute(_STATE, {"d": directory_id}).one_or_none()
+    if row is None:
+        raise DirectoryNotFound(f"no directory {directory_id}: list them with `ams directory list`")
+    generation, stage = row
+    if stage == "Restoring":
+        raise DirectoryUnavailable(
+            f"directory {directory_id} is restoring: its entries are offline until the restore ends; "
+            "try again when `ams directory show` says Active"
+        )
+    return int(generation)
+
+
 def search_page(
     instance: Instance,
     directory_id: str,
@@ -337,35 +420,32 @@ def search_page(
     """
     base_norm = dnlib.normalise(base)
     suffix_norm = dnlib.normalise(suffix)
-    with instance.session() as session:
-        directory = objects.open_directory(session, directory_id)
-        generation = directory.generation
-        if (
-            after_id == 0
-            and base_norm != suffix_norm
-            and not objects.exists(session, directory_id, generation, base_norm)
-        ):
-            raise objects.not_found(directory_id, base)
-        query = (
-            select(DirectoryObject.id, DirectoryObject.dn, DirectoryObject.dn_norm,
-                   DirectoryObject.object_classes, DirectoryObject.attributes)
-            .where(
-                DirectoryObject.directory_id == directory_id,
-                DirectoryObject.generation == generation,
-                DirectoryObject.id > after_id,
-                _scope(base_norm, scope, suffix_norm),
-            )
-        )  # fmt: skip
-        if scope != "base":
-            # A base read is one row by its unique DN: ordering by id would lead the planner
-            # to walk the generation's ids instead.
-            query = query.order_by(DirectoryObject.id).limit(rows)
-        indexed = _indexed(node, directory_id, generation)
-        hint = _hint(node, instance.engine.dialect.name == "postgresql") if indexed is None else None
-        for condition in (indexed, hint):
-            if condition is not None:
-                query = query.where(condition)
-        fetched = session.execute(query).all()
+    with instance.engine.connect() as connection:
+        generation = _state(connection, directory_id)
+        params: dict[str, Any] = {"d": directory_id, "g": generation, "after": after_id}
+        if scope == "base":
+            # One row by its unique DN (no ordering: the planner would walk the ids instead).
+            fetched = connection.execute(_BASE, {**params, "n": base_norm}).all()
+            if (
+                not fetched
+                and after_id == 0
+                and base_norm != suffix_norm
+                and not _exists(connection, params, base_norm)
+            ):
+                raise objects.not_found(directory_id, base)
+        else:
+            if after_id == 0 and base_norm != suffix_norm and not _exists(connection, params, base_norm):
+                raise objects.not_found(directory_id, base)
+            single = _one_indexed(node)
+            if single is not None:
+                fetched = connection.execute(
+                    _BY_VALUE, {**params, "a": single[0], "v": single[1], "rows": rows}
+                ).all()
+            else:
+                fetched = connection.execute(
+                    _general(instance, directory_id, generation, base_norm, suffix_norm, scope, node,
+                             after_id, rows)
+                ).all()  # fmt: skip
     found: list[tuple[int, Entry]] = []
     last = after_id
     for row_id, dn, dn_norm, classes, attributes in fetched:
@@ -377,4 +457,40 @@ def search_page(
         entry = objects.stored_entry(dn, classes, attributes)
         if matches(node, entry):
             found.append((row_id, entry))
-    return Page(found, last, len(fetched) < rows)
+    return Page(found, last, scope == "base" or len(fetched) < rows)
+
+
+def _exists(connection: Connection, params: dict[str, Any], dn_norm: str) -> bool:
+    found = connection.execute(_EXISTS, {"d": params["d"], "g": params["g"], "n": dn_norm}).first()
+    return found is not None
+
+
+def _general(
+    instance: Instance,
+    directory_id: str,
+    generation: int,
+    base_norm: str,
+    suffix_norm: str,
+    scope: Scope,
+    node: Filter,
+    after_id: int,
+    rows: int,
+) -> Select[int, str, str, str, str]:
+    """Any other search: the scope by ``dn_norm``, the index or the text hint, in id order."""
+    query = (
+        select(*_COLUMNS)
+        .where(
+            DirectoryObject.directory_id == directory_id,
+            DirectoryObject.generation == generation,
+            DirectoryObject.id > after_id,
+            _scope(base_norm, scope, suffix_norm),
+        )
+        .order_by(DirectoryObject.id)
+        .limit(rows)
+    )
+    indexed = _indexed(node, directory_id, generation)
+    hint = _hint(node, instance.engine.dialect.name == "postgresql") if indexed is None else None
+    for condition in (indexed, hint):
+        if condition is not None:
+            query = query.where(condition)
+    return query

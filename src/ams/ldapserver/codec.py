@@ -13,8 +13,6 @@ from ldap3.protocol import rfc4511
 from ldap3.protocol.rfc2696 import RealSearchControlValue
 from ldap3.protocol.rfc4511 import (
     AddResponse,
-    Attribute,
-    AttributeValue,
     BindResponse,
     CompareResponse,
     Control,
@@ -23,11 +21,8 @@ from ldap3.protocol.rfc4511 import (
     LDAPMessage,
     ModifyDNResponse,
     ModifyResponse,
-    PartialAttributeList,
     ProtocolOp,
     SearchResultDone,
-    SearchResultEntry,
-    Vals,
 )
 from pyasn1.codec.ber import decoder, encoder
 from pyasn1.error import PyAsn1Error
@@ -189,6 +184,24 @@ _RESULTS: dict[str, Any] = {
 }
 
 
+class _Fields(dict[str, Any]):
+    """A SEQUENCE's components as plain Python values, for pyasn1's encoder with a schema
+    (``encoder.encode(value, asn1Spec=...)``): no pyasn1 object is built per component, which
+    makes a search's answer about four times cheaper to encode, byte for byte the same.
+    An OPTIONAL component left out reads as None (pyasn1 looks it up before it asks whether
+    it is there) and is not encoded."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+_MESSAGE = LDAPMessage()
+
+
+def _encode_native(message_id: int, name: str, op: _Fields) -> bytes:
+    return bytes(encoder.encode(_Fields(messageID=message_id, protocolOp={name: op}), asn1Spec=_MESSAGE))
+
+
 def encode_result(
     message_id: int,
     name: str,
@@ -197,6 +210,10 @@ def encode_result(
     matched: str = "",
     controls: list[tuple[str, bytes]] | None = None,
 ) -> bytes:
+    if not controls:
+        fields = _Fields(resultCode=code, matchedDN=matched.encode("utf-8"))
+        fields["diagnosticMessage"] = message.encode("utf-8")
+        return _encode_native(message_id, name, fields)
     result = _RESULTS[name]()
     result["resultCode"] = code
     result["matchedDN"] = matched.encode("utf-8")
@@ -220,19 +237,8 @@ def encode_extended(
 
 
 def encode_entry(message_id: int, dn: str, attributes: list[tuple[str, list[bytes]]]) -> bytes:
-    entry = SearchResultEntry()
-    entry["object"] = dn.encode("utf-8")
-    partial = PartialAttributeList()
-    for i, (name, values) in enumerate(attributes):
-        attribute = Attribute()
-        attribute["type"] = name.encode("utf-8")
-        vals = Vals()
-        for j, value in enumerate(values):
-            vals[j] = AttributeValue(value)
-        attribute["vals"] = vals
-        partial[i] = attribute
-    entry["attributes"] = partial
-    return _message(message_id, "searchResEntry", entry)
+    listed = [_Fields(type=name.encode("utf-8"), vals=values) for name, values in attributes]
+    return _encode_native(message_id, "searchResEntry", _Fields(object=dn.encode("utf-8"), attributes=listed))
 
 
 def paged_request(controls: Any) -> tuple[int, bytes, bool] | None:

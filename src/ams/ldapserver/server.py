@@ -3,8 +3,11 @@
 ``ams serve --ldap-port N`` starts it beside the HTTP service (docs/operations.md, "LDAP
 access"). Each connection reads whole messages (:mod:`ams.ldapserver.codec`), runs each
 operation as a task (so an abandon or the next request is read while a search runs), and
-hands every database call to a thread pool, so neither this loop nor the HTTP side waits
-on the database. Which directory an operation touches follows from its DN (the directory
+hands its database calls to a thread pool, so neither this loop nor the HTTP side waits
+on the database long. The exception is a short search (a base read or an indexed
+equality, :func:`ams.directory.search.is_short`): its first _INLINE_ROWS rows are read and
+encoded in this loop, since handing them to the pool and waking the loop again costs
+more than the few index lookups. Which directory an operation touches follows from its DN (the directory
 whose ``DC=`` suffix ends it); who may do what is :mod:`ams.ldapserver.access`.
 """
 
@@ -95,6 +98,8 @@ _SCOPES: dict[int, searching.Scope] = {0: "base", 1: "one", 2: "sub"}
 _OPS = {0: "add", 1: "delete", 2: "replace"}
 # Rows read per trip to the database during a search (between looks at abandon and time).
 _ROWS = 1000
+# Rows a short search (searching.is_short) reads in the listener's own thread.
+_INLINE_ROWS = 50
 _DIRECTORIES_TTL = 1.0
 
 
@@ -203,6 +208,8 @@ class _Connection:
         self.principal: Principal = ANONYMOUS
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.abandoned: set[int] = set()
+        # A search's last entries, sent with its result (one write, not two).
+        self.held: dict[int, list[bytes]] = {}
         self.write_lock = asyncio.Lock()
         self.closing = False
         self.tls = writer.get_extra_info("sslcontext") is not None
@@ -311,11 +318,13 @@ class _Connection:
             reply = await handler(message_id, request, controls)
             outcome = LdapResult(SUCCESS)
         except asyncio.CancelledError:
+            self.held.pop(message_id, None)
             return
         except codec.ProtocolError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes an LDAP result
             outcome = result_of(exc)
+        held = self.held.pop(message_id, [])
         if message_id in self.abandoned:
             self.abandoned.discard(message_id)
             return
@@ -329,9 +338,10 @@ class _Connection:
         if name == "compareRequest" and outcome.code == SUCCESS:
             outcome = LdapResult(COMPARE_TRUE if reply else COMPARE_FALSE)
             reply = None
-        await self.send(
-            codec.encode_result(message_id, response, outcome.code, outcome.message, outcome.matched, reply)
+        done = codec.encode_result(
+            message_id, response, outcome.code, outcome.message, outcome.matched, reply
         )
+        await self.send([*held, done] if held else done)
 
     async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.server.run_db(fn, *args)
@@ -435,6 +445,7 @@ class _Connection:
                 return [codec.paged_control(0, b"")]
         deadline = time.monotonic() + time_limit if time_limit else None
         sent = 0
+        inline = after == 0 and searching.is_short(node, scope)
         while True:
             if message_id in self.abandoned:
                 return None
@@ -443,14 +454,27 @@ class _Connection:
                 room = page_size - sent
             if size_limit:
                 room = min(room, size_limit + 1 - sent) if room is not None else size_limit + 1 - sent
-            page, encoded = await self.run_db(
-                self._search_page, directory, base, scope, node, after, room, wanted, types_only, message_id
-            )
+            if inline:
+                # A base read or an indexed equality: a few rows by an index, read and encoded
+                # here (a hand-off to the pool and back costs more than the work); at most
+                # _INLINE_ROWS rows, so the loop is never held long; the rest go to the pool.
+                inline = False
+                page, encoded = self._search_page(
+                    directory, base, scope, node, after, room, wanted, types_only, message_id, _INLINE_ROWS
+                )
+            else:
+                page, encoded = await self.run_db(
+                    self._search_page, directory, base, scope, node, after, room, wanted, types_only,
+                    message_id, _ROWS,
+                )  # fmt: skip
             after = page.last_id
             if size_limit and sent + len(encoded) > size_limit:
-                await self.send(encoded[: size_limit - sent])
+                self.held[message_id] = encoded[: size_limit - sent]
                 raise LdapResult(SIZE_LIMIT_EXCEEDED, "")
-            if encoded:
+            if page.done or (page_size is not None and sent + len(encoded) >= page_size):
+                # The last entries go out with the searchResDone, in one write.
+                self.held[message_id] = encoded
+            elif encoded:
                 await self.send(encoded)
             sent += len(encoded)
             if page.done:
@@ -471,8 +495,10 @@ class _Connection:
         wanted: list[str],
         types_only: bool,
         message_id: int,
+        most: int,
     ) -> tuple[searching.Page, list[bytes]]:
-        """One page, read and encoded in a worker thread (encoding is most of a search's CPU)."""
+        """One page of at most ``most`` rows read, read and encoded (in a worker thread unless
+        the search is short: encoding is most of a long search's CPU)."""
         instance = self.server.instance
         try:
             page = searching.search_page(
@@ -483,7 +509,7 @@ class _Connection:
                 node=node,
                 suffix=directory.suffix,
                 after_id=after,
-                rows=_ROWS if room is None else max(1, min(_ROWS, room * 4)),
+                rows=most if room is None else max(1, min(most, room * 4)),
                 limit=room,
             )
         except DirectoryEntryNotFound as exc:
