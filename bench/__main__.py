@@ -1,6 +1,9 @@
 """`make bench`: run the benchmarks, each writing ``bench/results/NAME.json``.
 
-``python -m bench`` runs them all at their default sizes (about ten minutes on 2 cores);
+``python -m bench`` runs them all at their default sizes (on an idle 2-core machine the
+offsite benchmark alone takes about 11 minutes: its 1.2 GB archive goes up and down three
+times each way, and ``aws s3 cp``'s downloads from moto are the slowest part; fleet, read
+and expiry take about a minute together, ldap about one);
 ``python -m bench NAME [NAME...]`` only those; ``--quick`` runs each at a small size (under
 a minute each: it checks that the benchmark works, its figures mean little); ``--results
 DIR`` writes the JSON files elsewhere than bench/results (whose files docs/performance.md's
