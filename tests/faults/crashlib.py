@@ -468,6 +468,41 @@ def state_of(home: Path, facts: dict[str, Any]) -> str:
     return f"mixed (note {note})"
 
 
+def check_status(
+    forks: ForkServer,
+    home: Path,
+    facts: dict[str, Any],
+    *,
+    is_instance: bool,
+    audit_events: Any,
+    engine: str | None = None,
+) -> list[str]:
+    """The next `ams status` after a kill: it works (it resolves what the crash left) and tells
+    the truth. ``is_instance``: whether ``home`` holds an instance now (a restore into a new
+    home may not have got that far: then a clean refusal is the truth); ``audit_events``: a
+    function giving the number of audit events the database holds."""
+    done = forks.run(["status", "--json", "--home", str(home)])
+    if not is_instance:
+        if done.returncode == 0 or not done.clean_error():
+            return [f"status of a home that is no instance: exit {done.returncode}: {done.stderr[-300:]}"]
+        return []
+    if done.returncode != 0 or not done.clean_error():
+        return [f"ams status failed (exit {done.returncode}): {done.stderr[-300:]}"]
+    data = json.loads(done.stdout)
+    problems = []
+    if data["instance_id"] != facts["instance_id"]:
+        problems.append(f"status names instance {data['instance_id']}")
+    if data["master_key"]["state"] != "unlocked":
+        problems.append(f"status says the master key is {data['master_key']['state']}")
+    if data["service"]["running"]:
+        problems.append("status says a service runs")
+    if engine is not None and data["database"]["engine"] != engine:
+        problems.append(f"status says the database is {data['database']['engine']}")
+    if data["counts"]["audit_events"] > audit_events():
+        problems.append("status counts more audit events than the database holds")
+    return problems
+
+
 def check_passwords(
     home: Path, facts: dict[str, Any], state: str, rng: random.Random, *, lost: bool = False, sample: int = 30
 ) -> list[str]:

@@ -52,27 +52,15 @@ def _db(home: Path) -> sqlite3.Connection:
 
 def _status(forks: crashlib.ForkServer, case: Case) -> Problems:
     """The next `ams status`: it works (it resolves what the crash left) and tells the truth."""
-    done = forks.run(["status", "--json", "--home", str(case.checked_home)])
-    if case.target is not None and not (case.target / "data" / "ams.db").exists():
-        # No instance there (the restore had not got far): a clean refusal is the truth.
-        if done.returncode == 0 or not done.clean_error():
-            return [f"status of a home that is no instance: exit {done.returncode}: {done.stderr[-300:]}"]
-        return []
-    if done.returncode != 0 or not done.clean_error():
-        return [f"ams status failed (exit {done.returncode}): {done.stderr[-300:]}"]
-    data = json.loads(done.stdout)
-    problems = []
-    if data["instance_id"] != case.facts["instance_id"]:
-        problems.append(f"status names instance {data['instance_id']}")
-    if data["master_key"]["state"] != "unlocked":
-        problems.append(f"status says the master key is {data['master_key']['state']}")
-    if data["service"]["running"]:
-        problems.append("status says a service runs")
-    with _db(case.checked_home) as conn:
-        events = conn.execute("SELECT count(*) FROM audit_events").fetchone()[0]
-    if data["counts"]["audit_events"] > events:
-        problems.append("status counts more audit events than the database holds")
-    return problems
+
+    def audit_events() -> int:
+        with _db(case.checked_home) as conn:
+            return int(conn.execute("SELECT count(*) FROM audit_events").fetchone()[0])
+
+    is_instance = case.target is None or (case.target / "data" / "ams.db").exists()
+    return crashlib.check_status(
+        forks, case.checked_home, case.facts, is_instance=is_instance, audit_events=audit_events
+    )
 
 
 def _common(case: Case, state_ok: tuple[str, ...], rng: random.Random) -> Problems:

@@ -242,27 +242,15 @@ def _points(fault_settings: dict[str, int], ci: int) -> int:
 
 def _status(forks: crashlib.ForkServer, case: PgCase) -> Problems:
     home, url = case.checked
-    done = forks.run(["status", "--json", "--home", str(home)])
-    if case.target is not None and not (home / "config" / "ams.toml").exists():
-        # No instance there (the restore had not got as far as the new home): a clean refusal.
-        if done.returncode == 0 or not done.clean_error():
-            return [f"status of a home that is no instance: exit {done.returncode}: {done.stderr[-300:]}"]
-        return []
-    if done.returncode != 0 or not done.clean_error():
-        return [f"ams status failed (exit {done.returncode}): {done.stderr[-300:]}"]
-    data = json.loads(done.stdout)
-    problems = []
-    if data["instance_id"] != case.facts["instance_id"]:
-        problems.append(f"status names instance {data['instance_id']}")
-    if data["master_key"]["state"] != "unlocked":
-        problems.append(f"status says the master key is {data['master_key']['state']}")
-    if data["service"]["running"]:
-        problems.append("status says a service runs")
-    if data["database"]["engine"] != "postgresql":
-        problems.append(f"status says the database is {data['database']['engine']}")
-    if data["counts"]["audit_events"] > query(url, "SELECT count(*) FROM audit_events")[0][0]:
-        problems.append("status counts more audit events than the database holds")
-    return problems
+    is_instance = case.target is None or (home / "config" / "ams.toml").exists()
+    return crashlib.check_status(
+        forks,
+        home,
+        case.facts,
+        is_instance=is_instance,
+        audit_events=lambda: int(query(url, "SELECT count(*) FROM audit_events")[0][0]),
+        engine="postgresql",
+    )
 
 
 def _catalog(case: PgCase) -> Problems:
