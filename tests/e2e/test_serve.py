@@ -66,3 +66,25 @@ def test_the_listening_socket_is_tcp_so_responses_are_not_delayed() -> None:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         sock.close()
+
+
+def test_the_access_log_leaves_out_the_agents_successes_and_keeps_everything_else(home: Path) -> None:
+    key = json.loads(run_ams("regkey", "create", "--name", "for-log", "--json", home=home).stdout)["key"]
+    check_in = '"GET /api/v1/agent/password?version= HTTP/1.1" 200'
+    refused = '"GET /api/v1/agent/password?version= HTTP/1.1" 401'
+    for level, logged in (("info", False), ("debug", True)):
+        with Server(home, args=["--log-level", level]) as server, server.client() as client:
+            register = {"registration_key": key, "name": f"pc-{level}"}
+            answer = client.post("/api/v1/agent/register", json=register)
+            assert answer.status_code == 201, answer.text
+            token = answer.json()["token"]
+            good = {"Authorization": f"Bearer {token}"}
+            assert client.get("/api/v1/agent/password?version=", headers=good).status_code == 200
+            bad = {"Authorization": f"Bearer {token}x"}
+            assert client.get("/api/v1/agent/password?version=", headers=bad).status_code == 401
+            assert client.get("/healthz").status_code == 200
+        log = server.log.read_text()
+        assert (check_in in log) is logged, log  # a success of the fleet's route: debug only
+        assert refused in log and '"GET /healthz HTTP/1.1" 200' in log
+        assert '"POST /api/v1/agent/register HTTP/1.1" 201' in log
+        assert token not in log

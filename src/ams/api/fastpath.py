@@ -5,7 +5,8 @@ report) are what every agent of the fleet calls; :class:`FastRoutes`, a pure ASG
 application in front of the FastAPI application (ams.api.app: its ``__call__``), answers
 them itself: the path and method looked up in :data:`FAST_ROUTES`, the token and the query
 read from the ASGI scope, the body read up to its limit and parsed with the standard
-library's ``json``, the vault called in the event loop (ams.api.routes.agent says why), the
+library's ``json``, the vault called in the event loop (ams.api.routes.agent says why; a
+report is written with the others of the same turn of the loop, :class:`ReportWrites`), the
 answer encoded once, counted and timed in the application's metrics and named by the
 ``X-AMS-Worker`` header as every answer is (ams.api.metrics). FastAPI's own stack (its
 middlewares, Starlette's routing, the dependencies) cost several times the HTTP server's
@@ -31,7 +32,9 @@ connection; with a query, or without a bearer token, FastAPI's route answers).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
 import time
@@ -53,6 +56,7 @@ from ams.vault import passwords
 __all__ = ["FAST_PATTERNS", "FAST_ROUTES", "FastRoutes", "Handled", "Handler"]
 
 AGENT_ROUTE = "/api/v1/agent/password"
+_log = logging.getLogger("uvicorn.error")
 
 # (the middleware, the scope, receive, send) -> True: answered; False: the application
 # answers; messages: the application answers, these (the body read) received first.
@@ -183,7 +187,7 @@ async def report(fast: FastRoutes, scope: Scope, receive: Receive, send: Send) -
     if document is None or size > AGENT_PASSWORD:
         return messages
     try:
-        stored = passwords.report(
+        prepared = passwords.prepare_report(
             fast.instance,
             token,
             document["account"],
@@ -191,6 +195,8 @@ async def report(fast: FastRoutes, scope: Scope, receive: Receive, send: Send) -
             document["blob"],
             address=_address(scope),
         )
+        # Written with the other reports of this turn of the event loop (group commit).
+        stored = await fast.writes.store(prepared)
     except AMSError as exc:
         await fast.refuse(exc, scope, receive, send)
         return True
@@ -248,6 +254,44 @@ def _route(method: str, path: str) -> tuple[str, Handler] | None:
     return None
 
 
+class ReportWrites:
+    """Group commit of the reports one worker test-decrypted in one turn of its event loop.
+
+    A report's handler prepares it (token, test decryption: :func:`ams.vault.passwords.prepare_report`)
+    and waits here; the first to wait schedules :meth:`_flush` on the loop, which runs once
+    every handler made ready in the same turn has prepared its own, and writes them all in one
+    transaction and one commit (:func:`ams.vault.passwords.store_prepared`). Each answer
+    still goes out only after the commit that holds its report; what a commit costs (the
+    write lock, the WAL's pages, the transaction) is shared by the reports of the batch."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self._pending: list[tuple[passwords.PreparedReport, asyncio.Future[passwords.StoredPassword]]] = []
+
+    async def store(self, prepared: passwords.PreparedReport) -> passwords.StoredPassword:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[passwords.StoredPassword] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((prepared, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            results = passwords.store_prepared(self.instance, [prepared for prepared, _ in pending])
+        except Exception:
+            _log.exception("the reports of a batch could not be written")
+            results = [InternalError() for _ in pending]
+        for (_, future), result in zip(pending, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, AMSError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
 class FastRoutes:
     """Pure ASGI: the routes of :data:`FAST_ROUTES` answered here, the rest by ``app``.
 
@@ -261,6 +305,7 @@ class FastRoutes:
         self.instance = instance
         self.errors = errors
         self.metrics = metrics
+        self.writes = ReportWrites(instance)
         self._counted: dict[tuple[str, int], Any] = {}
         self._timed: dict[str, Any] = {}
 

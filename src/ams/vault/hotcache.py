@@ -22,6 +22,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ams.vault import hotsql
 from ams.vault.generation import bump
 
 if TYPE_CHECKING:
@@ -47,6 +48,17 @@ class HotCache:
         self._active: dict[str, ActiveCertificate | None] = {}
         self._policies: dict[str, PasswordPolicy] = {}
         self._keys: dict[str, bytes] = {}
+        self._kept: hotsql.Kept | None = None
+
+    def kept(self, instance: Instance) -> hotsql.Kept:
+        """The connection this process keeps for the instance's hot path (ams.vault.hotsql)."""
+        kept = self._kept
+        if kept is None:
+            with self._lock:
+                kept = self._kept
+                if kept is None:
+                    kept = self._kept = hotsql.Kept(instance.engine, instance.home.run_dir / "write.lock")
+        return kept
 
     def sync(self, generation: int) -> int:
         """Note the generation a request read; forget everything when it moved. Returns it,

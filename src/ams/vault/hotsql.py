@@ -17,26 +17,36 @@ holder commits, instead of meeting SQLite's busy handler, which sleeps between r
 (1, 2, 5 … 100 ms) while its worker's event loop, and every request on it, waits. Other
 writers (the CLI, administrators, scheduled jobs) do not take the file lock; they and the
 hot path still exclude each other through SQLite's own lock and busy timeout.
+
+Each process keeps one connection for its hot path (:func:`connect`), checked out of the
+pool once, with an open descriptor of ``run/write.lock``: a request does not pay for a
+checkout, a reset and an ``open`` of the lock file. Another thread of the process (a
+FastAPI route that runs in one) gets a connection of the pool meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from ams.db.sqlite import db_time
 
-__all__ = ["Row", "Statement", "as_utc", "end_read", "raw", "writing"]
+__all__ = ["Hot", "Kept", "Row", "Statement", "as_utc", "connect", "end_read", "raw", "writing"]
 
 
 class Row:
@@ -140,18 +150,24 @@ def raw(conn: Connection) -> Any:
     return conn.connection.driver_connection
 
 
+def _open_lock(lock: Path) -> int:
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return -1  # no run/ folder to queue in: SQLite's own lock still excludes
+
+
 @contextlib.contextmanager
-def writing(conn: Connection, lock: Path) -> Iterator[None]:
+def writing(conn: Connection, lock: Path | int) -> Iterator[None]:
     """A write transaction of ``conn``, committed at the end of the block (rolled back on an
     exception). On SQLite: ``BEGIN IMMEDIATE`` under the file lock ``lock`` that queues the
-    hot path's writers of every worker process (the module's docstring)."""
+    hot path's writers of every worker process (the module's docstring): its path, or a
+    descriptor of it that the caller keeps open (:func:`connect`'s) and only one thread uses
+    at a time (a lock is the open file's: two threads on one descriptor would not queue)."""
     fd = -1
     if conn.dialect.name == "sqlite":
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            fd = -1  # no run/ folder to queue in: SQLite's own lock still excludes
-        else:
+        fd = _open_lock(lock) if isinstance(lock, Path) else lock
+        if fd >= 0:
             fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         # SQLAlchemy's transaction (what a Session joins, for retention); on SQLite the
@@ -166,8 +182,11 @@ def writing(conn: Connection, lock: Path) -> Iterator[None]:
             raise
         transaction.commit()
     finally:
-        if fd >= 0:
-            os.close(fd)  # releases the lock
+        if isinstance(lock, Path):
+            if fd >= 0:
+                os.close(fd)  # releases the lock
+        elif fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def end_read(conn: Connection) -> None:
@@ -176,3 +195,124 @@ def end_read(conn: Connection) -> None:
         conn.rollback()
     else:
         raw(conn).rollback()
+
+
+class Hot:
+    """A hot-path request's connection, and how its writes queue (:func:`connect`)."""
+
+    __slots__ = ("conn", "lock")
+
+    def __init__(self, conn: Connection, lock: Path | int) -> None:
+        self.conn = conn
+        self.lock = lock
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """:func:`writing` on this connection."""
+        return writing(self.conn, self.lock)
+
+
+class Kept:
+    """The connection (and open write lock) a process keeps for its hot path: one for each
+    open instance (its owner keeps it, ams.vault.hotcache; nothing here keeps the engine
+    alive, so an instance dropped without being closed lets its connections go as before).
+    The engine's disposal (``Instance.close``, the supervisor before it forks) closes it."""
+
+    def __init__(self, engine: Engine, lock: Path) -> None:
+        self.pid = os.getpid()
+        self.engine = engine
+        self.lock_path = lock
+        self.busy = threading.Lock()
+        self.conn: Connection | None = None
+        self.fd = -1
+        self.disposed = False
+        event.listen(engine, "engine_disposed", functools.partial(_disposed, weakref.ref(self)))
+
+    def close(self) -> None:
+        """Closes the connection itself (invalidated: a disposed pool would keep it open)."""
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.invalidate()
+                self.conn.close()
+            self.conn = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        # Its instance was dropped without being closed: the connection goes with it (a
+        # checked-out connection that is only garbage-collected keeps its engine alive).
+        if self.pid == os.getpid():
+            self.close()
+
+    def forked(self) -> None:
+        """In a child of the process that opened them: the parent's connection and lock are
+        left untouched (closing them here would end the parent's session or lock)."""
+        if self.conn is not None:
+            _inherited.append(self.conn)
+        self.conn, self.fd = None, -1
+        self.pid = os.getpid()
+        self.busy = threading.Lock()
+
+
+_inherited: list[Connection] = []  # a parent's, never used nor finalized in a child
+
+
+def _disposed(kept: weakref.ref[Kept], _engine: Engine) -> None:
+    found = kept()
+    if found is None or found.pid != os.getpid():
+        return
+    if found.busy.acquire(blocking=False):
+        try:
+            found.close()
+        finally:
+            found.busy.release()
+    else:
+        found.disposed = True  # its request closes it when done
+
+
+def _database_error(engine: Engine, exc: BaseException) -> bool:
+    """An error of the database or its driver (the hot path runs statements on the driver)."""
+    dbapi = getattr(engine.dialect, "loaded_dbapi", None)
+    return isinstance(exc, DBAPIError) or (dbapi is not None and isinstance(exc, dbapi.Error))
+
+
+@contextlib.contextmanager
+def connect(kept: Kept) -> Iterator[Hot]:
+    """A connection for one hot-path request: the one this process keeps, when no other
+    thread of it is using it, else one from the pool. Checking a connection out of the pool
+    and back (and resetting it) cost about a tenth of a rotation's work besides the
+    decryption; the kept one is checked out once, and so is its write lock's descriptor.
+    What the request leaves open is ended when it is done (as the pool's reset does); a
+    connection that failed under it is dropped, and the next request opens another."""
+    if kept.pid != os.getpid():
+        kept.forked()
+    engine = kept.engine
+    if not kept.busy.acquire(blocking=False):
+        with engine.connect() as conn:
+            yield Hot(conn, kept.lock_path)
+        return
+    try:
+        if kept.conn is None or kept.conn.closed or kept.conn.invalidated:
+            kept.conn = engine.connect()
+        if kept.fd < 0 and engine.dialect.name == "sqlite":
+            kept.fd = _open_lock(kept.lock_path)
+        conn = kept.conn
+        try:
+            yield Hot(conn, kept.fd if kept.fd >= 0 else kept.lock_path)
+        except BaseException as exc:
+            if _database_error(engine, exc):
+                kept.close()  # the next request opens a new one
+            raise
+        finally:
+            if kept.conn is not None:
+                try:
+                    end_read(conn)
+                except Exception as exc:
+                    if not _database_error(engine, exc):
+                        raise
+                    kept.close()
+            if kept.disposed:  # the engine was disposed while this request used it
+                kept.disposed = False
+                kept.close()
+    finally:
+        kept.busy.release()

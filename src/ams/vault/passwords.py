@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, select, update
@@ -40,6 +40,7 @@ from ams.db.models import AuditEvent, InstanceRow
 from ams.db.models.certificates import CertificateRow
 from ams.db.models.vault import Device, DevicePassword, PasswordPolicyRow
 from ams.errors import (
+    AMSError,
     CertificateKeyAbsent,
     Conflict,
     DecryptionFailed,
@@ -149,11 +150,13 @@ def _exhausted(device_id: str, highest: int) -> PasswordVersionsExhausted:
 
 # -- the hot path: statements built once ----------------------------------------------------
 #
-# A check-in and a report each read the device, its current password, its highest version
-# and the instance's generation number (ams.vault.hotcache) in one statement; the active
-# certificate, its unsealed key and the policy come from the process's cache, read from the
-# database only after a change bumped the generation. The statements are SQLAlchemy Core,
-# built here once (their compiled form is cached by the engine), one connection per request.
+# A check-in reads the device, its current password, its highest version and the
+# instance's generation number (ams.vault.hotcache) in one statement; a report reads the
+# device and the generation before its test decryption, and the rest under the write lock.
+# The active certificate, its unsealed key and the policy come from the process's cache,
+# read from the database only after a change bumped the generation. The statements are
+# SQLAlchemy Core, built here once and run on the driver (ams.vault.hotsql), on the
+# connection the process keeps for its hot path.
 
 _D = cast(Table, Device.__table__)
 _P = cast(Table, DevicePassword.__table__)
@@ -196,7 +199,12 @@ def _device_state(*, history: bool) -> Any:
 
 
 _CHECK_IN_STATE = _device_state(history=False)
-_REPORT_STATE = _device_state(history=True)
+# A report reads who the device is before its test decryption, and all the rest under the
+# write lock (on PostgreSQL the device's row lock: FOR UPDATE).
+_REPORT_AUTH = select(
+    _D.c.id, _D.c.name, _D.c.scope, _D.c.status, _D.c.token_hash, _GENERATION.label("generation")
+).where(_D.c.id == bindparam("device_id"))
+_REPORT_STATE = _device_state(history=True).with_for_update(of=_D)
 _ACTIVE_CERTIFICATE = select(_C.c.thumbprint, _C.c.certificate_der, _C.c.private_key_sealed).where(
     _C.c.scope == bindparam("scope"), _C.c.state == certificates.CertificateState.ACTIVE.value
 )
@@ -211,7 +219,7 @@ _NEW_PASSWORD = insert(_P)
 _DEVICE_ROTATED = (
     update(_D)
     .where(_D.c.id == bindparam("device_id"))
-    .values(current_version=bindparam("version"), force_rotation=False)
+    .values(current_version=bindparam("version"), force_rotation=False, last_seen_at=bindparam("now"))
 )
 _AUDIT_INSERT = insert(_AUDIT)
 
@@ -219,6 +227,7 @@ _AUDIT_INSERT = insert(_AUDIT)
 # dialect, times converted as the models' type does.
 _STATE_TIMES = ("last_seen_at", "expires_at", "effective_at")
 _SQL_CHECK_IN_STATE = hotsql.Statement(_CHECK_IN_STATE, times=_STATE_TIMES)
+_SQL_REPORT_AUTH = hotsql.Statement(_REPORT_AUTH)
 _SQL_REPORT_STATE = hotsql.Statement(_REPORT_STATE, times=_STATE_TIMES)
 _SQL_SEEN = hotsql.Statement(_SEEN, times=("now",))
 _SQL_SUPERSEDE = hotsql.Statement(_SUPERSEDE, times=("now",))
@@ -242,15 +251,16 @@ _SQL_NEW_PASSWORD = hotsql.Statement(
     times=("effective_at", "expires_at", "superseded_at", "created_at"),
     keys=_NEW_PASSWORD_KEYS,
 )
-_SQL_DEVICE_ROTATED = hotsql.Statement(_DEVICE_ROTATED)
+_SQL_DEVICE_ROTATED = hotsql.Statement(_DEVICE_ROTATED, times=("now",))
 _SQL_AUDIT = hotsql.Statement(
     _AUDIT_INSERT, times=("at",), keys=["event_id", "at", "actor", "outcome", "target", "details"]
 )
 
 
-def _write_lock(instance: Instance) -> Path:
-    """Where the hot path's writers queue on SQLite (ams.vault.hotsql.writing)."""
-    return instance.home.run_dir / "write.lock"
+def _connect(instance: Instance) -> contextlib.AbstractContextManager[hotsql.Hot]:
+    """A hot-path request's connection (ams.vault.hotsql.connect); its writers queue on
+    SQLite at ``run/write.lock``."""
+    return hotsql.connect(hotcache.for_instance(instance).kept(instance))
 
 
 def _audit(conn: Connection, instance: Instance, event: audit.Event, **fields: Any) -> None:
@@ -395,7 +405,8 @@ def _check_in(
     for _ in range(3):
         now = instance.clock.now()
         try:
-            with instance.engine.connect() as conn:
+            with _connect(instance) as hot:
+                conn = hot.conn
                 row = _SQL_CHECK_IN_STATE.first(conn, {"device_id": device_id}) if secret != "" else None
                 device = _authenticated(row, secret)
                 assert row is not None
@@ -414,7 +425,7 @@ def _check_in(
                 hotsql.end_read(conn)
                 if rollback is not None or seen:
                     # At most one short write: the rollback's audit event, last_seen_at.
-                    with hotsql.writing(conn, _write_lock(instance)):
+                    with hot.writing():
                         if rollback is not None:
                             _audit(
                                 conn,
@@ -560,20 +571,20 @@ def report(
 ) -> StoredPassword:
     """``POST /api/v1/agent/password``: authenticate the device token and :func:`store`."""
     device_id, secret = devices_service.split_token(token)
-    return _store(instance, device_id, secret, account, version, blob_b64, address)
+    return _store(instance, (device_id, secret, account, version, blob_b64, address))
 
 
 def store(
     instance: Instance, device: AuthenticatedDevice, account: str, version: int, blob_b64: str
 ) -> StoredPassword:
     """Accept a new password (as its blob) after test decryption; the previous one becomes history."""
-    return _store(instance, device.id, None, account, version, blob_b64, None)
+    return _store(instance, (device.id, None, account, version, blob_b64, None))
 
 
 def store_blob(instance: Instance, device: AuthenticatedDevice, raw: bytes) -> StoredPassword:
     """:func:`store` for a blob alone (written on a directory object, ams.vault.legacy): its
     account and version are the ones its plaintext holds, checked as a report's are."""
-    return _store(instance, device.id, None, None, None, raw, None)
+    return _store(instance, (device.id, None, None, None, raw, None))
 
 
 def _check_version(version: object) -> None:
@@ -588,140 +599,193 @@ class _Moved(Exception):
     """Certificates or policies changed between the test decryption and the write: again."""
 
 
-def _store(
+# What a report says: the device, the token's secret (None: authenticated already), the
+# account and version (None: what the plaintext says), the blob, the client's address.
+_Request = tuple[str, str | None, str | None, int | None, str | bytes, str | None]
+
+
+@dataclass(frozen=True)
+class PreparedReport:
+    """A report whose device is authenticated and whose blob opened with the active key, not
+    yet written: what :func:`store_prepared` writes. ``request`` is what the report said (to
+    do it all again when certificates changed in between)."""
+
+    request: _Request
+    device: AuthenticatedDevice
+    generation: int
+    policy: PasswordPolicy
+    thumbprint: str
+    account: str
+    version: int
+    raw: bytes
+
+
+def prepare_report(
     instance: Instance,
-    device_id: str,
-    secret: str | None,
-    account: str | None,
-    version: int | None,
-    blob: str | bytes,
-    address: str | None,
-) -> StoredPassword:
-    cache = hotcache.for_instance(instance)
-    for _ in range(3):
+    token: str | None,
+    account: str,
+    version: int,
+    blob_b64: str,
+    *,
+    address: str | None = None,
+) -> PreparedReport:
+    """The first half of :func:`report`: the token checked and the blob test-decrypted, with
+    no transaction open; :func:`store_prepared` writes it."""
+    device_id, secret = devices_service.split_token(token)
+    return _prepare(instance, (device_id, secret, account, version, blob_b64, address))
+
+
+def store_prepared(instance: Instance, reports: list[PreparedReport]) -> list[StoredPassword | AMSError]:
+    """Write prepared reports in one transaction, one commit (group commit: the reports a
+    worker decrypted in one turn of its event loop, ams.api.fastpath); for each, in order,
+    what was stored or the error that refused it. A report that meets changed certificates,
+    or a batch that fails as a whole, is done again on its own as :func:`report` does it
+    (a batch commits all its writes or none)."""
+    results: list[StoredPassword | AMSError | None] = [None] * len(reports)
+    again: list[int] = []
+    try:
+        with _connect(instance) as hot, hot.writing():
+            for i, prepared in enumerate(reports):
+                try:
+                    results[i] = _write(hot.conn, instance, prepared)
+                except _Moved:
+                    again.append(i)
+                except AMSError as exc:  # raised before it wrote anything
+                    results[i] = exc
+    except Exception:  # noqa: BLE001 - nothing was committed: each report on its own
+        again = list(range(len(reports)))
+    for i in again:
         try:
-            return _store_once(instance, cache, device_id, secret, account, version, blob)
-        except _Refused as refused:
-            devices_service.refuse_token(instance, device_id, known=refused.known, address=address)
+            results[i] = _store(instance, reports[i].request)
+        except AMSError as exc:
+            results[i] = exc
+    return [r for r in results if r is not None]
+
+
+def _store(instance: Instance, request: _Request) -> StoredPassword:
+    for _ in range(3):
+        prepared = _prepare(instance, request)
+        try:
+            with _connect(instance) as hot, hot.writing():
+                return _write(hot.conn, instance, prepared)
         except _Moved:
             continue
     raise Conflict("the certificates changed while the password was stored: report it again")
 
 
-def _store_once(
-    instance: Instance,
-    cache: hotcache.HotCache,
-    device_id: str,
-    secret: str | None,
-    account: str | None,
-    version: int | None,
-    blob: str | bytes,
-) -> StoredPassword:
-    # One pooled connection for the request; no transaction open until step 3.
-    with instance.engine.connect() as conn:
-        # 1. Read (no lock): who the device is, and the active key, from the cache.
-        row = _SQL_REPORT_STATE.first(conn, {"device_id": device_id}) if secret != "" else None
-        device = _authenticated(row, secret)
-        assert row is not None
-        generation = cache.sync(row.generation)
-        active = _active(conn, cache, generation, device.scope)
-        policy = _policy(conn, cache, generation, device.scope)
-        hotsql.end_read(conn)
-        if version is not None:  # a report's; a blob alone carries its own (checked below)
-            _check_version(version)
-        if isinstance(blob, bytes):
-            raw: bytes | None = blob if 0 < len(blob) <= MAX_BLOB_BYTES else None
-            if raw is None:
-                raise _reject(instance, device, "empty or too large")
-        else:
-            raw = decode_blob(blob)
-            if raw is None:
-                raise _reject(instance, device, "not base64, empty or too large")
-        # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
-        # another's write.
-        assert active is None or isinstance(active, hotcache.ActiveCertificate)
-
-        def private_key() -> bytes:
-            assert active is not None  # _test_decrypt asks only for the active certificate's key
-            return _private_key(instance, cache, generation, active)
-
-        thumbprint, account, version = _test_decrypt(
-            instance, device, raw, account, version, active, private_key
-        )
-        _check_version(version)
-        # 3. Write: the first statement takes the device's write lock (SQLite's database lock,
-        # PostgreSQL's row lock), so what is read next stays true until the commit.
-        actor = f"device:{device.id}"
-        now = instance.clock.now()
-        with hotsql.writing(conn, _write_lock(instance)):
-            if not _SQL_SEEN.execute(conn, {"device_id": device.id, "now": now}):
-                raise NotFound(f"no device {device.id}")
-            row = _SQL_REPORT_STATE.first(conn, {"device_id": device.id})
+def _prepare(instance: Instance, request: _Request) -> PreparedReport:
+    device_id, secret, account, version, blob, address = request
+    cache = hotcache.for_instance(instance)
+    try:
+        with _connect(instance) as hot:
+            conn = hot.conn
+            # 1. Read (no lock): who the device is, and the active key, from the cache.
+            row = _SQL_REPORT_AUTH.first(conn, {"device_id": device_id}) if secret != "" else None
+            device = _authenticated(row, secret)
             assert row is not None
-            if row.generation != generation:
-                raise _Moved()  # rolls back; the next try reads the new certificates (and policy)
-            current = row.password_id is not None
-            if current and row.version == version and row.blob == raw:
-                # The same report again (the agent retried after losing our answer): same answer.
-                return StoredPassword(row.request_id, row.version, row.effective_at, row.expires_at)
-            highest = row.highest or 0
-            if version <= highest:
-                raise Conflict(
-                    f"version {version} is not above the server's {highest}: "
-                    "ask GET /api/v1/agent/password again"
-                )
-            if highest >= MAX_VERSION:
-                raise _exhausted(device.id, highest)
-            reach = _reach(highest)
-            if version > reach:
-                # A jump this far would bring the device's versions toward the top of the range,
-                # where the next one could no longer be expressed: refused, nothing changes.
-                raise PasswordVersionOutOfRange(
-                    f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
-                    f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
-                )
-            if current:
-                _SQL_SUPERSEDE.execute(conn, {"password_id": row.password_id, "now": now})
-            request_id = REQUEST_PREFIX + crypto.random_id(32)
-            expires_at = now + timedelta(days=policy.max_age_days)
-            _SQL_NEW_PASSWORD.execute(
-                conn,
-                {
-                    "device_id": device.id,
-                    "version": version,
-                    "account": account,
-                    "blob": raw,
-                    "certificate_thumbprint": thumbprint,
-                    "request_id": request_id,
-                    "effective_at": now,
-                    "expires_at": expires_at,
-                    "is_current": True,
-                    "superseded_at": None,
-                    "replaces_id": row.password_id,
-                    "answered_force": bool(row.force_rotation),
-                    "created_at": now,
-                },
-            )
-            _SQL_DEVICE_ROTATED.execute(conn, {"device_id": device.id, "version": version})
-            _audit(
-                conn,
-                instance,
-                audit.Event.PASSWORD_ROTATED,
-                actor=actor,
-                target=device.id,
-                details={
-                    "version": version,
-                    "previous_version": row.version if current else None,
-                    "certificate": thumbprint,
-                    "request_id": request_id,
-                },
-            )
-            if row.history + (1 if current else 0) > policy.history_keep_count:
-                # Only then can retention remove anything (it keeps history_keep_count at least).
-                with Session(bind=conn) as session:
-                    retention.apply(session, instance.clock, device.id, policy, actor)
-                    session.flush()
-            return StoredPassword(request_id, version, now, expires_at)
+            generation = cache.sync(row.generation)
+            active = _active(conn, cache, generation, device.scope)
+            policy = _policy(conn, cache, generation, device.scope)
+            hotsql.end_read(conn)
+    except _Refused as refused:
+        devices_service.refuse_token(instance, device_id, known=refused.known, address=address)
+    if version is not None:  # a report's; a blob alone carries its own (checked below)
+        _check_version(version)
+    if isinstance(blob, bytes):
+        raw: bytes | None = blob if 0 < len(blob) <= MAX_BLOB_BYTES else None
+        if raw is None:
+            raise _reject(instance, device, "empty or too large")
+    else:
+        raw = decode_blob(blob)
+        if raw is None:
+            raise _reject(instance, device, "not base64, empty or too large")
+    # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
+    # another's write.
+    assert active is None or isinstance(active, hotcache.ActiveCertificate)
+
+    def private_key() -> bytes:
+        assert active is not None  # _test_decrypt asks only for the active certificate's key
+        return _private_key(instance, cache, generation, active)
+
+    thumbprint, account, version = _test_decrypt(instance, device, raw, account, version, active, private_key)
+    _check_version(version)
+    return PreparedReport(request, device, generation, policy, thumbprint, account, version, raw)
+
+
+def _write(conn: Connection, instance: Instance, prepared: PreparedReport) -> StoredPassword:
+    """3. Write, in the caller's write transaction (the write lock held, so what is read here
+    stays true until the commit). Every refusal is raised before anything is written."""
+    device, generation, policy = prepared.device, prepared.generation, prepared.policy
+    thumbprint, account, version, raw = prepared.thumbprint, prepared.account, prepared.version, prepared.raw
+    actor = f"device:{device.id}"
+    now = instance.clock.now()
+    row = _SQL_REPORT_STATE.first(conn, {"device_id": device.id})
+    if row is None:
+        raise NotFound(f"no device {device.id}")
+    if row.generation != generation:
+        raise _Moved()  # rolls back; the next try reads the new certificates (and policy)
+    current = row.password_id is not None
+    if current and row.version == version and row.blob == raw:
+        # The same report again (the agent retried after losing our answer): same answer.
+        _SQL_SEEN.execute(conn, {"device_id": device.id, "now": now})
+        return StoredPassword(row.request_id, row.version, row.effective_at, row.expires_at)
+    highest = row.highest or 0
+    if version <= highest:
+        raise Conflict(
+            f"version {version} is not above the server's {highest}: ask GET /api/v1/agent/password again"
+        )
+    if highest >= MAX_VERSION:
+        raise _exhausted(device.id, highest)
+    reach = _reach(highest)
+    if version > reach:
+        # A jump this far would bring the device's versions toward the top of the range,
+        # where the next one could no longer be expressed: refused, nothing changes.
+        raise PasswordVersionOutOfRange(
+            f"version {version} is more than {MAX_STEP} above the server's {highest} (at most "
+            f"{reach} now): report the next_version that GET /api/v1/agent/password advises"
+        )
+    if current:
+        _SQL_SUPERSEDE.execute(conn, {"password_id": row.password_id, "now": now})
+    request_id = REQUEST_PREFIX + crypto.random_id(32)
+    expires_at = now + timedelta(days=policy.max_age_days)
+    _SQL_NEW_PASSWORD.execute(
+        conn,
+        {
+            "device_id": device.id,
+            "version": version,
+            "account": account,
+            "blob": raw,
+            "certificate_thumbprint": thumbprint,
+            "request_id": request_id,
+            "effective_at": now,
+            "expires_at": expires_at,
+            "is_current": True,
+            "superseded_at": None,
+            "replaces_id": row.password_id,
+            "answered_force": bool(row.force_rotation),
+            "created_at": now,
+        },
+    )
+    _SQL_DEVICE_ROTATED.execute(conn, {"device_id": device.id, "version": version, "now": now})
+    _audit(
+        conn,
+        instance,
+        audit.Event.PASSWORD_ROTATED,
+        actor=actor,
+        target=device.id,
+        details={
+            "version": version,
+            "previous_version": row.version if current else None,
+            "certificate": thumbprint,
+            "request_id": request_id,
+        },
+    )
+    if row.history + (1 if current else 0) > policy.history_keep_count:
+        # Only then can retention remove anything (it keeps history_keep_count at least).
+        with Session(bind=conn) as session:
+            retention.apply(session, instance.clock, device.id, policy, actor)
+            session.flush()
+    return StoredPassword(request_id, version, now, expires_at)
 
 
 # -- DELETE /api/v1/agent/password/{request_id} --------------------------------------------
@@ -886,7 +950,8 @@ def read(
     reader and names it (the REST route's API key, :func:`ams.apikeys.authenticate`, on
     the same connection): it runs before anything of the device is read.
     """
-    with instance.engine.connect() as conn:
+    with _connect(instance) as hot:
+        conn = hot.conn
         who = actor(conn) if callable(actor) else actor
         ref = ref.strip()
         statement = _READ_HISTORY if history else _READ_CURRENT
@@ -906,9 +971,9 @@ def read(
         try:
             entries = [_entry(keys, r) for r in passwords]
         except MasterKeyLocked:
-            _audit_read(conn, instance, first.device_id, who, [], history, via, outcome="failure")
+            _audit_read(hot, instance, first.device_id, who, [], history, via, outcome="failure")
             raise
-        _audit_read(conn, instance, first.device_id, who, [e["version"] for e in entries], history, via)
+        _audit_read(hot, instance, first.device_id, who, [e["version"] for e in entries], history, via)
     current = next((e for e, r in zip(entries, passwords, strict=True) if r.is_current), None)
     if not history:
         assert current is not None
@@ -971,7 +1036,7 @@ def require_recoverable(entry: dict[str, Any]) -> str:
 
 
 def _audit_read(
-    conn: Connection,
+    hot: hotsql.Hot,
     instance: Instance,
     device_id: str,
     actor: str,
@@ -982,9 +1047,9 @@ def _audit_read(
     outcome: str = "success",
 ) -> None:
     # A write of the hot path: queued with the rotations' writes (ams.vault.hotsql.writing).
-    with hotsql.writing(conn, _write_lock(instance)):
+    with hot.writing():
         _audit(
-            conn,
+            hot.conn,
             instance,
             audit.Event.PASSWORD_READ,
             actor=actor,
