@@ -252,3 +252,37 @@ def test_concurrent_reports_to_the_service_are_written_together(
     assert [a.status_code for a in answers] == [201] * 6, [a.text for a in answers]
     assert sum(batches) == 6 and max(batches) > 1
     assert [_current(instance, t) for t in tokens] == [1] * 6
+
+
+def test_a_batch_checks_every_token_then_decrypts_every_blob_then_writes(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = _devices(instance, 3)
+    pem = passwords.check_in(instance, tokens[0], None).certificate_pem
+    requests = [passwords.report_request(t, "Administrator", 1, _blob(pem, 1)) for t in tokens]
+    requests.insert(1, passwords.report_request(tokens[1] + "x", "Administrator", 1, _blob(pem, 1)))
+    requests.append(passwords.report_request(tokens[2], "Administrator", 2, "bm90IGEgYmxvYg=="))
+    order: list[str] = []
+    authenticate, decrypt = passwords._authenticate, passwords._decrypt
+
+    def authenticating(instance_: Instance, request: Any) -> Any:
+        order.append("token")
+        return authenticate(instance_, request)
+
+    def decrypting(instance_: Instance, found: Any) -> Any:
+        order.append("decrypt")
+        return decrypt(instance_, found)
+
+    monkeypatch.setattr(passwords, "_authenticate", authenticating)
+    monkeypatch.setattr(passwords, "_decrypt", decrypting)
+    results = passwords.store_reports(instance, requests)
+    # A refused token's blob is never decrypted; one that does not open is refused.
+    assert order == ["token"] * 5 + ["decrypt"] * 4
+    assert [type(r).__name__ for r in results] == [
+        "StoredPassword",
+        "DeviceTokenInvalid",
+        "StoredPassword",
+        "StoredPassword",
+        "PasswordUndecryptable",
+    ]
+    assert [_current(instance, t) for t in tokens] == [1, 1, 1]

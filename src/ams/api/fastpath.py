@@ -187,16 +187,11 @@ async def report(fast: FastRoutes, scope: Scope, receive: Receive, send: Send) -
     if document is None or size > AGENT_PASSWORD:
         return messages
     try:
-        prepared = passwords.prepare_report(
-            fast.instance,
-            token,
-            document["account"],
-            document["version"],
-            document["blob"],
-            address=_address(scope),
+        request = passwords.report_request(
+            token, document["account"], document["version"], document["blob"], address=_address(scope)
         )
-        # Written with the other reports of this turn of the event loop (group commit).
-        stored = await fast.writes.store(prepared)
+        # Stored with the other reports of this turn of the event loop (ReportWrites).
+        stored = await fast.writes.store(request)
     except AMSError as exc:
         await fast.refuse(exc, scope, receive, send)
         return True
@@ -255,31 +250,32 @@ def _route(method: str, path: str) -> tuple[str, Handler] | None:
 
 
 class ReportWrites:
-    """Group commit of the reports one worker test-decrypted in one turn of its event loop.
+    """The reports that one turn of a worker's event loop made ready, stored together.
 
-    A report's handler prepares it (token, test decryption: :func:`ams.vault.passwords.prepare_report`)
-    and waits here; the first to wait schedules :meth:`_flush` on the loop, which runs once
-    every handler made ready in the same turn has prepared its own, and writes them all in one
-    transaction and one commit (:func:`ams.vault.passwords.store_prepared`). Each answer
-    still goes out only after the commit that holds its report; what a commit costs (the
-    write lock, the WAL's pages, the transaction) is shared by the reports of the batch."""
+    A report's handler reads and checks its body and waits here; the first to wait
+    schedules :meth:`_flush` on the loop, which runs once every handler made ready in the
+    same turn has handed its own, and stores them all (:func:`ams.vault.passwords.store_reports`):
+    every token checked, then every blob test-decrypted, then one transaction and one commit
+    for all (group commit). Each answer still goes out only after the commit that holds its
+    report; what a commit costs (the write lock, the WAL's pages, the transaction) is shared
+    by the reports of the batch, and each stage's code runs warm for all of them."""
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
-        self._pending: list[tuple[passwords.PreparedReport, asyncio.Future[passwords.StoredPassword]]] = []
+        self._pending: list[tuple[passwords.ReportRequest, asyncio.Future[passwords.StoredPassword]]] = []
 
-    async def store(self, prepared: passwords.PreparedReport) -> passwords.StoredPassword:
+    async def store(self, request: passwords.ReportRequest) -> passwords.StoredPassword:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[passwords.StoredPassword] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((prepared, future))
+        self._pending.append((request, future))
         return await future
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         try:
-            results = passwords.store_prepared(self.instance, [prepared for prepared, _ in pending])
+            results = passwords.store_reports(self.instance, [request for request, _ in pending])
         except Exception:
             _log.exception("the reports of a batch could not be written")
             results = [InternalError() for _ in pending]

@@ -662,6 +662,44 @@ def store_prepared(instance: Instance, reports: list[PreparedReport]) -> list[St
     return [r for r in results if r is not None]
 
 
+ReportRequest = _Request
+
+
+def report_request(
+    token: str | None, account: str, version: int, blob_b64: str, *, address: str | None = None
+) -> ReportRequest:
+    """What :func:`store_reports` takes for one ``POST /api/v1/agent/password``."""
+    device_id, secret = devices_service.split_token(token)
+    return (device_id, secret, account, version, blob_b64, address)
+
+
+def store_reports(instance: Instance, requests: list[ReportRequest]) -> list[StoredPassword | AMSError]:
+    """:func:`report` for reports that arrived together (ams.api.fastpath.ReportWrites), for
+    each, in order, what was stored or the error that refused it. The work goes in stages:
+    every device authenticated, then every blob test-decrypted, then all written with one
+    commit (:func:`store_prepared`). A token is checked before its blob is decrypted, as
+    one report alone; and Python code run just after an RSA decryption costs two to four
+    times what it costs run after other Python code (the decryption leaves the core's
+    caches cold), so each stage runs warm for all the reports (docs/performance.md)."""
+    results: list[StoredPassword | AMSError | None] = [None] * len(requests)
+    found: list[tuple[int, _Authenticated]] = []
+    for i, request in enumerate(requests):
+        try:
+            found.append((i, _authenticate(instance, request)))
+        except AMSError as exc:
+            results[i] = exc
+    prepared: list[tuple[int, PreparedReport]] = []
+    for i, one in found:
+        try:
+            prepared.append((i, _decrypt(instance, one)))
+        except AMSError as exc:
+            results[i] = exc
+    stored = store_prepared(instance, [p for _, p in prepared])
+    for (i, _), result in zip(prepared, stored, strict=True):
+        results[i] = result
+    return [r for r in results if r is not None]
+
+
 def _store(instance: Instance, request: _Request) -> StoredPassword:
     for _ in range(3):
         prepared = _prepare(instance, request)
@@ -673,13 +711,30 @@ def _store(instance: Instance, request: _Request) -> StoredPassword:
     raise Conflict("the certificates changed while the password was stored: report it again")
 
 
+@dataclass(frozen=True)
+class _Authenticated:
+    """A report whose device is authenticated, before its test decryption."""
+
+    request: _Request
+    device: AuthenticatedDevice
+    generation: int
+    policy: PasswordPolicy
+    active: hotcache.ActiveCertificate | None
+    raw: bytes
+
+
 def _prepare(instance: Instance, request: _Request) -> PreparedReport:
-    device_id, secret, account, version, blob, address = request
+    return _decrypt(instance, _authenticate(instance, request))
+
+
+def _authenticate(instance: Instance, request: _Request) -> _Authenticated:
+    """1. Read (no lock): who the device is, and the active key, from the cache; the blob's
+    shape checked."""
+    device_id, secret, _account, version, blob, address = request
     cache = hotcache.for_instance(instance)
     try:
         with _connect(instance) as hot:
             conn = hot.conn
-            # 1. Read (no lock): who the device is, and the active key, from the cache.
             row = _SQL_REPORT_AUTH.first(conn, {"device_id": device_id}) if secret != "" else None
             device = _authenticated(row, secret)
             assert row is not None
@@ -699,17 +754,27 @@ def _prepare(instance: Instance, request: _Request) -> PreparedReport:
         raw = decode_blob(blob)
         if raw is None:
             raise _reject(instance, device, "not base64, empty or too large")
-    # 2. Test-decrypt with no transaction open: the RSA work of one worker never holds
-    # another's write.
     assert active is None or isinstance(active, hotcache.ActiveCertificate)
+    return _Authenticated(request, device, generation, policy, active, raw)
+
+
+def _decrypt(instance: Instance, found: _Authenticated) -> PreparedReport:
+    """2. Test-decrypt with no transaction open: the RSA work of one worker never holds
+    another's write."""
+    _device_id, _secret, account, version, _blob, _address = found.request
+    active, generation = found.active, found.generation
 
     def private_key() -> bytes:
         assert active is not None  # _test_decrypt asks only for the active certificate's key
-        return _private_key(instance, cache, generation, active)
+        return _private_key(instance, hotcache.for_instance(instance), generation, active)
 
-    thumbprint, account, version = _test_decrypt(instance, device, raw, account, version, active, private_key)
+    thumbprint, account, version = _test_decrypt(
+        instance, found.device, found.raw, account, version, active, private_key
+    )
     _check_version(version)
-    return PreparedReport(request, device, generation, policy, thumbprint, account, version, raw)
+    return PreparedReport(
+        found.request, found.device, generation, found.policy, thumbprint, account, version, found.raw
+    )
 
 
 def _write(conn: Connection, instance: Instance, prepared: PreparedReport) -> StoredPassword:
