@@ -64,3 +64,25 @@ def test_the_vault_on_postgresql(pg_instance: Instance, clock: ManualClock) -> N
         lost_read = passwords.read(instance, agent.device_id, "test", history=True)
         assert lost_read["current"]["recoverable"] is False
         assert agent.advice()["reason"] == "expired"
+
+
+def test_a_kept_connection_whose_session_ended_is_replaced_at_the_next_request(
+    pg_instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted server or a dropped session: the hot path's kept connection, idle for a
+    while, is pinged before use (as the pool's pre-ping would) and replaced."""
+    from ams.vault import hotcache, hotsql
+
+    instance = pg_instance
+    key = regkeys.create(instance, "pg", "test").key
+    token = devices.register(instance, key, "pg-kept").token
+    passwords.check_in(instance, token, None)  # the process keeps a connection now
+    kept = hotcache.for_instance(instance).kept(instance)
+    assert kept.conn is not None
+    backend = hotsql.raw(kept.conn).info.backend_pid
+    with instance.engine.connect() as other:
+        other.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
+    monkeypatch.setattr(kept, "used", kept.used - hotsql.PING_AFTER - 1)
+    advice = passwords.check_in(instance, token, None)
+    assert advice.rotate
+    assert hotsql.raw(kept.conn).info.backend_pid != backend

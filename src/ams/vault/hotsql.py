@@ -31,6 +31,7 @@ import fcntl
 import functools
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -225,6 +226,7 @@ class Kept:
         self.conn: Connection | None = None
         self.fd = -1
         self.disposed = False
+        self.used = 0.0  # time.monotonic() when a request last let go of it
         event.listen(engine, "engine_disposed", functools.partial(_disposed, weakref.ref(self)))
 
     def close(self) -> None:
@@ -292,6 +294,8 @@ def connect(kept: Kept) -> Iterator[Hot]:
             yield Hot(conn, kept.lock_path)
         return
     try:
+        if kept.conn is not None and not kept.conn.closed and not kept.conn.invalidated:
+            _check_alive(kept)
         if kept.conn is None or kept.conn.closed or kept.conn.invalidated:
             kept.conn = engine.connect()
         if kept.fd < 0 and engine.dialect.name == "sqlite":
@@ -314,5 +318,27 @@ def connect(kept: Kept) -> Iterator[Hot]:
             if kept.disposed:  # the engine was disposed while this request used it
                 kept.disposed = False
                 kept.close()
+            kept.used = time.monotonic()
     finally:
         kept.busy.release()
+
+
+# A kept PostgreSQL connection idle this long is pinged before it is used, as the pool's
+# pre-ping would (a restarted server, a dropped session): under load it never is.
+PING_AFTER = 5.0
+
+
+def _check_alive(kept: Kept) -> None:
+    engine = kept.engine
+    if engine.dialect.name == "sqlite" or time.monotonic() - kept.used < PING_AFTER:
+        return
+    assert kept.conn is not None
+    try:
+        dbapi = kept.conn.connection.dbapi_connection
+        alive = dbapi is not None and engine.dialect.do_ping(dbapi)
+    except Exception as exc:
+        if not _database_error(engine, exc):
+            raise
+        alive = False
+    if not alive:
+        kept.close()  # a new one is opened for this request
