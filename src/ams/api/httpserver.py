@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ams.api.fastpath import AGENT_ROUTE
 from ams.api.limits import MAX_HEADER_BYTES
 
 __all__ = ["protocol"]
@@ -57,7 +58,7 @@ class _Coalescing:
 
 # The agents' route: the fleet's check-ins and reports, each of which the audit trail (a
 # stored password, a refused token) and the metrics (every answer, by status) count.
-QUIET_ROUTE = "/api/v1/agent/password"
+QUIET_ROUTE = AGENT_ROUTE
 
 
 class _QuietSuccess:

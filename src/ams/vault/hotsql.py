@@ -214,8 +214,8 @@ class Hot:
 
 class Kept:
     """The connection (and open write lock) a process keeps for its hot path: one for each
-    open instance (its owner keeps it, ams.vault.hotcache; nothing here keeps the engine
-    alive, so an instance dropped without being closed lets its connections go as before).
+    open instance, owned by the instance's hot cache (ams.vault.hotcache), so it lives no
+    longer than the instance: one dropped without being closed takes it along (``__del__``).
     The engine's disposal (``Instance.close``, the supervisor before it forks) closes it."""
 
     def __init__(self, engine: Engine, lock: Path) -> None:
