@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ams.agent import main as agent_main
-from ams.agent.client import AgentClient, RetryPolicy, normalise_server_url
+from ams.agent.client import AgentClient, RetryPolicy, normalise_server_url, retry_after
 from ams.agent.passwords import ALPHABET, CLASSES, MAX_LENGTH, MIN_LENGTH, generate_password
 from ams.agent.rotation import CheckIn, check_in
 from ams.agent.setters import ChpasswdSetter, FileSetter, SetterFailed, parse_setter
@@ -332,12 +332,14 @@ class _Scripted(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         self.server.seen.append((self.command, self.path, headers, body))
-        status, answer = self.server.script.pop(0)
+        status, answer, *extra = self.server.script.pop(0)
         if status == 0:  # drop the connection without an answer
             self.close_connection = True
             return
         data = json.dumps(answer).encode()
         self.send_response(status)
+        for name, value in (extra[0] if extra else {}).items():
+            self.send_header(name, value)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -350,7 +352,7 @@ class _Scripted(BaseHTTPRequestHandler):
 
 
 class _ScriptedServer(ThreadingHTTPServer):
-    def __init__(self, script: list[tuple[int, Any]]) -> None:
+    def __init__(self, script: list[tuple[Any, ...]]) -> None:
         super().__init__(("127.0.0.1", 0), _Scripted)
         self.script = script
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
@@ -361,7 +363,7 @@ class _ScriptedServer(ThreadingHTTPServer):
 def scripted() -> Iterator[Any]:
     servers: list[_ScriptedServer] = []
 
-    def start(script: list[tuple[int, Any]]) -> _ScriptedServer:
+    def start(script: list[tuple[Any, ...]]) -> _ScriptedServer:
         server = _ScriptedServer(script)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -385,6 +387,52 @@ def test_a_busy_server_is_retried_then_answers(scripted: Any, caplog: pytest.Log
     assert all(h["authorization"] == f"Bearer {TOKEN}" for _m, _p, h, _b in server.seen)
     assert "(HTTP 503 master_key_locked)" in caplog.text and "(HTTP 502)" in caplog.text
     assert TOKEN not in caplog.text
+
+
+BUSY = {"error": "master_key_locked", "message": "master key locked: run `ams security unlock`"}
+
+
+def test_a_busy_servers_retry_after_is_waited_for(scripted: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = scripted(
+        [(503, BUSY, {"Retry-After": "7"}), (429, {}, {"Retry-After": "garbage"}), (200, {"rotate": False})]
+    )
+    waits: list[float] = []
+    policy = RetryPolicy(tries=3, base_delay=0.01, max_delay=30, timeout=5)
+    with (
+        caplog.at_level(logging.WARNING, logger="ams.agent"),
+        AgentClient(server.url, token=TOKEN, retry=policy, sleep=waits.append) as client,
+    ):
+        assert client.check(3) == {"rotate": False}
+    assert len(server.seen) == 3
+    # At least what the server asked for, at most a quarter more (so a fleet spreads out);
+    # a Retry-After that is neither seconds nor a date is ignored: the usual backoff.
+    assert 7 <= waits[0] <= 8.75 and waits[1] <= 0.02, waits
+    assert "(HTTP 503 master_key_locked, Retry-After 7 s); try 2 of 3" in caplog.text
+    assert "(HTTP 429)" in caplog.text
+
+
+def test_a_retry_after_longer_than_max_delay_ends_the_request_at_once(scripted: Any) -> None:
+    server = scripted([(503, BUSY, {"Retry-After": "60"})])
+    waits: list[float] = []
+    policy = RetryPolicy(tries=5, base_delay=1, max_delay=30, timeout=5)
+    with (
+        AgentClient(server.url, token=TOKEN, retry=policy, sleep=waits.append) as client,
+        pytest.raises(AgentServerUnreachable) as info,
+    ):
+        client.report("Administrator", 4, "YmxvYg==")
+    assert len(server.seen) == 1 and waits == []
+    message = info.value.message
+    assert "Retry-After 60 s" in message and "--max-delay (30 s)" in message and "next run" in message
+    assert TOKEN not in message
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = datetime(2026, 12, 4, 12, 0, 0, tzinfo=UTC)
+    assert retry_after("120", now) == 120 and retry_after(" 0 ", now) == 0
+    assert retry_after("Fri, 04 Dec 2026 12:00:05 GMT", now) == 5
+    assert retry_after("Fri, 04 Dec 2026 11:00:00 GMT", now) == 0  # already past
+    for bad in (None, "", "-5", "1.5", "soon", "٣", "Fri, 99 Foo 2026 12:00:05 GMT"):
+        assert retry_after(bad, now) is None, bad
 
 
 def test_a_refusal_is_not_retried(scripted: Any) -> None:

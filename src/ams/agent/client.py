@@ -1,8 +1,11 @@
 """The agent's side of the agent HTTP API (docs/agent-api.md), with bounded retries.
 
-Network failures are retried with exponential backoff and jitter, a bounded number of
-times, with one log line per failure. Log lines name the method, the path and the
-failure; never a header, so never the token, and never a request body.
+Network failures and busy answers (429, 502, 503, 504) are retried with exponential
+backoff and jitter, a bounded number of times, with one log line per failure. A busy
+answer's ``Retry-After`` is honoured: the next attempt waits at least that long, and one
+that asks for more than the longest wait allowed (``--max-delay``) ends the request at
+once, for the next run of the agent to try again. Log lines name the method, the path and
+the failure; never a request header, so never the token, and never a request body.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +31,7 @@ from ams.errors import (
     BadInput,
 )
 
-__all__ = ["AgentClient", "Interrupted", "RetryPolicy", "normalise_server_url"]
+__all__ = ["AgentClient", "Interrupted", "RetryPolicy", "normalise_server_url", "retry_after"]
 
 log = logging.getLogger("ams.agent")
 
@@ -56,10 +61,16 @@ class RetryPolicy:
         if self.base_delay < 0 or self.max_delay < 0:
             raise BadInput("retry delays cannot be negative")
 
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """The wait after the ``failures``-th failed attempt (1-based)."""
+    def delay(self, failures: int, rng: random.Random, asked: float | None = None) -> float:
+        """The wait after the ``failures``-th failed attempt (1-based). ``asked``: the
+        seconds the server's ``Retry-After`` asked for, at most ``max_delay`` (the caller
+        gives up on more): the wait is then at least that, plus up to a quarter more so
+        that the agents the server turned away together do not all come back at once."""
         ceiling = min(self.max_delay, self.base_delay * (2 ** (failures - 1)))
-        return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+        backoff = float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+        if asked is None:
+            return backoff
+        return max(backoff, min(self.max_delay, asked * rng.uniform(1.0, 1.25)))
 
 
 def normalise_server_url(url: str) -> str:
@@ -209,6 +220,7 @@ class AgentClient:
         tries = self.retry.tries
         for attempt in range(1, tries + 1):
             failure: str
+            asked: float | None = None
             try:
                 response = self._http.request(method, path, json=json, params=params, headers=headers)
             except httpx.TransportError as exc:
@@ -222,6 +234,9 @@ class AgentClient:
             else:
                 if response.status_code in RETRY_STATUSES:
                     failure = f"HTTP {response.status_code} {_error_of(response)}".rstrip()
+                    asked = retry_after(response.headers.get("retry-after"))
+                    if asked is not None:
+                        failure += f", Retry-After {asked:.0f} s"
                 else:
                     return _answer(response, what, self.server)
             if attempt == tries or (deadline is not None and time.monotonic() >= deadline):
@@ -229,7 +244,15 @@ class AgentClient:
                     f"{what} to {self.server} failed {attempt} time(s), the last with {failure}: "
                     "check the server address, that `ams serve` runs, and the network"
                 )
-            wait = self.retry.delay(attempt, self._rng)
+            if asked is not None and asked > self.retry.max_delay and deadline is None:
+                # Sooner would be refused again: the next run of the agent tries again. (An
+                # undo, which has a deadline, keeps trying until then.)
+                raise AgentServerUnreachable(
+                    f"{what} to {self.server} failed with {failure}: the server asks to wait longer "
+                    f"than --max-delay ({self.retry.max_delay:g} s) allows, so this run stops here; "
+                    "the next run tries again (or raise --max-delay)"
+                )
+            wait = self.retry.delay(attempt, self._rng, asked)
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - time.monotonic()))
             log.warning(
@@ -241,6 +264,23 @@ class AgentClient:
             else:
                 self._sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (RFC 9110: whole seconds, or an HTTP
+    date); None when there is none or it is neither. A date in the past asks for 0."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _one_line(exc: BaseException) -> str:
