@@ -17,7 +17,7 @@ the same blobs in the same round:
 Options: ``--devices N`` (default 100000; ``--quick``: 2000), ``--agents A,B`` (default
 50,200; quick: 50), ``--rounds N`` (default 5; quick: 2), ``--quick``, ``--results DIR``,
 ``--profile DIR`` (py-spy of the server's processes during the timed rounds:
-bench/profile.py). Run: ``python -m bench fleet``.
+bench/spy.py). Run: ``python -m bench fleet``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 from bench import results, simulated
-from bench.profile import profiled
 from bench.server import Server
+from bench.spy import profiled
 
 NAME = "fleet"
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, help="devices in the instance (default 100000; quick 2000)")
     parser.add_argument("--agents", help="concurrent agents, comma-separated (default 50,200; quick 50)")
     parser.add_argument("--rounds", type=int, help="rounds per agent count (default 5; quick 2)")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the server (bench/profile.py)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the server (bench/spy.py)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     devices = args.devices or (2000 if args.quick else 100_000)

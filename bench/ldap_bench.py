@@ -240,7 +240,7 @@ def run(entries: int, ops: int, work: Path, profile: Path | None = None) -> dict
                         raise SystemExit(f"a modify failed: {conn.result}")
         if profile is not None:
             # Back-to-back searches of the two kinds the goal is about, AMS alone, sampled.
-            from bench.profile import profiled
+            from bench.spy import profiled
 
             with profiled(ams_proc.pid, profile / "ldap-searches.txt", rate=400):
                 for _ in range(4):

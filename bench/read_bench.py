@@ -10,7 +10,7 @@ Goal: the read's p99 at most 3x the decryption's median.
 
 Options: ``--devices N`` (default 100000; ``--quick``: 2000), ``--reads N`` per round
 (default 200; quick 40), ``--rounds N`` (default 5; quick 2), ``--quick``, ``--results DIR``,
-``--profile DIR`` (py-spy of the server during the timed rounds: bench/profile.py).
+``--profile DIR`` (py-spy of the server during the timed rounds: bench/spy.py).
 Run: ``python -m bench read``.
 """
 
@@ -34,8 +34,8 @@ from sqlalchemy import select
 from ams.crypto.blob import decrypt_password
 from ams.db.models.vault import DevicePassword
 from bench import results, simulated
-from bench.profile import profiled
 from bench.server import Server
+from bench.spy import profiled
 
 NAME = "read"
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, help="devices in the instance (default 100000; quick 2000)")
     parser.add_argument("--reads", type=int, help="reads per round (default 200; quick 40)")
     parser.add_argument("--rounds", type=int, help="rounds (default 5; quick 2)")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the server (bench/profile.py)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the server (bench/spy.py)")
     results.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     devices = args.devices or (2000 if args.quick else 100_000)

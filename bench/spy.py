@@ -6,7 +6,7 @@ with py-spy (``pip install -c constraints.txt -e '.[profile]'``) while the timed
 so the figures are not slowed) and writes ``DIR/NAME.txt`` (py-spy's collapsed stacks) and
 ``DIR/NAME.summary``: the share of samples by cost centre (the package of the innermost
 Python frame: a sample in ``sqlite3``'s C code shows as the SQLAlchemy frame that called
-it) and the busiest functions. ``python -m bench.profile FILE.txt`` summarises a recording.
+it) and the busiest functions. ``python -m bench.spy FILE.txt`` summarises a recording.
 """
 
 from __future__ import annotations
@@ -122,6 +122,18 @@ def summarize(path: Path, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+def main(argv: list[str]) -> int:
+    if not argv or any(arg in ("-h", "--help") for arg in argv):
+        print("usage: python -m bench.spy FILE.txt [FILE.txt ...]  (py-spy's collapsed stacks)")
+        return 0 if argv else 2
+    for arg in argv:
+        try:
+            print(summarize(Path(arg)))
+        except OSError as exc:
+            print(f"cannot read {arg}: {exc.strerror}", file=sys.stderr)
+            return 1
+    return 0
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(summarize(Path(arg)))
+    sys.exit(main(sys.argv[1:]))
