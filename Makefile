@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 # The console's pages, photographed by the browser tests into docs/screenshots (needs chromium).

@@ -88,10 +88,11 @@ def generate(total: int) -> Iterator[Entry]:
             {"cn": [f"WS{i:06d}"], "serialNumber": [f"SN{i:08d}"], "description": ["Windows workstation"]},
         )
     for g in range(groups):
-        members = [
+        dns = [
             f"uid=u{m},ou=Dept{m % depts},ou=Users,{SUFFIX}" if ous > 3 else f"uid=u{m},ou=Users,{SUFFIX}"
             for m in range(g, users, max(1, users // 20))
         ][:20] or [f"ou=Users,{SUFFIX}"]
+        members: list[str | bytes] = [*dns]
         yield Entry(
             f"cn=Group{g},ou=Groups,{SUFFIX}",
             ["top", "groupOfNames"],

@@ -202,22 +202,27 @@ def run(entries: int, ops: int, work: Path, profile: Path | None = None) -> dict
         def user_dn(i: int) -> str:
             return f"uid=u{i},ou=Dept{i % depts},ou=Users,{SUFFIX}"
 
-        def check(conn: Any, expect: int) -> None:
-            if len(conn.entries) != expect:
-                raise SystemExit(f"a search found {len(conn.entries)} entries, not {expect}")
+        def finds_one(
+            base: Callable[[int], str], search_filter: Callable[[int], str], **options: Any
+        ) -> Callable[[Any, int], None]:
+            """A search that must find exactly one entry."""
+
+            def run(conn: Any, i: int) -> None:
+                conn.search(base(i), search_filter(i), **options)
+                if len(conn.entries) != 1:
+                    raise SystemExit(f"a search found {len(conn.entries)} entries, not 1")
+
+            return run
 
         operations: dict[str, Callable[[Any, int], None]] = {
-            "search equality (uid=...), subtree": lambda c, i: (
-                c.search(SUFFIX, f"(uid=u{i})", attributes=["*"]),
-                check(c, 1),
+            "search equality (uid=...), subtree": finds_one(
+                lambda i: SUFFIX, lambda i: f"(uid=u{i})", attributes=["*"]
             ),
-            "search substring (cn=*...*), subtree": lambda c, i: (
-                c.search(SUFFIX, f"(cn=*Number {i})", attributes=["cn", "mail"]),
-                check(c, 1),
+            "search substring (cn=*...*), subtree": finds_one(
+                lambda i: SUFFIX, lambda i: f"(cn=*Number {i})", attributes=["cn", "mail"]
             ),
-            "read one entry (base scope)": lambda c, i: (
-                c.search(user_dn(i), "(objectClass=*)", search_scope="BASE", attributes=["*"]),
-                check(c, 1),
+            "read one entry (base scope)": finds_one(
+                user_dn, lambda i: "(objectClass=*)", search_scope="BASE", attributes=["*"]
             ),
             "modify (replace description)": lambda c, i: c.modify(
                 user_dn(i), {"description": [("MODIFY_REPLACE", [f"changed {time.time()}"])]}
