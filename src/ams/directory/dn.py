@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ams.errors import BadInput
 from ams.textcheck import check_text
 
@@ -10,6 +12,8 @@ __all__ = ["depth", "normalise", "parent", "rdns"]
 
 def rdns(dn: str) -> list[str]:
     """The RDNs of ``dn`` (leftmost first), split on commas that are not escaped."""
+    if "\\" not in dn:  # no escapes: every comma separates (most DNs; str.split is C)
+        return dn.split(",")
     parts: list[str] = []
     current: list[str] = []
     escaped = False
@@ -29,7 +33,10 @@ def rdns(dn: str) -> list[str]:
     return parts
 
 
+@functools.lru_cache(maxsize=65536)
 def _normalise_rdn(rdn: str) -> str:
+    # Cached: a directory's DNs share their upper RDNs (ou=..., dc=...), and a restore's
+    # equality index normalises every member DN of every group.
     # A multi-valued RDN (a=1+b=2) is kept in the order given.
     out = []
     for ava in rdn.split("+"):
