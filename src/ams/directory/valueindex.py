@@ -130,7 +130,11 @@ def index_generation(
     rows); the last id seen, to pass as ``after_id`` next time. The rows go in through the
     driver (``executemany``), in the caller's transaction: a restore of 100,000 entries
     writes some 400,000 of them, and SQLAlchemy's per-row work would double their cost."""
-    conn = db.connection() if isinstance(db, Session) else db
+    if isinstance(db, Session):
+        db.flush()  # the rows read below must include what the session still holds
+        conn = db.connection()
+    else:
+        conn = db
     sql = _INSERT_QMARK if conn.dialect.paramstyle == "qmark" else _INSERT_FORMAT
     last = after_id
     while True:
