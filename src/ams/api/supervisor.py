@@ -15,12 +15,18 @@ spin). SIGTERM or SIGINT is passed on to every worker, each finishes its request
 (uvicorn's graceful shutdown) and stops its jobs, and the supervisor waits for them
 (:data:`STOP_TIMEOUT`, then SIGKILL) before it records the stop and releases the lock. A
 worker whose supervisor dies gets SIGTERM from the kernel (``PR_SET_PDEATHSIG``).
+
+Other processes of the service (the LDAP listener) are forked, replaced and stopped the
+same way (:class:`Process`). The supervisor itself never runs a thread: it forks again
+while the service runs, and a thread holding a lock (the logging module's, SQLite's, a
+connection pool's) at that moment would leave the lock held forever in the child.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -28,13 +34,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ams import audit
 from ams.instance import Instance
 from ams.security.shared import SharedCounters
 
-__all__ = ["MAX_RESTARTS", "RESTART_WINDOW", "STOP_TIMEOUT", "run_workers"]
+__all__ = ["MAX_RESTARTS", "RESTART_WINDOW", "STOP_TIMEOUT", "Process", "run_workers"]
 
 log = logging.getLogger("ams.serve")
 
@@ -43,6 +50,15 @@ MAX_RESTARTS = 10
 RESTART_WINDOW = 60.0
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Process:
+    """A process of the service besides the workers: ``run(instance)`` in a forked child,
+    with its own database connections, until SIGTERM (it returns then)."""
+
+    name: str  # in the log and in event 1006 ("ldap")
+    run: Callable[[Instance], Any]
 
 
 def _die_with_parent(parent: int, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -73,11 +89,10 @@ def _quiet_shared_state() -> None:
     _die_with_parent(os.getppid(), signal.SIGKILL)  # it ignores SIGTERM
 
 
-def _worker(
+def _child(
     instance: Instance,
-    sock: socket.socket,
     counters: SharedCounters,
-    serve: Callable[[Instance, socket.socket], None],
+    run: Callable[[Instance], Any],
     parent: int,
     mask: set[int | signal.Signals],
 ) -> int:
@@ -88,15 +103,14 @@ def _worker(
     # The supervisor's pooled connections (none are open: it disposed of them) stay its own.
     instance.engine.dispose(close=False)
     instance.auth_throttle, instance.login_slowdown = counters.connect()  # type: ignore[assignment]
-    serve(instance, sock)
+    run(instance)
     return 0
 
 
 def _fork(
     instance: Instance,
-    sock: socket.socket,
+    process: Process,
     counters: SharedCounters,
-    serve: Callable[[Instance, socket.socket], None],
     mask: set[int | signal.Signals],
 ) -> int:
     parent = os.getpid()
@@ -108,9 +122,9 @@ def _fork(
     _close_inherited()
     code = 1
     try:
-        code = _worker(instance, sock, counters, serve, parent, mask)
-    except BaseException:  # noqa: BLE001 - a worker never returns into the supervisor's code
-        log.exception("worker %d failed", os.getpid())
+        code = _child(instance, counters, process.run, parent, mask)
+    except BaseException:  # noqa: BLE001 - a child never returns into the supervisor's code
+        log.exception("%s %d failed", process.name, os.getpid())
     finally:
         logging.shutdown()
         with contextlib.suppress(Exception):
@@ -120,7 +134,14 @@ def _fork(
     return 0  # not reached
 
 
-def _reap(children: set[int]) -> list[tuple[int, int]]:
+def _serve_on(
+    serve: Callable[[Instance, socket.socket], Any], sock: socket.socket, instance: Instance
+) -> Any:
+    return serve(instance, sock)
+
+
+def _reap(children: dict[int, Process]) -> list[tuple[int, int, Process]]:
+    """The children that ended (pid, exit status, what it ran), taken out of ``children``."""
     ended = []
     for pid in list(children):
         try:
@@ -128,12 +149,11 @@ def _reap(children: set[int]) -> list[tuple[int, int]]:
         except ChildProcessError:
             done, status = pid, 0
         if done:
-            children.discard(pid)
-            ended.append((pid, os.waitstatus_to_exitcode(status)))
+            ended.append((pid, os.waitstatus_to_exitcode(status), children.pop(pid)))
     return ended
 
 
-def _stop(children: set[int]) -> None:
+def _stop(children: dict[int, Process]) -> None:
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -142,8 +162,8 @@ def _stop(children: set[int]) -> None:
         _reap(children)
         if children:
             signal.sigtimedwait({signal.SIGCHLD}, 0.2)
-    for pid in children:
-        log.warning("worker %d did not stop in %.0f s: killed", pid, STOP_TIMEOUT)
+    for pid, process in children.items():
+        log.warning("%s %d did not stop in %.0f s: killed", process.name, pid, STOP_TIMEOUT)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     for pid in children:
@@ -152,7 +172,7 @@ def _stop(children: set[int]) -> None:
     children.clear()
 
 
-def _record_replaced(instance: Instance, pid: int, status: int, replacement: int) -> None:
+def _record_replaced(instance: Instance, process: Process, pid: int, status: int, replacement: int) -> None:
     """Event 1006, written after the fork: the supervisor's connection never crosses one."""
     try:
         with instance.transaction() as session:
@@ -161,7 +181,7 @@ def _record_replaced(instance: Instance, pid: int, status: int, replacement: int
                 instance.clock,
                 audit.Event.SERVICE_WORKER_REPLACED,
                 actor="service",
-                details={"pid": pid, "status": status, "replacement": replacement},
+                details={"process": process.name, "pid": pid, "status": status, "replacement": replacement},
             )
     except Exception:  # noqa: BLE001 - the service goes on; the log has the facts
         log.exception("event 1006 could not be recorded")
@@ -175,58 +195,58 @@ def run_workers(
     workers: int,
     serve: Callable[[Instance, socket.socket], Any],
     *,
-    on_started: Callable[[], None] | None = None,
+    others: Sequence[Process] = (),
     not_inherited: Sequence[int] = (),
 ) -> int:
-    """Fork ``workers`` processes that each call ``serve(instance, sock)``, and supervise them
-    until SIGTERM or SIGINT; 0 after a clean stop, 1 when workers kept failing. Worker ``i``
-    serves ``sockets[i % len(sockets)]`` (one socket each, ams.cli.serve_cmd._listen_each),
-    and so does the worker started in its place.
-
-    ``on_started`` runs in this process once the first workers are forked (the LDAP
-    listener: its threads must not be running when they are)."""
+    """Fork ``workers`` processes that each call ``serve(instance, sock)``, and one process
+    for each of ``others``, and supervise them until SIGTERM or SIGINT; 0 after a clean
+    stop, 1 when they kept failing. Worker ``i`` serves ``sockets[i % len(sockets)]`` (one
+    socket each, ams.cli.serve_cmd._listen_each), and so does the worker started in its
+    place; a process of ``others`` that ends is replaced by another of its kind."""
     _NOT_INHERITED[:] = list(not_inherited)
     counters = SharedCounters(instance.clock)
     counters.start(initializer=_quiet_shared_state)
     # No pooled database connection may cross a fork.
     instance.engine.dispose()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    children: set[int] = set()
-    serves: dict[int, socket.socket] = {}  # worker pid -> its socket
+    children: dict[int, Process] = {}  # pid -> what it runs
     restarts: list[float] = []
     code = 0
     try:
         for index in range(workers):
             sock = sockets[index % len(sockets)]
-            pid = _fork(instance, sock, counters, serve, mask)
-            children.add(pid)
-            serves[pid] = sock
-        log.info("%d workers serving (pids %s)", workers, ", ".join(str(p) for p in sorted(children)))
-        if on_started is not None:
-            on_started()  # its threads inherit the blocked signals: SIGTERM stays this thread's
+            worker = Process("worker", functools.partial(_serve_on, serve, sock))
+            children[_fork(instance, worker, counters, mask)] = worker
+        for process in others:
+            pid = _fork(instance, process, counters, mask)
+            children[pid] = process
+            log.info("%s served by process %d", process.name.upper(), pid)
+        log.info(
+            "%d workers serving (pids %s)",
+            workers,
+            ", ".join(str(p) for p, kind in sorted(children.items()) if kind.name == "worker"),
+        )
         while True:
             info = signal.sigtimedwait(_SIGNALS, 1.0)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
-                log.info("stopping the %d workers", len(children))
+                log.info("stopping the %d processes", len(children))
                 break
             ended = _reap(children)
-            for pid, status in ended:
+            for ended_pid, status, process in ended:
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
-                log.warning("worker %d ended (status %d) while serving", pid, status)
+                log.warning("%s %d ended (status %d) while serving", process.name, ended_pid, status)
             if ended and len(restarts) > MAX_RESTARTS:
                 log.error(
                     "workers ended %d times in %.0f s: the service stops", len(restarts), RESTART_WINDOW
                 )
                 code = 1
                 break
-            for ended_pid, status in ended:
-                sock = serves.pop(ended_pid, sockets[0])
-                pid = _fork(instance, sock, counters, serve, mask)
-                children.add(pid)
-                serves[pid] = sock
-                log.info("worker %d started in its place", pid)
-                _record_replaced(instance, ended_pid, status, pid)
+            for ended_pid, status, process in ended:
+                pid = _fork(instance, process, counters, mask)
+                children[pid] = process
+                log.info("%s %d started in its place", process.name, pid)
+                _record_replaced(instance, process, ended_pid, status, pid)
     finally:
         _stop(children)
         counters.stop()

@@ -239,12 +239,19 @@ def serve(
                 sockets = _listen_each(bind_host, bind_port, count)
             sock = sockets[0]
             ldap = None
+            ldap_bound: list[tuple[str, int]] = []
             if ldap_port is not None or ldaps_port is not None:
                 from ams.ldapserver import LdapServer
 
                 ldap = LdapServer(
                     instance, host=ldap_host or bind_host, port=ldap_port, tls_port=ldaps_port, tls=tls
                 )
+                try:
+                    ldap_bound = ldap.listen()
+                except BadInput:
+                    for listening in sockets:
+                        listening.close()
+                    raise
             state = str(instance.keyring.state)
             offset = getattr(instance.clock, "offset", None)
             if offset:
@@ -274,29 +281,37 @@ def serve(
                 count,
                 "" if count == 1 else "s",
             )
-            from ams.api.supervisor import MAX_RESTARTS, RESTART_WINDOW, run_workers
+            from ams.api.supervisor import MAX_RESTARTS, RESTART_WINDOW, Process, run_workers
 
-            def start_ldap() -> None:
-                # In this process, after the workers are forked: no LDAP thread crosses a fork.
-                if ldap is not None:
-                    for address, ldap_bound in ldap.start():
-                        log.info("AMS serving LDAP on %s:%d", address, ldap_bound)
+            for address, ldap_port_bound in ldap_bound:
+                log.info("AMS serving LDAP on %s:%d", address, ldap_port_bound)
 
             def serve_one(instance: Instance, sock: socket.socket) -> None:
+                if count > 1 and ldap is not None:
+                    ldap.close()  # the LDAP process's sockets
                 _run_uvicorn(instance, sock, str(log_level))
+
+            def serve_ldap(instance: Instance) -> None:
+                assert ldap is not None
+                for listening in sockets:  # the workers'
+                    listening.close()
+                ldap.serve(instance)
 
             code = 0
             try:
                 if count == 1:
-                    start_ldap()
+                    if ldap is not None:
+                        ldap.start()
                     serve_one(instance, sock)
                 else:
+                    # The LDAP listener runs in a process of its own: the supervisor forks
+                    # again when a worker ends, and must not run a thread when it does.
                     code = run_workers(
                         instance,
                         sockets,
                         count,
                         serve_one,
-                        on_started=start_ldap,
+                        others=[Process("ldap", serve_ldap)] if ldap is not None else [],
                         not_inherited=[lock.fd] if lock.fd is not None else [],
                     )
             finally:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import signal
 import socket
 import ssl
 import threading
@@ -679,8 +681,39 @@ def _select(
     return chosen
 
 
+def _listening(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port`` (every address the name resolves to, as
+    asyncio's own server binds them); BadInput naming the port when one cannot be bound."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(100)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+        raise BadInput(
+            f"cannot listen for LDAP on {host}:{port}: {reason}; choose another --ldap-port/--ldaps-port"
+        ) from None
+    return sockets
+
+
 class LdapServer:
-    """The LDAP listener(s) of one ``ams serve``: its own thread, its own event loop."""
+    """The LDAP listener(s) of one ``ams serve``.
+
+    :meth:`listen` binds the ports, in the calling thread: a port that is taken is refused
+    before the service starts. :meth:`start` serves them from a thread of its own with its
+    own event loop; :meth:`serve` does that in a process of its own until SIGTERM or SIGINT
+    (``ams serve --workers N`` forks one for LDAP: the supervisor, which forks the workers
+    again when one ends, runs no thread)."""
 
     def __init__(
         self,
@@ -697,17 +730,21 @@ class LdapServer:
         self.port = port
         self.tls_port = tls_port
         self.tls = tls
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ams-ldap")
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="ams-ldap", daemon=True)
-        self.servers: list[asyncio.Server] = []
+        self._workers = workers
+        self.sockets: list[tuple[socket.socket, ssl.SSLContext | None]] = []
         self.bound: list[tuple[str, int]] = []
+        # Made by start(), in the process that serves: nothing of it crosses a fork.
+        self.pool: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.servers: list[asyncio.Server] = []
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._served: list[DirectoryRef] = []
         self._served_at = 0.0
 
     async def run_db(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self.loop is not None and self.pool is not None
         return await self.loop.run_in_executor(self.pool, fn, *args)
 
     async def directories(self) -> list[DirectoryRef]:
@@ -722,19 +759,31 @@ class LdapServer:
         with contextlib.suppress(asyncio.CancelledError):
             await _Connection(self, reader, writer).run()
 
+    def listen(self) -> list[tuple[str, int]]:
+        """Bind the LDAP port and the ldaps port; the addresses bound. BadInput when a port
+        cannot be bound (nothing stays bound then)."""
+        try:
+            for port, tls in ((self.port, None), (self.tls_port, self.tls)):
+                if port is not None:
+                    self.sockets += [(sock, tls) for sock in _listening(self.host, port)]
+        except BadInput:
+            self.close()
+            raise
+        self.bound = [sock.getsockname()[:2] for sock, _ in self.sockets]
+        return self.bound
+
+    def close(self) -> None:
+        """Close the listening sockets (in a process that does not serve them)."""
+        for sock, _ in self.sockets:
+            sock.close()
+        self.sockets = []
+
     async def _start(self) -> None:
-        if self.port is not None:
-            server = await asyncio.start_server(self._client, self.host, self.port, reuse_address=True)
-            self.servers.append(server)
-        if self.tls_port is not None:
-            server = await asyncio.start_server(
-                self._client, self.host, self.tls_port, ssl=self.tls, reuse_address=True
-            )
-            self.servers.append(server)
-        for server in self.servers:
-            self.bound.append(server.sockets[0].getsockname()[:2])
+        for sock, tls in self.sockets:
+            self.servers.append(await asyncio.start_server(self._client, sock=sock, ssl=tls))
 
     def _shutdown(self) -> None:
+        assert self.loop is not None
         for server in self.servers:
             server.close()
         for task in asyncio.all_tasks(self.loop):
@@ -742,6 +791,7 @@ class LdapServer:
         self.loop.call_later(0.2, self.loop.stop)
 
     def _run(self) -> None:
+        assert self.loop is not None
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self._start())
@@ -756,19 +806,33 @@ class LdapServer:
         self.loop.run_until_complete(asyncio.sleep(0))
         self.loop.close()
 
-    def start(self) -> list[tuple[str, int]]:
-        """Listen (in the server's thread); the addresses bound. BadInput when a port is taken."""
+    def start(self) -> None:
+        """Serve the bound ports (:meth:`listen` first) from a thread of this process."""
+        self.pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="ams-ldap")
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="ams-ldap", daemon=True)
         self.thread.start()
         self._ready.wait()
         if self._error is not None:
-            reason = getattr(self._error, "strerror", None) or str(self._error)
-            raise BadInput(
-                f"cannot listen for LDAP on {self.host}: {reason}; choose another --ldap-port/--ldaps-port"
-            )
-        return self.bound
+            raise self._error
 
     def stop(self) -> None:
-        if self.thread.is_alive():
+        if self.thread is not None and self.thread.is_alive():
+            assert self.loop is not None
             self.loop.call_soon_threadsafe(self._shutdown)
             self.thread.join(10)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.close()
+
+    def serve(self, instance: Instance) -> None:
+        """Serve in this process until SIGTERM or SIGINT, then stop (the LDAP process of
+        ``ams serve --workers N``; ``instance`` is this process's own, as a worker's is)."""
+        self.instance = instance
+        stop = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the listener's threads inherit it
+        self.start()
+        try:
+            signal.sigwait(stop)
+        finally:
+            self.stop()
