@@ -1,9 +1,10 @@
 """`make bench`: run the benchmarks, each writing ``bench/results/NAME.json``.
 
-``python -m bench`` runs them all at their default sizes (on an idle 2-core machine the
-offsite benchmark alone takes about 11 minutes: its 1.2 GB archive goes up and down three
-times each way, and ``aws s3 cp``'s downloads from moto are the slowest part; fleet, read
-and expiry take about a minute together, ldap about one);
+``python -m bench`` runs them all at their default sizes, in about 12 to 14 minutes on
+2 cores (measured: 14.2 minutes with a light load beside it). The offsite benchmark is
+about half of it (its 1.2 GB archive goes up four times each way and comes down four
+times, the peer's download, forty times slower from moto, once); backup takes about three
+minutes, directory and ldap about one each, the others under half a minute each;
 ``python -m bench NAME [NAME...]`` only those; ``--quick`` runs each at a small size (under
 a minute each: it checks that the benchmark works, its figures mean little); ``--results
 DIR`` writes the JSON files elsewhere than bench/results (whose files docs/performance.md's
