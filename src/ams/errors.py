@@ -232,7 +232,10 @@ class ServiceWorkersFailing(AMSError):
     code = "service_workers_failing"
     exit_status = 34
     http_status = 500
-    summary = "the worker processes of `ams serve` kept ending, so the service stopped: see its log"
+    summary = (
+        "the worker processes of `ams serve` (or its LDAP process) kept ending, so the service "
+        "stopped: see its log"
+    )
 
 
 class WeakPassword(AMSError):

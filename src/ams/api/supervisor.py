@@ -238,7 +238,7 @@ def run_workers(
                 log.warning("%s %d ended (status %d) while serving", process.name, ended_pid, status)
             if ended and len(restarts) > MAX_RESTARTS:
                 log.error(
-                    "workers ended %d times in %.0f s: the service stops", len(restarts), RESTART_WINDOW
+                    "its processes ended %d times in %.0f s: the service stops", len(restarts), RESTART_WINDOW
                 )
                 code = 1
                 break

@@ -322,9 +322,9 @@ def serve(
                     audit.record(session, instance.clock, audit.Event.SERVICE_STOPPED, actor="service")
             if code:
                 raise ServiceWorkersFailing(
-                    f"the workers ended more than {MAX_RESTARTS} times in {RESTART_WINDOW:.0f} seconds, so "
-                    "the service stopped: the log above says why they ended; fix that and start `ams serve` "
-                    "again"
+                    f"its worker processes (or its LDAP process) ended more than {MAX_RESTARTS} times in "
+                    f"{RESTART_WINDOW:.0f} seconds, so the service stopped: the log above says why they "
+                    "ended; fix that and start `ams serve` again"
                 )
         finally:
             lock.release()
