@@ -10,6 +10,7 @@ throttle the workers share (ten failures over LDAP and the next over HTTP is ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -70,6 +71,29 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def _children(pid: int) -> list[int]:
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [child for child in pids if _safe_parent(child) == pid]
+
+
+def _safe_parent(pid: int) -> int | None:
+    try:
+        return _parent(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _sockets(pid: int) -> set[str]:
+    """The socket inodes among a process's descriptors."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(fd)
+            if target.startswith("socket:"):
+                found.add(target)
+    return found
+
+
 def _wait(condition: object, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -101,6 +125,17 @@ def test_the_supervisor_runs_no_thread_and_the_ldap_process_is_replaced_when_it_
     assert _parent(ldap) == supervisor and ldap != supervisor
     assert served.bind() == 0
     assert _threads(supervisor) == 1
+    # Only the supervisor, the workers and the LDAP process hold listening sockets: the
+    # shared-state process (the throttle's) inherits none of the supervisor's.
+    workers: set[int] = set()
+    for _ in range(200):  # each request a new connection, which the kernel gives either worker
+        workers.add(int(httpx.get(served.server.url + "/healthz").headers["x-ams-worker"]))
+        if len(workers) == 2:
+            break
+    shared = [pid for pid in _children(supervisor) if pid != ldap and pid not in workers]
+    assert len(shared) == 1 and len(_children(supervisor)) == 4, (shared, workers)
+    assert not _sockets(shared[0]) & _sockets(supervisor)
+    assert _sockets(ldap) & _sockets(supervisor)  # its port, which the supervisor keeps open
 
     # A worker forked again: the supervisor still has no thread, and LDAP still answers.
     worker = int(httpx.get(served.server.url + "/healthz").headers["x-ams-worker"])

@@ -80,10 +80,17 @@ def _close_inherited() -> None:
             os.close(fd)
 
 
+# The listening sockets (HTTP and LDAP): the shared-state process serves none of them.
+_LISTENING: list[int] = []
+
+
 def _quiet_shared_state() -> None:
     """In the shared-state process: the supervisor stops it, last; signals meant for the
     group (Ctrl-C, systemd's SIGTERM to the unit) leave it to finish the workers' last calls."""
     _close_inherited()
+    for fd in _LISTENING:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(os.getppid(), signal.SIGKILL)  # it ignores SIGTERM
@@ -197,13 +204,17 @@ def run_workers(
     *,
     others: Sequence[Process] = (),
     not_inherited: Sequence[int] = (),
+    listening: Sequence[int] = (),
 ) -> int:
     """Fork ``workers`` processes that each call ``serve(instance, sock)``, and one process
     for each of ``others``, and supervise them until SIGTERM or SIGINT; 0 after a clean
     stop, 1 when they kept failing. Worker ``i`` serves ``sockets[i % len(sockets)]`` (one
     socket each, ams.cli.serve_cmd._listen_each), and so does the worker started in its
-    place; a process of ``others`` that ends is replaced by another of its kind."""
+    place; a process of ``others`` that ends is replaced by another of its kind.
+    ``listening`` are the listening sockets' descriptors, which the shared-state process
+    closes (``not_inherited``: those that no forked process keeps)."""
     _NOT_INHERITED[:] = list(not_inherited)
+    _LISTENING[:] = list(listening)
     counters = SharedCounters(instance.clock)
     counters.start(initializer=_quiet_shared_state)
     # No pooled database connection may cross a fork.

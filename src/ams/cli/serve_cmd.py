@@ -239,7 +239,7 @@ def serve(
                 sockets = _listen_each(bind_host, bind_port, count)
             sock = sockets[0]
             ldap = None
-            ldap_bound: list[tuple[str, int]] = []
+            ldap_bound: list[tuple[str, str, int]] = []
             if ldap_port is not None or ldaps_port is not None:
                 from ams.ldapserver import LdapServer
 
@@ -283,8 +283,8 @@ def serve(
             )
             from ams.api.supervisor import MAX_RESTARTS, RESTART_WINDOW, Process, run_workers
 
-            for address, ldap_port_bound in ldap_bound:
-                log.info("AMS serving LDAP on %s:%d", address, ldap_port_bound)
+            for protocol, address, ldap_port_bound in ldap_bound:
+                log.info("AMS serving %s on %s:%d", protocol, address, ldap_port_bound)
 
             def serve_one(instance: Instance, sock: socket.socket) -> None:
                 if count > 1 and ldap is not None:
@@ -313,6 +313,7 @@ def serve(
                         serve_one,
                         others=[Process("ldap", serve_ldap)] if ldap is not None else [],
                         not_inherited=[lock.fd] if lock.fd is not None else [],
+                        listening=[s.fileno() for s in sockets] + (ldap.filenos() if ldap else []),
                     )
             finally:
                 if ldap is not None:

@@ -681,14 +681,22 @@ def _select(
     return chosen
 
 
-def _listening(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for ``host``:``port`` (every address the name resolves to, as
-    asyncio's own server binds them); BadInput naming the port when one cannot be bound."""
+def _listening(host: str, port: int, option: str) -> list[socket.socket]:
+    """Listening sockets for ``host``:``port``: every address the name resolves to, as
+    asyncio's own server binds them (an empty host: every interface; an address family
+    the kernel does not offer is skipped). BadInput, naming the host and ``option``, when
+    none can be made or one cannot be bound."""
     sockets: list[socket.socket] = []
+    where = f"{host or '*'}:{port}"
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        unsupported: OSError | None = None
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:  # e.g. IPv6 disabled, while the name also resolves to ::1
+                unsupported = exc
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -696,12 +704,19 @@ def _listening(host: str, port: int) -> list[socket.socket]:
             sock.bind(address)
             sock.listen(100)
             sock.setblocking(False)
-    except OSError as exc:
+        if not sockets and unsupported is not None:
+            raise unsupported
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
         for sock in sockets:
             sock.close()
-        reason = "the address is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+        if isinstance(exc, UnicodeError):
+            reason = "that is not a valid host name"
+        elif exc.errno == errno.EADDRINUSE:
+            reason = "the address is already in use"
+        else:
+            reason = exc.strerror or str(exc)
         raise BadInput(
-            f"cannot listen for LDAP on {host}:{port}: {reason}; choose another --ldap-port/--ldaps-port"
+            f"cannot listen for LDAP on {where}: {reason}; choose another --ldap-host or {option}"
         ) from None
     return sockets
 
@@ -732,7 +747,6 @@ class LdapServer:
         self.tls = tls
         self._workers = workers
         self.sockets: list[tuple[socket.socket, ssl.SSLContext | None]] = []
-        self.bound: list[tuple[str, int]] = []
         # Made by start(), in the process that serves: nothing of it crosses a fork.
         self.pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -759,18 +773,24 @@ class LdapServer:
         with contextlib.suppress(asyncio.CancelledError):
             await _Connection(self, reader, writer).run()
 
-    def listen(self) -> list[tuple[str, int]]:
-        """Bind the LDAP port and the ldaps port; the addresses bound. BadInput when a port
-        cannot be bound (nothing stays bound then)."""
+    def listen(self) -> list[tuple[str, str, int]]:
+        """Bind the LDAP port and the ldaps port; what was bound: ("LDAP" or "ldaps",
+        address, port). BadInput when a port cannot be bound (nothing stays bound then)."""
         try:
-            for port, tls in ((self.port, None), (self.tls_port, self.tls)):
+            wanted = ((self.port, None, "--ldap-port"), (self.tls_port, self.tls, "--ldaps-port"))
+            for port, tls, option in wanted:
                 if port is not None:
-                    self.sockets += [(sock, tls) for sock in _listening(self.host, port)]
+                    self.sockets += [(sock, tls) for sock in _listening(self.host, port, option)]
         except BadInput:
             self.close()
             raise
-        self.bound = [sock.getsockname()[:2] for sock, _ in self.sockets]
-        return self.bound
+        return [
+            ("ldaps" if tls is not None else "LDAP", *sock.getsockname()[:2]) for sock, tls in self.sockets
+        ]
+
+    def filenos(self) -> list[int]:
+        """The listening sockets' descriptors (for a forked process that must not keep them)."""
+        return [sock.fileno() for sock, _ in self.sockets]
 
     def close(self) -> None:
         """Close the listening sockets (in a process that does not serve them)."""
