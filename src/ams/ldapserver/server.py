@@ -1,5 +1,8 @@
 """The LDAPv3 endpoint: an asyncio server in its own thread, database work in a thread pool.
 
+Under ``ams serve --workers N`` that thread runs in a process of its own, which the
+supervisor forks, replaces and stops like a worker (:meth:`LdapServer.serve`).
+
 ``ams serve --ldap-port N`` starts it beside the HTTP service (docs/operations.md, "LDAP
 access"). Each connection reads whole messages (:mod:`ams.ldapserver.codec`), runs each
 operation as a task (so an abandon or the next request is read while a search runs), and
