@@ -17,14 +17,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ams import audit
 from ams.backup.s3 import Location, S3Target, failure, make_client, parse_url
@@ -37,9 +39,53 @@ if TYPE_CHECKING:
     from ams.home import Home
     from ams.instance import Instance
 
-__all__ = ["Fetched", "drill", "fetch", "is_remote", "restore_url", "source_for", "verify_url"]
+__all__ = ["Fetched", "drill", "fetch", "is_remote", "receive", "restore_url", "source_for", "verify_url"]
 
 _READ = 1 << 20
+_AHEAD = 8  # chunks received ahead of the hashing and writing: 8 MiB at most
+
+
+def receive(body: Any, handle: BinaryIO, digest: Any) -> int:
+    """Copy a download's ``body`` into ``handle`` and ``digest``; the bytes copied.
+
+    A thread receives while this one hashes and writes (the socket's reads, SHA-256 and the
+    file's writes all release the GIL), so the hash costs no time of its own, as the
+    writes of ``aws s3 cp`` run beside its receiving. A failure on either side stops both
+    and is raised here; nothing is left running.
+    """
+    chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_AHEAD)
+    stop = threading.Event()
+
+    def pull() -> None:
+        try:
+            while not stop.is_set():
+                chunk: bytes = body.read(_READ)
+                chunks.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the writing side
+            chunks.put(exc)
+
+    puller = threading.Thread(target=pull, name="ams-fetch", daemon=True)
+    puller.start()
+    size = 0
+    try:
+        while True:
+            chunk = chunks.get()
+            if isinstance(chunk, BaseException):
+                raise chunk
+            if not chunk:
+                return size
+            digest.update(chunk)
+            handle.write(chunk)
+            size += len(chunk)
+    finally:
+        stop.set()
+        while puller.is_alive():  # unblock a put() on a full queue, then let it end
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                puller.join(0.05)
 
 
 def is_remote(source: str) -> bool:
@@ -92,7 +138,6 @@ def fetch(
     started = time.monotonic()
     path = folder / (Path(location.key).name or "object.amsbak")
     digest = hashlib.sha256()
-    size = 0
     try:
         answer = client.get_object(Bucket=location.bucket, Key=location.key)
         expected = int(answer.get("ContentLength", -1))
@@ -100,10 +145,7 @@ def fetch(
         body = answer["Body"]
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            for chunk in iter(lambda: body.read(_READ), b""):
-                digest.update(chunk)
-                handle.write(chunk)
-                size += len(chunk)
+            size = receive(body, handle, digest)
     except AMSError:
         raise
     except Exception as exc:  # noqa: BLE001 - one line naming the source
