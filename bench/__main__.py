@@ -1,14 +1,13 @@
 """`make bench`: run the benchmarks, each writing ``bench/results/NAME.json``.
 
-``python -m bench`` runs them all at their default sizes, in about 12 to 14 minutes on
-2 cores (measured: 14.2 minutes with a light load beside it). The offsite benchmark is
-about half of it (its 1.2 GB archive goes up four times each way and comes down four
-times, the peer's download, forty times slower from moto, once); backup takes about three
-minutes, directory and ldap about one each, the others under half a minute each;
-``python -m bench NAME [NAME...]`` only those; ``--quick`` runs each at a small size (under
-a minute each: it checks that the benchmark works, its figures mean little); ``--results
-DIR`` writes the JSON files elsewhere than bench/results (whose files docs/performance.md's
-tables are made from: ``python -m bench.report``).
+``python -m bench`` runs them all at their default sizes, in about 8 to 10 minutes on
+2 cores (measured: 7.8 minutes on an idle machine). The offsite benchmark is about a third
+of it (its 1.2 GB archive goes up four times each way and comes down four times each way);
+backup takes about two minutes, directory and ldap about one each, the others under half a
+minute each. ``python -m bench NAME [NAME...]`` runs only those; ``--quick`` runs each at
+a small size (under a minute each: it checks that the benchmark works, its figures mean
+little); ``--results DIR`` writes the JSON files elsewhere than bench/results (whose files
+docs/performance.md's tables are made from: ``python -m bench.report``).
 
 Each benchmark is a module with ``main(argv) -> int`` that takes ``--quick`` and
 ``--results DIR`` (bench/results.py) besides its own options.
