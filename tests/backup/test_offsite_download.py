@@ -8,10 +8,13 @@ that receives and is raised, with nothing left running.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
+import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +86,37 @@ def test_a_failed_fetch_is_one_line_and_leaves_no_thread(moto_server: MotoServer
     assert "\n" not in str(caught.value)
     assert "missing.amsbak" in str(caught.value)
     assert not _fetchers()
+
+
+def test_a_write_that_fails_while_the_server_stalls_is_raised_at_once() -> None:
+    """The server sends 3 MiB of 20 and then nothing: the writing side's failure is not held
+    up by the read that waits for the rest (it would wait for good: no timeout here)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent, release = threading.Event(), threading.Event()
+
+    def stall() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (20 << 20))
+        conn.sendall(os.urandom(3 << 20))
+        sent.set()
+        release.wait(30)
+        conn.close()
+
+    threading.Thread(target=stall, daemon=True).start()
+    client = http.client.HTTPConnection(*listener.getsockname())
+    try:
+        client.request("GET", "/big.amsbak")
+        body = client.getresponse()
+        started = time.monotonic()
+        with pytest.raises(OSError, match="No space left"):
+            remote.receive(body, _DiskFull(), hashlib.sha256())
+        assert time.monotonic() - started < 10
+        assert sent.is_set()
+    finally:
+        release.set()  # the stalled read ends; the receiving thread, told to stop, ends with it
+        listener.close()
+    for thread in _fetchers():
+        thread.join(10)
+    assert not _fetchers()
+    client.close()

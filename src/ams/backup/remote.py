@@ -51,20 +51,30 @@ def receive(body: Any, handle: BinaryIO, digest: Any) -> int:
     A thread receives while this one hashes and writes (the socket's reads, SHA-256 and the
     file's writes all release the GIL), so the hash costs no time of its own, as the
     writes of ``aws s3 cp`` run beside its receiving. A failure on either side stops both
-    and is raised here; nothing is left running.
+    and is raised here. After a failure here the receiving thread ends as soon as its
+    current read returns (at once, unless the server has stalled: then at the client's read
+    timeout); it is never left waiting for room in the queue.
     """
     chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_AHEAD)
     stop = threading.Event()
+
+    def hand_over(item: bytes | BaseException) -> None:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def pull() -> None:
         try:
             while not stop.is_set():
                 chunk: bytes = body.read(_READ)
-                chunks.put(chunk)
+                hand_over(chunk)
                 if not chunk:
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the writing side
-            chunks.put(exc)
+            hand_over(exc)
 
     puller = threading.Thread(target=pull, name="ams-fetch", daemon=True)
     puller.start()
@@ -81,11 +91,7 @@ def receive(body: Any, handle: BinaryIO, digest: Any) -> int:
             size += len(chunk)
     finally:
         stop.set()
-        while puller.is_alive():  # unblock a put() on a full queue, then let it end
-            try:
-                chunks.get_nowait()
-            except queue.Empty:
-                puller.join(0.05)
+        puller.join(1.0)
 
 
 def is_remote(source: str) -> bool:
