@@ -232,8 +232,16 @@ def run(devices: int, history: int, rounds: int) -> tuple[dict[str, Any], list[d
             # The peer downloads with one GET (multipart_threshold above the archive's size):
             # moto answers each of the ranged GETs of aws's default multipart download by
             # reading the whole object, some forty times slower than one GET here.
-            fetch_aws = [aws, "s3", "cp", url, str(down / "peer.amsbak"), "--endpoint-url", endpoint]
-            fetch_aws += ["--only-show-errors"]
+            fetch_aws = [
+                aws,
+                "s3",
+                "cp",
+                url,
+                str(down / "peer.amsbak"),
+                "--endpoint-url",
+                endpoint,
+                "--only-show-errors",
+            ]
             if n % 2:
                 t_ams_d, _ = _child(fetch_ams)
                 t_aws_d, _ = _child(fetch_aws, extra_env=one_get)

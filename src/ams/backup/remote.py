@@ -54,6 +54,11 @@ def receive(body: Any, handle: BinaryIO, digest: Any) -> int:
     and is raised here. After a failure here the receiving thread ends as soon as its
     current read returns (at once, unless the server has stalled: then at the client's read
     timeout); it is never left waiting for room in the queue.
+
+    The backup writer's sink (``ams.backup.archive._Sink``) runs the other way round: its
+    helper threads write and hash while the caller reads. Here the read is the side that
+    can stall, so it is the one moved off the caller's thread: a failed write is raised at
+    once, not after a stalled server's read timeout.
     """
     chunks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_AHEAD)
     stop = threading.Event()
